@@ -1,0 +1,891 @@
+//! The segment exchange: a sans-IO state machine that moves verified segments between peers.
+//!
+//! One [`Exchange`] runs per peer. It never touches a socket, a clock or a thread: the driver
+//! (the QUIC node in [`crate::node`], or `sim`) feeds it inputs and carries out its outputs.
+//!
+//! # Call contract
+//!
+//! - Inputs: [`Exchange::handle_input`] for everything that arrives (a connection came up or
+//!   went down, a control frame, a complete segment stream), [`Exchange::publish`] on the source
+//!   when ingest produced a segment, and [`Exchange::handle_timeout`] when the instant returned
+//!   by [`Exchange::poll_timeout`] has passed. Every call takes `now`.
+//! - Outputs: after any input, call [`Exchange::poll_output`] until it returns `None` and carry
+//!   out each [`Output`]: send a frame, send a segment on its own stream, dial or close a peer,
+//!   or take note of an [`Event`]. Then re-read [`Exchange::poll_timeout`].
+//! - Before reading a segment stream, ask [`Exchange::expected_len`]: the exchange only accepts
+//!   segments it requested from that peer, and never more bytes than the broadcaster signed.
+//!
+//! # Protocol (the minimal mesh of "first light")
+//!
+//! Both sides of a new connection send `Hello`; the side that knows the channel sends its signed
+//! record, its recent statements, what it holds (`Have`) and a sample of other peers. Viewers
+//! verify every statement against the broadcaster's key, forward new ones to their partners,
+//! request missing segments (earliest first) from a partner that has them — another viewer
+//! before the source — and verify each segment's length and BLAKE3 hash before storing it,
+//! announcing it with `Have` and serving it to others. A partner that sends a forged statement
+//! or bytes that fail verification gets a strike; at [`ExchangeConfig::max_strikes`] it is
+//! disconnected. Nothing unverified is ever stored, served or forwarded.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tracing::{debug, warn};
+
+use crate::identity::{ChannelId, Keypair, PeerId};
+use crate::segment::{
+    IntegrityError, SegmentId, SegmentMeta, SignedChannel, SignedSegment, StreamKind,
+};
+use crate::wire::{Frame, PeerAddr, MAX_LIST_LEN};
+
+/// Tuning of the exchange.
+#[derive(Debug, Clone)]
+pub struct ExchangeConfig {
+    /// Viewers dial peers until they have this many partners.
+    pub max_partners: usize,
+    /// Requests outstanding at one partner at a time.
+    pub max_inflight_per_peer: usize,
+    /// A request not answered within this time is sent elsewhere.
+    pub request_timeout: Duration,
+    /// A live viewer starts this many segments behind the newest one announced.
+    pub live_start_behind: u64,
+    /// Media segments a live peer keeps in memory (older ones are evicted).
+    pub live_window: u64,
+    /// How far past the earliest missing segment a VOD viewer requests.
+    pub vod_lookahead: u64,
+    /// Protocol violations tolerated from one partner before it is disconnected.
+    pub max_strikes: u32,
+    /// A viewer asks the source for a segment only when no other partner offered it within
+    /// this time (plus a per-viewer jitter of up to the same amount) after its announcement,
+    /// so that one viewer fetches it from the source and the others from that viewer.
+    pub source_grace: Duration,
+    /// How often the exchange looks for new partners.
+    pub maintenance_interval: Duration,
+}
+
+impl Default for ExchangeConfig {
+    fn default() -> Self {
+        Self {
+            max_partners: 4,
+            max_inflight_per_peer: 4,
+            request_timeout: Duration::from_secs(3),
+            live_start_behind: 3,
+            live_window: 120,
+            vod_lookahead: 12,
+            max_strikes: 3,
+            source_grace: Duration::from_millis(300),
+            maintenance_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Something that happened to the exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// A connection to `peer` is up (we dialled it or it dialled us).
+    Connected {
+        /// The authenticated peer.
+        peer: PeerId,
+    },
+    /// The connection to `peer` is gone, or a dial to it failed.
+    Disconnected {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// A control frame arrived from `peer`.
+    Frame {
+        /// The sender.
+        peer: PeerId,
+        /// The frame.
+        frame: Frame,
+    },
+    /// A complete segment stream arrived from `peer`.
+    Segment {
+        /// The sender.
+        peer: PeerId,
+        /// The segment named in the stream header.
+        id: SegmentId,
+        /// The stream's payload.
+        bytes: Bytes,
+    },
+    /// A segment stream from `peer` broke off or was refused before completing.
+    SegmentFailed {
+        /// The sender.
+        peer: PeerId,
+        /// The segment it was carrying.
+        id: SegmentId,
+    },
+}
+
+/// Something the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send a control frame.
+    Send {
+        /// The receiver.
+        to: PeerId,
+        /// The frame.
+        frame: Frame,
+    },
+    /// Send a segment on a stream of its own.
+    SendSegment {
+        /// The receiver.
+        to: PeerId,
+        /// Which segment.
+        id: SegmentId,
+        /// Its verified bytes.
+        bytes: Bytes,
+    },
+    /// Open a connection to a peer.
+    Dial(PeerAddr),
+    /// Close the connection to a peer.
+    Close {
+        /// The peer.
+        peer: PeerId,
+        /// Why, for the log and the close frame.
+        reason: &'static str,
+    },
+    /// Something the application may want to know.
+    Event(Event),
+}
+
+/// What the exchange reports to its application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The channel record arrived and verified.
+    ChannelVerified(SignedChannel),
+    /// A verified statement announced a media segment (it may not be here yet).
+    Announced {
+        /// The segment.
+        seq: u64,
+        /// Its playback duration.
+        duration: Duration,
+    },
+    /// A segment was verified and stored (or published, at the source).
+    Stored {
+        /// The segment.
+        id: SegmentId,
+        /// Its statement.
+        meta: SegmentMeta,
+        /// Its bytes.
+        bytes: Bytes,
+        /// Who sent it; `None` when this peer published it.
+        from: Option<PeerId>,
+    },
+    /// The broadcaster marked `last` as the final segment.
+    Ended {
+        /// The final segment number.
+        last: u64,
+    },
+    /// Media segments before `seq` left the live window.
+    Evicted {
+        /// The first segment still kept.
+        seq: u64,
+    },
+    /// A partner sent a statement that failed verification; it was dropped.
+    StatementRejected {
+        /// The sender.
+        peer: PeerId,
+        /// The segment it claimed to describe.
+        id: Option<SegmentId>,
+        /// Why.
+        error: IntegrityError,
+    },
+    /// A partner sent segment bytes that failed verification; they were dropped.
+    SegmentRejected {
+        /// The sender.
+        peer: PeerId,
+        /// The segment.
+        id: SegmentId,
+        /// Why.
+        error: IntegrityError,
+    },
+}
+
+/// Counters kept by the exchange (QoS inputs and protocol counters).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExchangeStats {
+    /// Segments verified and stored (received or published).
+    pub segments_stored: u64,
+    /// Payload bytes received from the broadcaster's peer.
+    pub bytes_from_source: u64,
+    /// Payload bytes received from other viewers.
+    pub bytes_from_peers: u64,
+    /// Payload bytes sent to partners.
+    pub bytes_uploaded: u64,
+    /// Segments whose bytes failed verification.
+    pub segments_rejected: u64,
+    /// Statements whose signature failed.
+    pub statements_rejected: u64,
+    /// Requests that timed out or failed and were sent again.
+    pub requests_retried: u64,
+    /// Requests answered by `Missing`.
+    pub requests_missed: u64,
+}
+
+/// A partner as the application may display it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartnerInfo {
+    /// The partner.
+    pub peer: PeerId,
+    /// Where it listens, if it said.
+    pub listen: Option<SocketAddr>,
+    /// True if it is the channel's broadcaster.
+    pub is_source: bool,
+    /// Requests outstanding at it.
+    pub inflight: usize,
+    /// Protocol violations seen from it.
+    pub strikes: u32,
+}
+
+#[derive(Debug)]
+struct Partner {
+    listen: Option<SocketAddr>,
+    greeted: bool,
+    have: HashSet<SegmentId>,
+    inflight: usize,
+    strikes: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    peer: PeerId,
+    deadline: Instant,
+}
+
+/// The segment exchange of one peer. See the module docs for the call contract.
+#[derive(Debug)]
+pub struct Exchange {
+    config: ExchangeConfig,
+    me: PeerId,
+    channel: ChannelId,
+    listen: Option<SocketAddr>,
+    /// Present on the broadcaster only.
+    key: Option<Keypair>,
+    record: Option<SignedChannel>,
+    statements: BTreeMap<SegmentId, SignedSegment>,
+    /// When each statement reached this peer.
+    seen: HashMap<SegmentId, Instant>,
+    /// The earliest instant at which a deferred request becomes due.
+    next_schedule: Option<Instant>,
+    store: BTreeMap<SegmentId, Bytes>,
+    partners: HashMap<PeerId, Partner>,
+    /// Peers we heard of and may dial, with their listening addresses.
+    candidates: HashMap<PeerId, SocketAddr>,
+    dialing: HashSet<PeerId>,
+    pending: HashMap<SegmentId, Pending>,
+    /// The first media segment this viewer wants.
+    start: Option<u64>,
+    last: Option<u64>,
+    /// Live: media segments before this one were evicted and are not wanted again.
+    floor: u64,
+    next_maintenance: Instant,
+    outputs: VecDeque<Output>,
+    stats: ExchangeStats,
+}
+
+impl Exchange {
+    /// The exchange of the channel's broadcaster: it publishes and serves, and never requests.
+    pub fn source(
+        now: Instant,
+        config: ExchangeConfig,
+        key: Keypair,
+        record: SignedChannel,
+        listen: Option<SocketAddr>,
+    ) -> Self {
+        let mut exchange = Self::new(now, config, key.peer_id(), record.record.channel_id());
+        exchange.listen = listen;
+        exchange.record = Some(record);
+        exchange.key = Some(key);
+        exchange
+    }
+
+    /// The exchange of a viewer of `channel`.
+    pub fn viewer(
+        now: Instant,
+        config: ExchangeConfig,
+        me: PeerId,
+        channel: ChannelId,
+        listen: Option<SocketAddr>,
+    ) -> Self {
+        let mut exchange = Self::new(now, config, me, channel);
+        exchange.listen = listen;
+        exchange
+    }
+
+    fn new(now: Instant, config: ExchangeConfig, me: PeerId, channel: ChannelId) -> Self {
+        Self {
+            next_maintenance: now + config.maintenance_interval,
+            config,
+            me,
+            channel,
+            listen: None,
+            key: None,
+            record: None,
+            statements: BTreeMap::new(),
+            seen: HashMap::new(),
+            next_schedule: None,
+            store: BTreeMap::new(),
+            partners: HashMap::new(),
+            candidates: HashMap::new(),
+            dialing: HashSet::new(),
+            pending: HashMap::new(),
+            start: None,
+            last: None,
+            floor: 0,
+            outputs: VecDeque::new(),
+            stats: ExchangeStats::default(),
+        }
+    }
+
+    /// Peers to try when the exchange has no partners yet: the bootstrap peers.
+    pub fn add_candidates(&mut self, now: Instant, peers: impl IntoIterator<Item = PeerAddr>) {
+        for peer in peers {
+            if peer.id != self.me {
+                self.candidates.insert(peer.id, peer.addr);
+            }
+        }
+        self.maintain(now);
+    }
+
+    /// Feeds one input.
+    pub fn handle_input(&mut self, now: Instant, input: Input) {
+        match input {
+            Input::Connected { peer } => self.on_connected(peer),
+            Input::Disconnected { peer } => self.on_disconnected(now, peer),
+            Input::Frame { peer, frame } => self.on_frame(now, peer, frame),
+            Input::Segment { peer, id, bytes } => self.on_segment(now, peer, id, bytes),
+            Input::SegmentFailed { peer, id } => {
+                if self.take_pending(peer, id) {
+                    self.stats.requests_retried += 1;
+                    if let Some(partner) = self.partners.get_mut(&peer) {
+                        partner.have.remove(&id);
+                    }
+                }
+            }
+        }
+        self.schedule(now);
+    }
+
+    /// Publishes a segment (broadcaster only): signs its statement, stores it, announces it.
+    pub fn publish(
+        &mut self,
+        now: Instant,
+        id: SegmentId,
+        duration: Duration,
+        created_unix_ms: u64,
+        bytes: Bytes,
+        last: bool,
+    ) -> Result<(), PublishError> {
+        let key = self.key.as_ref().ok_or(PublishError::NotTheSource)?;
+        let mut meta = SegmentMeta::describe(self.channel, id, duration, created_unix_ms, &bytes)?;
+        meta.last = last;
+        let signed = meta.sign(key);
+        self.accept_statement(now, signed);
+        self.store_segment(id, meta, bytes, None);
+        self.broadcast(None, Frame::Announce(vec![signed]));
+        self.broadcast(None, Frame::Have(vec![id]));
+        self.schedule(now);
+        Ok(())
+    }
+
+    /// Handles timer expiry. Call when `now` reaches [`Exchange::poll_timeout`].
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let expired: Vec<(SegmentId, PeerId)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(id, p)| (*id, p.peer))
+            .collect();
+        for (id, peer) in expired {
+            debug!(peer = %peer.short(), %id, "request timed out");
+            self.take_pending(peer, id);
+            self.stats.requests_retried += 1;
+            if let Some(partner) = self.partners.get_mut(&peer) {
+                // A partner that did not deliver in time is asked for other segments first.
+                partner.have.remove(&id);
+            }
+        }
+        if now >= self.next_maintenance {
+            self.next_maintenance = now + self.config.maintenance_interval;
+            self.maintain(now);
+        }
+        self.schedule(now);
+    }
+
+    /// The next instant at which [`Exchange::handle_timeout`] must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let request = self.pending.values().map(|p| p.deadline).min();
+        [request, self.next_schedule, Some(self.next_maintenance)].into_iter().flatten().min()
+    }
+
+    /// The next thing to do, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// How many payload bytes to accept for `id` from `peer`, or `None` if we did not ask that
+    /// peer for that segment (the stream must then be refused).
+    pub fn expected_len(&self, peer: &PeerId, id: SegmentId) -> Option<usize> {
+        let pending = self.pending.get(&id)?;
+        if pending.peer != *peer {
+            return None;
+        }
+        self.statements.get(&id).map(|s| s.meta.len as usize)
+    }
+
+    /// This peer's id.
+    pub fn me(&self) -> PeerId {
+        self.me
+    }
+
+    /// The channel.
+    pub fn channel(&self) -> ChannelId {
+        self.channel
+    }
+
+    /// The verified channel record, once known.
+    pub fn record(&self) -> Option<&SignedChannel> {
+        self.record.as_ref()
+    }
+
+    /// True on the broadcaster's exchange.
+    pub fn is_source(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &ExchangeStats {
+        &self.stats
+    }
+
+    /// The current partners.
+    pub fn partners(&self) -> impl Iterator<Item = PartnerInfo> + '_ {
+        let source = self.source_peer();
+        self.partners.iter().map(move |(id, p)| PartnerInfo {
+            peer: *id,
+            listen: p.listen,
+            is_source: Some(*id) == source,
+            inflight: p.inflight,
+            strikes: p.strikes,
+        })
+    }
+
+    /// The verified bytes of a segment, if held.
+    pub fn segment(&self, id: SegmentId) -> Option<&Bytes> {
+        self.store.get(&id)
+    }
+
+    /// The final media segment, once the broadcaster has marked one.
+    pub fn last(&self) -> Option<u64> {
+        self.last
+    }
+
+    /// The newest media segment announced, if any.
+    pub fn newest(&self) -> Option<u64> {
+        self.statements.keys().next_back().and_then(|id| match id {
+            SegmentId::Media(n) => Some(*n),
+            SegmentId::Init => None,
+        })
+    }
+
+    fn source_peer(&self) -> Option<PeerId> {
+        self.record.as_ref().map(|r| r.record.broadcaster.peer_id())
+    }
+
+    fn on_connected(&mut self, peer: PeerId) {
+        self.dialing.remove(&peer);
+        if self.partners.contains_key(&peer) {
+            return;
+        }
+        self.partners.insert(
+            peer,
+            Partner { listen: None, greeted: false, have: HashSet::new(), inflight: 0, strikes: 0 },
+        );
+        self.send(peer, Frame::Hello { channel: self.channel, listen: self.listen });
+        // Other peers first, so that a newcomer can dial them before it decides whom to ask.
+        let others: Vec<PeerAddr> = self
+            .partners
+            .iter()
+            .filter(|(id, _)| **id != peer)
+            .filter_map(|(id, p)| p.listen.map(|addr| PeerAddr { id: *id, addr }))
+            .take(32)
+            .collect();
+        if !others.is_empty() {
+            self.send(peer, Frame::Peers(others));
+        }
+        let Some(record) = self.record.clone() else { return };
+        self.send(peer, Frame::Channel(record));
+        let statements: Vec<SignedSegment> = self.statements.values().copied().collect();
+        for chunk in statements.chunks(MAX_LIST_LEN) {
+            self.send(peer, Frame::Announce(chunk.to_vec()));
+        }
+        let held: Vec<SegmentId> = self.store.keys().copied().collect();
+        for chunk in held.chunks(MAX_LIST_LEN) {
+            self.send(peer, Frame::Have(chunk.to_vec()));
+        }
+    }
+
+    fn on_disconnected(&mut self, now: Instant, peer: PeerId) {
+        self.dialing.remove(&peer);
+        if self.partners.remove(&peer).is_none() {
+            return;
+        }
+        let lost: Vec<SegmentId> =
+            self.pending.iter().filter(|(_, p)| p.peer == peer).map(|(id, _)| *id).collect();
+        for id in lost {
+            self.pending.remove(&id);
+            self.stats.requests_retried += 1;
+        }
+        self.maintain(now);
+    }
+
+    fn on_frame(&mut self, now: Instant, peer: PeerId, frame: Frame) {
+        if !self.partners.contains_key(&peer) {
+            return;
+        }
+        match frame {
+            Frame::Hello { channel, listen } => {
+                if channel != self.channel {
+                    self.close(peer, "wrong channel");
+                    return;
+                }
+                if let Some(partner) = self.partners.get_mut(&peer) {
+                    partner.greeted = true;
+                    partner.listen = listen;
+                }
+                if let Some(addr) = listen {
+                    self.candidates.insert(peer, addr);
+                }
+            }
+            Frame::Channel(record) => self.on_channel(peer, record),
+            Frame::Announce(statements) => self.on_announce(now, peer, statements),
+            Frame::Have(ids) => {
+                if let Some(partner) = self.partners.get_mut(&peer) {
+                    partner.have.extend(ids);
+                }
+            }
+            Frame::Request(id) => self.on_request(peer, id),
+            Frame::Missing(id) => {
+                if self.take_pending(peer, id) {
+                    self.stats.requests_missed += 1;
+                }
+                if let Some(partner) = self.partners.get_mut(&peer) {
+                    partner.have.remove(&id);
+                }
+            }
+            Frame::Peers(peers) => {
+                for p in peers {
+                    if p.id != self.me && !self.partners.contains_key(&p.id) {
+                        self.candidates.insert(p.id, p.addr);
+                    }
+                }
+                self.maintain(now);
+            }
+        }
+    }
+
+    fn on_channel(&mut self, peer: PeerId, record: SignedChannel) {
+        if self.record.is_some() {
+            return;
+        }
+        match record.verify(self.channel) {
+            Ok(()) => {
+                debug!(peer = %peer.short(), name = %record.record.name, "channel record verified");
+                self.record = Some(record.clone());
+                self.outputs.push_back(Output::Event(Event::ChannelVerified(record)));
+            }
+            Err(error) => {
+                warn!(peer = %peer.short(), %error, "channel record rejected");
+                self.stats.statements_rejected += 1;
+                self.outputs.push_back(Output::Event(Event::StatementRejected {
+                    peer,
+                    id: None,
+                    error,
+                }));
+                self.strike(peer);
+            }
+        }
+    }
+
+    fn on_announce(&mut self, now: Instant, peer: PeerId, statements: Vec<SignedSegment>) {
+        let Some(record) = self.record.as_ref().map(|r| r.record.clone()) else { return };
+        let mut fresh = Vec::new();
+        for statement in statements {
+            let id = statement.meta.id;
+            if self.statements.contains_key(&id) || self.is_evicted(id) {
+                continue;
+            }
+            if let Err(error) = statement.verify(&record) {
+                warn!(peer = %peer.short(), %id, %error, "statement rejected");
+                self.stats.statements_rejected += 1;
+                self.outputs.push_back(Output::Event(Event::StatementRejected {
+                    peer,
+                    id: Some(id),
+                    error,
+                }));
+                self.strike(peer);
+                continue;
+            }
+            self.accept_statement(now, statement);
+            fresh.push(statement);
+        }
+        if !fresh.is_empty() {
+            self.broadcast(Some(peer), Frame::Announce(fresh));
+        }
+    }
+
+    fn on_request(&mut self, peer: PeerId, id: SegmentId) {
+        match self.store.get(&id) {
+            Some(bytes) => {
+                self.stats.bytes_uploaded += bytes.len() as u64;
+                let bytes = bytes.clone();
+                self.outputs.push_back(Output::SendSegment { to: peer, id, bytes });
+            }
+            None => self.send(peer, Frame::Missing(id)),
+        }
+    }
+
+    fn on_segment(&mut self, now: Instant, peer: PeerId, id: SegmentId, bytes: Bytes) {
+        let _ = now;
+        if !self.take_pending(peer, id) {
+            // Unsolicited: the driver should have refused it via `expected_len`.
+            self.strike(peer);
+            return;
+        }
+        let Some(statement) = self.statements.get(&id).copied() else { return };
+        if let Err(error) = statement.meta.check_payload(&bytes) {
+            warn!(peer = %peer.short(), %id, %error, "segment rejected");
+            self.stats.segments_rejected += 1;
+            self.outputs.push_back(Output::Event(Event::SegmentRejected { peer, id, error }));
+            if let Some(partner) = self.partners.get_mut(&peer) {
+                partner.have.remove(&id);
+            }
+            self.strike(peer);
+            return;
+        }
+        if Some(peer) == self.source_peer() {
+            self.stats.bytes_from_source += bytes.len() as u64;
+        } else {
+            self.stats.bytes_from_peers += bytes.len() as u64;
+        }
+        self.store_segment(id, statement.meta, bytes, Some(peer));
+        self.broadcast(None, Frame::Have(vec![id]));
+    }
+
+    fn accept_statement(&mut self, now: Instant, statement: SignedSegment) {
+        let meta = statement.meta;
+        self.statements.insert(meta.id, statement);
+        self.seen.insert(meta.id, now);
+        if let SegmentId::Media(seq) = meta.id {
+            self.outputs
+                .push_back(Output::Event(Event::Announced { seq, duration: meta.duration() }));
+            if meta.last {
+                self.last = Some(seq);
+                self.outputs.push_back(Output::Event(Event::Ended { last: seq }));
+            }
+        }
+    }
+
+    fn store_segment(&mut self, id: SegmentId, meta: SegmentMeta, bytes: Bytes, from: Option<PeerId>) {
+        self.stats.segments_stored += 1;
+        self.store.insert(id, bytes.clone());
+        self.outputs.push_back(Output::Event(Event::Stored { id, meta, bytes, from }));
+        if let SegmentId::Media(seq) = id {
+            self.evict_before(seq.saturating_sub(self.config.live_window));
+        }
+    }
+
+    fn evict_before(&mut self, keep_from: u64) {
+        if !self.is_live() || keep_from <= self.floor {
+            return;
+        }
+        self.floor = keep_from;
+        let first = SegmentId::Media(keep_from);
+        let before = |id: &SegmentId| matches!(id, SegmentId::Media(_)) && *id < first;
+        self.store.retain(|id, _| !before(id));
+        self.statements.retain(|id, _| !before(id));
+        self.seen.retain(|id, _| !before(id));
+        for partner in self.partners.values_mut() {
+            partner.have.retain(|id| !before(id));
+        }
+        self.outputs.push_back(Output::Event(Event::Evicted { seq: keep_from }));
+    }
+
+    fn is_live(&self) -> bool {
+        self.record.as_ref().is_some_and(|r| r.record.kind == StreamKind::Live)
+    }
+
+    fn is_evicted(&self, id: SegmentId) -> bool {
+        matches!(id, SegmentId::Media(n) if n < self.floor)
+    }
+
+    /// Sends requests for missing segments to partners that hold them.
+    fn schedule(&mut self, now: Instant) {
+        if self.is_source() || self.record.is_none() {
+            return;
+        }
+        let Some(wanted) = self.wanted() else { return };
+        let source = self.source_peer();
+        // While dials are in flight, a newcomer may soon have partners other than the source.
+        let only_source = self.dialing.is_empty()
+            && self.partners.keys().all(|p| Some(*p) == source);
+        self.next_schedule = None;
+        for id in wanted {
+            if self.store.contains_key(&id) || self.pending.contains_key(&id) {
+                continue;
+            }
+            // Another viewer first, then the least loaded holder.
+            let holder = self
+                .partners
+                .iter()
+                .filter(|(_, p)| {
+                    p.greeted && p.have.contains(&id) && p.inflight < self.config.max_inflight_per_peer
+                })
+                .min_by_key(|(peer, p)| (Some(**peer) == source, p.inflight, **peer))
+                .map(|(peer, _)| *peer);
+            let Some(peer) = holder else { continue };
+            if Some(peer) == source && !only_source {
+                let due = self.source_due(id);
+                if now < due {
+                    self.next_schedule = Some(self.next_schedule.map_or(due, |t| t.min(due)));
+                    continue;
+                }
+            }
+            if let Some(partner) = self.partners.get_mut(&peer) {
+                partner.inflight += 1;
+            }
+            self.pending.insert(id, Pending { peer, deadline: now + self.config.request_timeout });
+            self.send(peer, Frame::Request(id));
+        }
+    }
+
+    /// When this viewer may ask the source for `id`: the segment's announcement plus the grace
+    /// and a jitter that differs between viewers, so that they do not all ask at once.
+    fn source_due(&self, id: SegmentId) -> Instant {
+        let seen = self.seen.get(&id).copied();
+        let grace = self.config.source_grace;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&self.me.0);
+        hasher.update(&postcard::to_allocvec(&id).unwrap_or_default());
+        let draw = u64::from_le_bytes(hasher.finalize().as_bytes()[..8].try_into().unwrap_or([0; 8]));
+        let jitter = grace.mul_f64((draw % 1000) as f64 / 1000.0);
+        seen.map_or_else(|| self.next_maintenance, |seen| seen + grace + jitter)
+    }
+
+    /// The segments this viewer wants now, in the order it wants them.
+    fn wanted(&mut self) -> Option<Vec<SegmentId>> {
+        let newest = self.newest();
+        let live = self.is_live();
+        if self.start.is_none() {
+            self.start = match (live, newest) {
+                (false, _) => Some(0),
+                (true, Some(newest)) => {
+                    let oldest = self.statements.keys().find_map(|id| match id {
+                        SegmentId::Media(n) => Some(*n),
+                        SegmentId::Init => None,
+                    });
+                    let behind = newest.saturating_sub(self.config.live_start_behind);
+                    Some(behind.max(oldest.unwrap_or(0)))
+                }
+                (true, None) => None,
+            };
+        }
+        let mut wanted = Vec::new();
+        if self.statements.contains_key(&SegmentId::Init) {
+            wanted.push(SegmentId::Init);
+        }
+        if let (Some(start), Some(newest)) = (self.start, newest) {
+            let first_missing = (start..=newest)
+                .find(|n| !self.store.contains_key(&SegmentId::Media(*n)))
+                .unwrap_or(newest + 1);
+            let end = if live { newest } else { newest.min(first_missing + self.config.vod_lookahead) };
+            wanted.extend(
+                (first_missing..=end)
+                    .map(SegmentId::Media)
+                    .filter(|id| self.statements.contains_key(id)),
+            );
+        }
+        Some(wanted)
+    }
+
+    /// Dials candidates while this viewer has fewer partners than it wants.
+    fn maintain(&mut self, _now: Instant) {
+        if self.is_source() {
+            return;
+        }
+        let mut missing = self.config.max_partners.saturating_sub(self.partners.len() + self.dialing.len());
+        if missing == 0 {
+            return;
+        }
+        let mut candidates: Vec<(PeerId, SocketAddr)> = self
+            .candidates
+            .iter()
+            .filter(|(id, _)| !self.partners.contains_key(id) && !self.dialing.contains(id))
+            .map(|(id, addr)| (*id, *addr))
+            .collect();
+        candidates.sort();
+        for (id, addr) in candidates {
+            if missing == 0 {
+                break;
+            }
+            missing -= 1;
+            self.dialing.insert(id);
+            self.outputs.push_back(Output::Dial(PeerAddr { id, addr }));
+        }
+    }
+
+    fn take_pending(&mut self, peer: PeerId, id: SegmentId) -> bool {
+        match self.pending.get(&id) {
+            Some(p) if p.peer == peer => {
+                self.pending.remove(&id);
+                if let Some(partner) = self.partners.get_mut(&peer) {
+                    partner.inflight = partner.inflight.saturating_sub(1);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn strike(&mut self, peer: PeerId) {
+        let Some(partner) = self.partners.get_mut(&peer) else { return };
+        partner.strikes += 1;
+        if partner.strikes >= self.config.max_strikes {
+            self.close(peer, "too many protocol violations");
+        }
+    }
+
+    fn close(&mut self, peer: PeerId, reason: &'static str) {
+        self.candidates.remove(&peer);
+        self.outputs.push_back(Output::Close { peer, reason });
+    }
+
+    fn send(&mut self, to: PeerId, frame: Frame) {
+        self.outputs.push_back(Output::Send { to, frame });
+    }
+
+    fn broadcast(&mut self, except: Option<PeerId>, frame: Frame) {
+        let peers: Vec<PeerId> =
+            self.partners.keys().copied().filter(|p| Some(*p) != except).collect();
+        for peer in peers {
+            self.send(peer, frame.clone());
+        }
+    }
+}
+
+/// Why [`Exchange::publish`] failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// Only the broadcaster's exchange publishes.
+    #[error("only the broadcaster can publish")]
+    NotTheSource,
+    /// The segment could not be described.
+    #[error(transparent)]
+    Integrity(#[from] IntegrityError),
+}
+
+#[cfg(test)]
+mod tests;

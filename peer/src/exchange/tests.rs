@@ -1,0 +1,367 @@
+//! The exchange driven without sockets: a harness that routes outputs between exchanges in
+//! virtual time, in the style of quinn-proto's `Pair`.
+
+use std::collections::HashMap;
+
+use super::*;
+use crate::segment::ChannelRecord;
+
+const SEGMENT: Duration = Duration::from_secs(1);
+
+/// Tampering applied to segment payloads sent by one peer.
+type Tamper = Box<dyn FnMut(SegmentId, Bytes) -> Option<Bytes>>;
+
+struct Harness {
+    now: Instant,
+    key: Keypair,
+    nodes: HashMap<PeerId, Exchange>,
+    addrs: HashMap<SocketAddr, PeerId>,
+    links: HashSet<(PeerId, PeerId)>,
+    events: Vec<(PeerId, Event)>,
+    tamper: HashMap<PeerId, Tamper>,
+    /// Frames a peer sends are dropped (to simulate a peer that stopped answering).
+    mute: HashSet<PeerId>,
+    next_seq: u64,
+}
+
+impl Harness {
+    fn new(kind: StreamKind) -> (Self, PeerId) {
+        let now = Instant::now();
+        let key = Keypair::from_seed([42; 32]);
+        let record = ChannelRecord {
+            broadcaster: key.public(),
+            name: "harness".into(),
+            kind,
+            segment_target_ms: 1000,
+            started_unix_ms: 0,
+        }
+        .sign(&key);
+        let source_id = key.peer_id();
+        let addr: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        let source = Exchange::source(now, config(), key.clone(), record, Some(addr));
+        let mut h = Self {
+            now,
+            key,
+            nodes: HashMap::new(),
+            addrs: HashMap::new(),
+            links: HashSet::new(),
+            events: Vec::new(),
+            tamper: HashMap::new(),
+            mute: HashSet::new(),
+            next_seq: 0,
+        };
+        h.nodes.insert(source_id, source);
+        h.addrs.insert(addr, source_id);
+        (h, source_id)
+    }
+
+    fn channel(&self) -> ChannelId {
+        self.key.public().channel_id()
+    }
+
+    fn add_viewer(&mut self, n: u8, bootstrap: PeerId) -> PeerId {
+        let id = Keypair::from_seed([n; 32]).peer_id();
+        let addr: SocketAddr = format!("10.0.1.{n}:1").parse().unwrap();
+        let mut viewer = Exchange::viewer(self.now, config(), id, self.channel(), Some(addr));
+        let boot_addr = *self.addrs.iter().find(|(_, p)| **p == bootstrap).unwrap().0;
+        viewer.add_candidates(self.now, [PeerAddr { id: bootstrap, addr: boot_addr }]);
+        self.nodes.insert(id, viewer);
+        self.addrs.insert(addr, id);
+        self.run();
+        id
+    }
+
+    fn publish(&mut self, source: PeerId, bytes: &[u8]) {
+        let id = if self.next_seq == 0 && !self.nodes[&source].store.contains_key(&SegmentId::Init) {
+            SegmentId::Init
+        } else {
+            let id = SegmentId::Media(self.next_seq);
+            self.next_seq += 1;
+            id
+        };
+        let duration = if id == SegmentId::Init { Duration::ZERO } else { SEGMENT };
+        let now = self.now;
+        let node = self.nodes.get_mut(&source).unwrap();
+        node.publish(now, id, duration, 0, Bytes::copy_from_slice(bytes), false).unwrap();
+        self.run();
+    }
+
+    /// Routes outputs until every exchange is quiet.
+    fn run(&mut self) {
+        for _ in 0..10_000 {
+            let mut work = Vec::new();
+            for (id, node) in self.nodes.iter_mut() {
+                while let Some(out) = node.poll_output() {
+                    work.push((*id, out));
+                }
+            }
+            if work.is_empty() {
+                return;
+            }
+            for (from, out) in work {
+                self.carry_out(from, out);
+            }
+        }
+        panic!("the exchanges did not quiesce");
+    }
+
+    fn carry_out(&mut self, from: PeerId, out: Output) {
+        let now = self.now;
+        match out {
+            Output::Send { to, frame } => {
+                if self.linked(from, to) && !self.mute.contains(&from) {
+                    let peer = from;
+                    self.nodes.get_mut(&to).unwrap().handle_input(now, Input::Frame { peer, frame });
+                }
+            }
+            Output::SendSegment { to, id, bytes } => {
+                if !self.linked(from, to) || self.mute.contains(&from) {
+                    return;
+                }
+                let bytes = match self.tamper.get_mut(&from) {
+                    Some(tamper) => match tamper(id, bytes) {
+                        Some(b) => b,
+                        None => return,
+                    },
+                    None => bytes,
+                };
+                let receiver = self.nodes.get_mut(&to).unwrap();
+                let input = match receiver.expected_len(&from, id) {
+                    Some(len) if bytes.len() <= len => Input::Segment { peer: from, id, bytes },
+                    _ => Input::SegmentFailed { peer: from, id },
+                };
+                receiver.handle_input(now, input);
+            }
+            Output::Dial(target) => {
+                let Some(&to) = self.addrs.get(&target.addr) else { return };
+                assert_eq!(to, target.id, "dialled an address under the wrong id");
+                if self.linked(from, to) {
+                    self.nodes.get_mut(&from).unwrap().handle_input(now, Input::Connected { peer: to });
+                    return;
+                }
+                self.links.insert((from.min(to), from.max(to)));
+                self.nodes.get_mut(&from).unwrap().handle_input(now, Input::Connected { peer: to });
+                self.nodes.get_mut(&to).unwrap().handle_input(now, Input::Connected { peer: from });
+            }
+            Output::Close { peer, .. } => self.disconnect(from, peer),
+            Output::Event(e) => self.events.push((from, e)),
+        }
+    }
+
+    fn disconnect(&mut self, a: PeerId, b: PeerId) {
+        if self.links.remove(&(a.min(b), a.max(b))) {
+            let now = self.now;
+            if let Some(n) = self.nodes.get_mut(&a) {
+                n.handle_input(now, Input::Disconnected { peer: b });
+            }
+            if let Some(n) = self.nodes.get_mut(&b) {
+                n.handle_input(now, Input::Disconnected { peer: a });
+            }
+        }
+    }
+
+    fn linked(&self, a: PeerId, b: PeerId) -> bool {
+        self.links.contains(&(a.min(b), a.max(b)))
+    }
+
+    /// Moves virtual time forward by `by`, firing every timer that falls due on the way.
+    fn advance(&mut self, by: Duration) {
+        let target = self.now + by;
+        loop {
+            let next = self.nodes.values().filter_map(Exchange::poll_timeout).min();
+            let Some(next) = next.filter(|t| *t <= target) else { break };
+            self.now = self.now.max(next);
+            let now = self.now;
+            for node in self.nodes.values_mut() {
+                if node.poll_timeout().is_some_and(|t| t <= now) {
+                    node.handle_timeout(now);
+                }
+            }
+            self.run();
+        }
+        self.now = target;
+    }
+
+    fn remove(&mut self, peer: PeerId) {
+        let linked: Vec<PeerId> = self.nodes.keys().copied().filter(|p| self.linked(*p, peer)).collect();
+        for other in linked {
+            self.disconnect(peer, other);
+        }
+        self.nodes.remove(&peer);
+        self.addrs.retain(|_, p| *p != peer);
+    }
+
+    fn stored(&self, peer: PeerId) -> Vec<SegmentId> {
+        self.nodes[&peer].store.keys().copied().collect()
+    }
+}
+
+fn config() -> ExchangeConfig {
+    ExchangeConfig { live_window: 1000, ..ExchangeConfig::default() }
+}
+
+fn payload(n: u8) -> Vec<u8> {
+    vec![n; 1000 + n as usize]
+}
+
+#[test]
+fn viewers_receive_every_segment_verified_and_byte_identical() {
+    let (mut h, source) = Harness::new(StreamKind::Live);
+    h.publish(source, b"init");
+    let a = h.add_viewer(1, source);
+    let b = h.add_viewer(2, source);
+    for n in 0..10 {
+        h.publish(source, &payload(n));
+        h.advance(Duration::from_secs(1));
+    }
+    for viewer in [a, b] {
+        let node = &h.nodes[&viewer];
+        assert_eq!(node.segment(SegmentId::Init).unwrap().as_ref(), b"init");
+        for n in 0..10u8 {
+            assert_eq!(node.segment(SegmentId::Media(n as u64)).unwrap().as_ref(), &payload(n)[..]);
+        }
+    }
+    let rejected = h.events.iter().filter(|(_, e)| matches!(e, Event::SegmentRejected { .. })).count();
+    assert_eq!(rejected, 0);
+    // With a grace period before asking the source, the two viewers share the work.
+    let from_peers: u64 = [a, b].iter().map(|v| h.nodes[v].stats().bytes_from_peers).sum();
+    assert!(from_peers > 0, "no segment went viewer to viewer");
+}
+
+#[test]
+fn a_late_viewer_learns_about_other_viewers_and_fetches_from_them() {
+    let (mut h, source) = Harness::new(StreamKind::Vod);
+    h.publish(source, b"init");
+    for n in 0..5 {
+        h.publish(source, &payload(n));
+    }
+    let a = h.add_viewer(1, source);
+    h.advance(Duration::from_secs(2));
+    assert_eq!(h.stored(a).len(), 6);
+    // The second viewer bootstraps from the source, hears of `a` and prefers it.
+    let b = h.add_viewer(2, source);
+    h.advance(Duration::from_millis(10));
+    assert_eq!(h.stored(b).len(), 6);
+    assert!(h.linked(a, b), "b should have dialled a");
+    let stats = h.nodes[&b].stats().clone();
+    assert!(stats.bytes_from_peers > 0, "{stats:?}");
+}
+
+#[test]
+fn corrupted_bytes_are_rejected_and_fetched_again_elsewhere() {
+    let (mut h, source) = Harness::new(StreamKind::Vod);
+    h.publish(source, b"init");
+    h.publish(source, &payload(0));
+    let liar = h.add_viewer(1, source);
+    h.advance(Duration::from_secs(2));
+    h.tamper.insert(
+        liar,
+        Box::new(|_, bytes| {
+            let mut v = bytes.to_vec();
+            v[0] ^= 0xff;
+            Some(Bytes::from(v))
+        }),
+    );
+    let victim = h.add_viewer(2, source);
+    h.advance(Duration::from_secs(3));
+    assert_eq!(h.nodes[&victim].segment(SegmentId::Media(0)).unwrap().as_ref(), &payload(0)[..]);
+    let rejected: Vec<_> = h
+        .events
+        .iter()
+        .filter(|(at, e)| *at == victim && matches!(e, Event::SegmentRejected { .. }))
+        .collect();
+    assert!(!rejected.is_empty(), "the corrupted copy must be reported");
+    assert!(rejected.iter().all(|(_, e)| matches!(e,
+        Event::SegmentRejected { peer, error: IntegrityError::HashMismatch, .. } if *peer == liar)));
+}
+
+#[test]
+fn forged_statements_are_dropped_never_forwarded_and_cost_a_strike() {
+    let (mut h, source) = Harness::new(StreamKind::Live);
+    h.publish(source, b"init");
+    let a = h.add_viewer(1, source);
+    let b = h.add_viewer(2, a);
+    let forger = Keypair::from_seed([66; 32]);
+    let forged = SegmentMeta::describe(h.channel(), SegmentId::Media(0), SEGMENT, 0, b"evil")
+        .unwrap()
+        .sign(&forger);
+    let now = h.now;
+    h.nodes.get_mut(&b).unwrap().handle_input(
+        now,
+        Input::Frame { peer: a, frame: Frame::Announce(vec![forged]) },
+    );
+    h.run();
+    assert!(h.events.iter().any(|(at, e)| *at == b
+        && matches!(e, Event::StatementRejected { error: IntegrityError::BadSignature, .. })));
+    assert!(!h.nodes[&b].statements.contains_key(&SegmentId::Media(0)));
+    // The real segment 0 still arrives afterwards.
+    h.publish(source, &payload(0));
+    h.advance(Duration::from_secs(2));
+    assert_eq!(h.nodes[&b].segment(SegmentId::Media(0)).unwrap().as_ref(), &payload(0)[..]);
+    assert_eq!(h.nodes[&b].partners().find(|p| p.peer == a).unwrap().strikes, 1);
+}
+
+#[test]
+fn a_partner_that_stops_answering_is_replaced_after_the_timeout() {
+    let (mut h, source) = Harness::new(StreamKind::Vod);
+    h.publish(source, b"init");
+    h.publish(source, &payload(0));
+    let a = h.add_viewer(1, source);
+    h.advance(Duration::from_secs(2));
+    h.tamper.insert(a, Box::new(|_, _| None)); // a swallows every segment it should send
+    let b = h.add_viewer(2, source);
+    h.advance(Duration::from_millis(10));
+    assert!(h.nodes[&b].segment(SegmentId::Media(0)).is_none(), "b asks a first");
+    h.advance(config().request_timeout * 2);
+    assert_eq!(h.nodes[&b].segment(SegmentId::Media(0)).unwrap().as_ref(), &payload(0)[..]);
+    assert!(h.nodes[&b].stats().requests_retried >= 1);
+}
+
+#[test]
+fn a_viewer_leaving_mid_transfer_costs_the_others_nothing() {
+    let (mut h, source) = Harness::new(StreamKind::Vod);
+    h.publish(source, b"init");
+    for n in 0..3 {
+        h.publish(source, &payload(n));
+    }
+    let a = h.add_viewer(1, source);
+    h.advance(Duration::from_secs(2));
+    h.mute.insert(a);
+    let b = h.add_viewer(2, source);
+    h.advance(Duration::from_millis(100));
+    h.remove(a);
+    h.advance(Duration::from_secs(2));
+    assert_eq!(h.stored(b).len(), 4);
+}
+
+#[test]
+fn unsolicited_segments_are_refused() {
+    let (mut h, source) = Harness::new(StreamKind::Live);
+    h.publish(source, b"init");
+    let a = h.add_viewer(1, source);
+    assert_eq!(h.nodes[&a].expected_len(&source, SegmentId::Media(5)), None);
+    let now = h.now;
+    h.nodes.get_mut(&a).unwrap().handle_input(
+        now,
+        Input::Segment { peer: source, id: SegmentId::Media(5), bytes: Bytes::from_static(b"x") },
+    );
+    h.run();
+    assert!(h.nodes[&a].segment(SegmentId::Media(5)).is_none());
+}
+
+#[test]
+fn a_live_viewer_starts_near_the_live_edge_and_evicts_old_segments() {
+    let (mut h, source) = Harness::new(StreamKind::Live);
+    h.nodes.get_mut(&source).unwrap().config.live_window = 5;
+    h.publish(source, b"init");
+    for n in 0..10 {
+        h.publish(source, &payload(n));
+    }
+    let a = h.add_viewer(1, source);
+    h.advance(Duration::from_secs(2));
+    let stored = h.stored(a);
+    let behind = config().live_start_behind;
+    assert_eq!(stored.first(), Some(&SegmentId::Init));
+    assert_eq!(stored.get(1), Some(&SegmentId::Media(9 - behind)), "{stored:?}");
+    assert!(h.stored(source).len() <= 7, "source keeps only its window: {:?}", h.stored(source));
+}

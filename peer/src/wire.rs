@@ -1,0 +1,277 @@
+//! The wire format between peers: versioned, length-prefixed control frames and the header of a
+//! segment stream.
+//!
+//! A control frame is a 4-byte big-endian length, then that many bytes: one version byte and the
+//! postcard encoding of a [`Frame`]. Frames longer than [`MAX_FRAME_LEN`] are refused before
+//! they are buffered. Each segment travels on its own unidirectional QUIC stream: a
+//! [`SegmentHeader`] encoded like a frame, then the segment's bytes until the stream ends.
+//!
+//! Everything here is pure: [`FrameDecoder`] takes bytes in and hands frames out, so the same
+//! code parses what QUIC delivers in the node and what the simulator delivers in `sim`.
+
+use std::net::SocketAddr;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{ChannelId, PeerId};
+use crate::segment::{SegmentId, SignedChannel, SignedSegment};
+
+/// The ALPN protocol id of Selfcast's QUIC connections.
+pub const ALPN: &[u8] = b"selfcast/1";
+/// The version byte of every frame this code writes and accepts.
+pub const WIRE_VERSION: u8 = 1;
+/// The largest control frame accepted, length prefix excluded.
+pub const MAX_FRAME_LEN: usize = 64 * 1024;
+/// The most statements, ids or addresses one frame may carry.
+pub const MAX_LIST_LEN: usize = 256;
+
+/// A control message between two peers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// First frame on a connection, from each side: who I am listening as and what I watch.
+    Hello {
+        /// The channel this peer serves or watches.
+        channel: ChannelId,
+        /// Where this peer accepts connections, if anywhere.
+        listen: Option<SocketAddr>,
+    },
+    /// The channel's signed record.
+    Channel(SignedChannel),
+    /// Signed segment statements, oldest first.
+    Announce(Vec<SignedSegment>),
+    /// The sender holds these segments, verified, and will serve them.
+    Have(Vec<SegmentId>),
+    /// Please send this segment on a new stream.
+    Request(SegmentId),
+    /// The sender cannot serve this segment (it does not hold it, or it is too busy).
+    Missing(SegmentId),
+    /// Other peers of the channel the receiver may connect to.
+    Peers(Vec<PeerAddr>),
+}
+
+/// A peer and where it listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerAddr {
+    /// The peer's id; a dialler checks the certificate against it.
+    pub id: PeerId,
+    /// The peer's listening address.
+    pub addr: SocketAddr,
+}
+
+/// The first bytes of a segment stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentHeader {
+    /// The segment that follows.
+    pub id: SegmentId,
+}
+
+/// Why bytes from a peer were not a frame. Any of these closes the connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The length prefix announces more than [`MAX_FRAME_LEN`].
+    #[error("frame of {len} bytes exceeds the {MAX_FRAME_LEN}-byte bound")]
+    TooLarge {
+        /// The announced length.
+        len: usize,
+    },
+    /// The version byte is not one we speak.
+    #[error("unsupported wire version {0}")]
+    UnsupportedVersion(u8),
+    /// The bytes do not decode as a frame.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// A list in the frame is longer than [`MAX_LIST_LEN`].
+    #[error("frame carries a list of {0} items, more than {MAX_LIST_LEN}")]
+    ListTooLong(usize),
+}
+
+impl FrameError {
+    /// The QUIC application error code a connection is closed with for this error.
+    pub fn close_code(&self) -> u32 {
+        match self {
+            Self::TooLarge { .. } => 0x11,
+            Self::UnsupportedVersion(_) => 0x12,
+            Self::Malformed(_) | Self::ListTooLong(_) => 0x13,
+        }
+    }
+}
+
+impl Frame {
+    /// Encodes the frame with its length prefix.
+    pub fn encode(&self) -> Bytes {
+        encode_prefixed(self)
+    }
+
+    fn check_bounds(&self) -> Result<(), FrameError> {
+        let len = match self {
+            Self::Announce(v) => v.len(),
+            Self::Have(v) => v.len(),
+            Self::Peers(v) => v.len(),
+            Self::Hello { .. } | Self::Channel(_) | Self::Request(_) | Self::Missing(_) => 0,
+        };
+        if len > MAX_LIST_LEN {
+            return Err(FrameError::ListTooLong(len));
+        }
+        Ok(())
+    }
+}
+
+impl SegmentHeader {
+    /// Encodes the header with its length prefix.
+    pub fn encode(&self) -> Bytes {
+        encode_prefixed(self)
+    }
+
+    /// Parses a header from the start of `buf`, returning it and the bytes it used, or `None`
+    /// when more bytes are needed.
+    pub fn parse(buf: &[u8]) -> Result<Option<(Self, usize)>, FrameError> {
+        let Some(body) = split_prefixed(buf)? else { return Ok(None) };
+        let header = decode_body(body)?;
+        Ok(Some((header, 4 + body.len())))
+    }
+}
+
+/// Splits a byte stream into frames.
+///
+/// Feed it what arrives with [`FrameDecoder::extend`], then call [`FrameDecoder::next_frame`]
+/// until it returns `Ok(None)`. After an error the stream is unusable and the connection
+/// should be closed with [`FrameError::close_code`].
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: BytesMut,
+}
+
+impl FrameDecoder {
+    /// Appends received bytes.
+    pub fn extend(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next complete frame, if there is one.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        let Some(body) = split_prefixed(&self.buf)? else { return Ok(None) };
+        let used = 4 + body.len();
+        let frame: Frame = decode_body(body)?;
+        self.buf.advance(used);
+        frame.check_bounds()?;
+        Ok(Some(frame))
+    }
+
+    /// How many bytes are buffered without forming a complete frame yet.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+fn encode_prefixed<T: Serialize>(value: &T) -> Bytes {
+    // Serializing our own plain types into a Vec cannot fail.
+    #[allow(clippy::unwrap_used)]
+    let body = postcard::to_allocvec(value).unwrap();
+    let mut out = BytesMut::with_capacity(5 + body.len());
+    out.put_u32(1 + body.len() as u32);
+    out.put_u8(WIRE_VERSION);
+    out.put_slice(&body);
+    out.freeze()
+}
+
+/// The body (version byte included) of the first frame in `buf`, if complete.
+fn split_prefixed(buf: &[u8]) -> Result<Option<&[u8]>, FrameError> {
+    let Some(prefix) = buf.get(..4) else { return Ok(None) };
+    let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+    if len > MAX_FRAME_LEN {
+        return Err(FrameError::TooLarge { len });
+    }
+    if len == 0 {
+        return Err(FrameError::Malformed("empty frame".into()));
+    }
+    Ok(buf.get(4..4 + len))
+}
+
+fn decode_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, FrameError> {
+    let (&version, rest) = body.split_first().ok_or(FrameError::Malformed("empty".into()))?;
+    if version != WIRE_VERSION {
+        return Err(FrameError::UnsupportedVersion(version));
+    }
+    let (value, trailing) =
+        postcard::take_from_bytes(rest).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if !trailing.is_empty() {
+        return Err(FrameError::Malformed(format!("{} trailing bytes", trailing.len())));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_frames() -> Vec<Frame> {
+        let channel = ChannelId([5; 20]);
+        vec![
+            Frame::Hello { channel, listen: Some("127.0.0.1:4433".parse().unwrap()) },
+            Frame::Have(vec![SegmentId::Init, SegmentId::Media(9)]),
+            Frame::Request(SegmentId::Media(3)),
+            Frame::Missing(SegmentId::Init),
+            Frame::Peers(vec![PeerAddr { id: PeerId([1; 32]), addr: "[::1]:9".parse().unwrap() }]),
+        ]
+    }
+
+    #[test]
+    fn frames_round_trip_even_when_split_byte_by_byte() {
+        let frames = sample_frames();
+        let stream: Vec<u8> = frames.iter().flat_map(|f| f.encode().to_vec()).collect();
+        let mut decoder = FrameDecoder::default();
+        let mut out = Vec::new();
+        for byte in stream {
+            decoder.extend(&[byte]);
+            while let Some(frame) = decoder.next_frame().unwrap() {
+                out.push(frame);
+            }
+        }
+        assert_eq!(out, frames);
+        assert_eq!(decoder.buffered(), 0);
+    }
+
+    #[test]
+    fn an_oversize_length_is_refused_before_buffering_the_body() {
+        let mut decoder = FrameDecoder::default();
+        decoder.extend(&((MAX_FRAME_LEN as u32 + 1).to_be_bytes()));
+        assert_eq!(decoder.next_frame(), Err(FrameError::TooLarge { len: MAX_FRAME_LEN + 1 }));
+    }
+
+    #[test]
+    fn garbage_and_unknown_versions_are_errors_not_panics() {
+        let mut decoder = FrameDecoder::default();
+        decoder.extend(&[0, 0, 0, 3, WIRE_VERSION, 0xff, 0xff]);
+        assert!(matches!(decoder.next_frame(), Err(FrameError::Malformed(_))));
+
+        let mut decoder = FrameDecoder::default();
+        let mut bytes = Frame::Request(SegmentId::Init).encode().to_vec();
+        bytes[4] = 99;
+        decoder.extend(&bytes);
+        assert_eq!(decoder.next_frame(), Err(FrameError::UnsupportedVersion(99)));
+
+        let mut decoder = FrameDecoder::default();
+        decoder.extend(&[0, 0, 0, 0]);
+        assert!(decoder.next_frame().is_err());
+    }
+
+    #[test]
+    fn overlong_lists_are_refused() {
+        let frame = Frame::Have((0..=MAX_LIST_LEN as u64).map(SegmentId::Media).collect());
+        let mut decoder = FrameDecoder::default();
+        decoder.extend(&frame.encode());
+        assert_eq!(decoder.next_frame(), Err(FrameError::ListTooLong(MAX_LIST_LEN + 1)));
+    }
+
+    #[test]
+    fn segment_header_parses_from_a_prefix() {
+        let header = SegmentHeader { id: SegmentId::Media(77) };
+        let mut bytes = header.encode().to_vec();
+        let len = bytes.len();
+        assert_eq!(SegmentHeader::parse(&bytes[..len - 1]).unwrap(), None);
+        bytes.extend_from_slice(b"payload");
+        assert_eq!(SegmentHeader::parse(&bytes).unwrap(), Some((header, len)));
+    }
+}
