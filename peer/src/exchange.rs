@@ -383,9 +383,11 @@ impl Exchange {
         meta.last = last;
         let signed = meta.sign(key);
         self.accept_statement(now, signed);
-        self.store_segment(id, meta, bytes, None);
         self.broadcast(None, Frame::Announce(vec![signed]));
-        self.broadcast(None, Frame::Have(vec![id]));
+        if !meta.is_end_marker() {
+            self.store_segment(id, meta, bytes, None);
+            self.broadcast(None, Frame::Have(vec![id]));
+        }
         self.schedule(now);
         Ok(())
     }
@@ -484,9 +486,11 @@ impl Exchange {
 
     /// The newest media segment announced, if any.
     pub fn newest(&self) -> Option<u64> {
-        self.statements.keys().next_back().and_then(|id| match id {
-            SegmentId::Media(n) => Some(*n),
-            SegmentId::Init => None,
+        self.statements.values().rev().find(|s| !s.meta.is_end_marker()).and_then(|s| {
+            match s.meta.id {
+                SegmentId::Media(n) => Some(n),
+                SegmentId::Init => None,
+            }
         })
     }
 
@@ -557,6 +561,9 @@ impl Exchange {
                 }
                 if let Some(addr) = listen {
                     self.candidates.insert(peer, addr);
+                    // Introduce the newcomer to the others, so the mesh forms without the
+                    // source in the middle.
+                    self.broadcast(Some(peer), Frame::Peers(vec![PeerAddr { id: peer, addr }]));
                 }
             }
             Frame::Channel(record) => self.on_channel(peer, record),
@@ -679,11 +686,13 @@ impl Exchange {
         self.statements.insert(meta.id, statement);
         self.seen.insert(meta.id, now);
         if let SegmentId::Media(seq) = meta.id {
-            self.outputs
-                .push_back(Output::Event(Event::Announced { seq, duration: meta.duration() }));
-            if meta.last {
-                self.last = Some(seq);
-                self.outputs.push_back(Output::Event(Event::Ended { last: seq }));
+            if meta.is_end_marker() {
+                let last = seq.saturating_sub(1);
+                self.last = Some(last);
+                self.outputs.push_back(Output::Event(Event::Ended { last }));
+            } else {
+                self.outputs
+                    .push_back(Output::Event(Event::Announced { seq, duration: meta.duration() }));
             }
         }
     }
@@ -804,7 +813,7 @@ impl Exchange {
             wanted.extend(
                 (first_missing..=end)
                     .map(SegmentId::Media)
-                    .filter(|id| self.statements.contains_key(id)),
+                    .filter(|id| self.statements.get(id).is_some_and(|s| !s.meta.is_end_marker())),
             );
         }
         Some(wanted)

@@ -182,10 +182,10 @@ impl fmt::Debug for PublicKey {
 
 mod verifying_key_bytes {
     use ed25519_dalek::VerifyingKey;
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     pub fn serialize<S: Serializer>(key: &VerifyingKey, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(key.as_bytes())
+        key.as_bytes().serialize(s)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<VerifyingKey, D::Error> {

@@ -109,7 +109,8 @@ pub struct SegmentMeta {
     pub len: u32,
     /// BLAKE3 hash of the segment's bytes.
     pub hash: [u8; 32],
-    /// True on the last segment of a finished stream.
+    /// True on the end-of-stream marker: an empty statement numbered one past the final
+    /// segment.
     pub last: bool,
 }
 
@@ -132,6 +133,11 @@ impl SegmentMeta {
             hash: *blake3::hash(bytes).as_bytes(),
             last: false,
         })
+    }
+
+    /// True for the end-of-stream marker, which names no bytes to fetch.
+    pub fn is_end_marker(&self) -> bool {
+        self.last && self.len == 0
     }
 
     /// The segment's playback duration.

@@ -207,8 +207,29 @@ mod tests {
     use super::*;
 
     fn sample_frames() -> Vec<Frame> {
-        let channel = ChannelId([5; 20]);
+        use crate::identity::Keypair;
+        use crate::segment::{ChannelRecord, SegmentMeta, StreamKind};
+
+        let key = Keypair::from_seed([5; 32]);
+        let record = ChannelRecord {
+            broadcaster: key.public(),
+            name: "Première — ünïcode".into(),
+            kind: StreamKind::Live,
+            segment_target_ms: 1000,
+            started_unix_ms: 1_700_000_000_000,
+        };
+        let channel = record.channel_id();
+        let meta = SegmentMeta::describe(
+            channel,
+            SegmentId::Media(1),
+            std::time::Duration::from_millis(1001),
+            5,
+            b"bytes",
+        )
+        .unwrap();
         vec![
+            Frame::Channel(record.sign(&key)),
+            Frame::Announce(vec![meta.sign(&key)]),
             Frame::Hello { channel, listen: Some("127.0.0.1:4433".parse().unwrap()) },
             Frame::Have(vec![SegmentId::Init, SegmentId::Media(9)]),
             Frame::Request(SegmentId::Media(3)),

@@ -1,0 +1,226 @@
+//! What the `peer` command runs: a broadcast (ingest → signed segments → source node), a
+//! viewer, and the one-process demo swarm. The integration tests start the same functions.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::identity::{ChannelId, Keypair};
+use crate::media::{Ingest, IngestConfig, IngestError, IngestMode, IngestOutput, IngestSummary, Input};
+use crate::node::{Bootstrap, NodeConfig, NodeHandle};
+use crate::segment::{ChannelRecord, SegmentId, StreamKind};
+
+/// How to broadcast.
+#[derive(Debug, Clone)]
+pub struct BroadcastOptions {
+    /// What to ingest.
+    pub input: Input,
+    /// Import the whole input as fast as possible for on-demand viewing.
+    pub vod: bool,
+    /// The channel's title.
+    pub name: String,
+    /// Target segment duration.
+    pub segment_target: Duration,
+    /// Show a progress bar during a VOD import.
+    pub progress: bool,
+    /// The source node's settings.
+    pub node: NodeConfig,
+}
+
+/// A running broadcast: the source node and the ingest feeding it.
+pub struct Broadcast {
+    node: NodeHandle,
+    stop: Arc<AtomicBool>,
+    ingest: tokio::task::JoinHandle<anyhow::Result<IngestSummary>>,
+}
+
+impl Broadcast {
+    /// Opens the input (failing fast on a missing or unusable one), starts the source node
+    /// and starts ingesting into it.
+    pub async fn start(options: BroadcastOptions, key: Keypair) -> anyhow::Result<Self> {
+        let config = IngestConfig {
+            input: options.input.clone(),
+            segment_target: options.segment_target,
+            mode: if options.vod { IngestMode::Vod } else { IngestMode::Live },
+            progress: options.progress,
+        };
+        let ingest = tokio::task::spawn_blocking(move || Ingest::open(config))
+            .await
+            .context("ingest thread")??;
+        let info = ingest.info();
+        info!(
+            video = %info.video_codec, audio = ?info.audio_codec, width = info.width,
+            height = info.height, treatment = ?info.video, "input opened"
+        );
+        let record = ChannelRecord {
+            broadcaster: key.public(),
+            name: options.name.clone(),
+            kind: if options.vod { StreamKind::Vod } else { StreamKind::Live },
+            segment_target_ms: u32::try_from(options.segment_target.as_millis()).unwrap_or(u32::MAX),
+            started_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        }
+        .sign(&key);
+        let node = NodeHandle::start_source(options.node.clone(), key, record).await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let ingest = tokio::spawn(pump(ingest, node.clone(), stop.clone()));
+        Ok(Self { node, stop, ingest })
+    }
+
+    /// The source node.
+    pub fn node(&self) -> &NodeHandle {
+        &self.node
+    }
+
+    /// The channel id viewers watch.
+    pub fn channel(&self) -> ChannelId {
+        self.node.channel()
+    }
+
+    /// True once the input has ended (the node keeps serving what it has).
+    pub fn ingest_finished(&self) -> bool {
+        self.ingest.is_finished()
+    }
+
+    /// Waits for the input to end and returns the ingest's summary.
+    pub async fn wait_ingest(&mut self) -> anyhow::Result<IngestSummary> {
+        (&mut self.ingest).await.context("ingest task")?
+    }
+
+    /// Stops ingesting and shuts the node down.
+    pub async fn shutdown(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // The ingest stops at the next packet and publishes the end-of-stream marker.
+        match self.ingest.await {
+            Ok(Err(e)) => warn!(error = %e, "ingest ended with an error"),
+            Err(e) => warn!(error = %e, "ingest task failed"),
+            Ok(Ok(_)) => {}
+        }
+        self.node.shutdown().await;
+    }
+}
+
+/// Runs the blocking ingest on its own thread and publishes what it produces, in order.
+async fn pump(ingest: Ingest, node: NodeHandle, stop: Arc<AtomicBool>) -> anyhow::Result<IngestSummary> {
+    let (tx, mut rx) = mpsc::channel::<IngestOutput>(16);
+    let worker = tokio::task::spawn_blocking(move || {
+        ingest.run(&stop, |output| tx.blocking_send(output).map_err(|_| crate::media::SinkClosed))
+    });
+    let mut next_seq = 0;
+    while let Some(output) = rx.recv().await {
+        let (id, duration, bytes) = match output {
+            IngestOutput::Init(bytes) => (SegmentId::Init, Duration::ZERO, bytes),
+            IngestOutput::Segment(chunk) => {
+                next_seq = chunk.seq + 1;
+                (SegmentId::Media(chunk.seq), chunk.duration, chunk.bytes)
+            }
+        };
+        node.publish(id, duration, bytes, false).await?;
+    }
+    let summary = worker.await.context("ingest thread")?;
+    let summary = match summary {
+        Ok(s) => s,
+        Err(IngestError::SinkClosed) => anyhow::bail!("the source node stopped"),
+        Err(e) => return Err(e.into()),
+    };
+    // An empty statement flagged `last` marks the end of the stream.
+    node.publish(SegmentId::Media(next_seq), Duration::ZERO, Bytes::new(), true).await?;
+    info!(segments = summary.segments, media_s = summary.media_duration.as_secs_f64(),
+        wall_s = summary.wall.as_secs_f64(), "input ended; still serving");
+    Ok(summary)
+}
+
+/// Starts a viewer of `channel`.
+pub async fn watch(
+    channel: ChannelId,
+    bootstrap: Vec<Bootstrap>,
+    node: NodeConfig,
+    key: Keypair,
+) -> anyhow::Result<NodeHandle> {
+    anyhow::ensure!(!bootstrap.is_empty(), "a viewer needs at least one --bootstrap peer");
+    Ok(NodeHandle::start_viewer(node, key, channel, bootstrap).await?)
+}
+
+/// The demo swarm: a source on the built-in test pattern and `viewers` viewers, all on
+/// loopback in this process.
+pub struct Demo {
+    /// The broadcast.
+    pub broadcast: Broadcast,
+    /// The viewers' nodes.
+    pub viewers: Vec<NodeHandle>,
+}
+
+impl Demo {
+    /// Starts the demo swarm.
+    pub async fn start(viewers: usize, web_root: PathBuf, first_http_port: u16) -> anyhow::Result<Self> {
+        let node = |http_port: u16| NodeConfig {
+            http: Some(([127, 0, 0, 1], http_port).into()),
+            web_root: web_root.clone(),
+            ..NodeConfig::default()
+        };
+        let options = BroadcastOptions {
+            input: Input::TestPattern,
+            vod: false,
+            name: "Selfcast demo (test pattern)".into(),
+            segment_target: Duration::from_secs(1),
+            progress: false,
+            node: node(port_after(first_http_port, 0)),
+        };
+        let broadcast = Broadcast::start(options, Keypair::generate()).await?;
+        let bootstrap = vec![Bootstrap::Peer(broadcast.node().peer_addr())];
+        let mut nodes = Vec::new();
+        for i in 0..viewers {
+            let config = node(port_after(first_http_port, i + 1));
+            nodes.push(watch(broadcast.channel(), bootstrap.clone(), config, Keypair::generate()).await?);
+        }
+        Ok(Self { broadcast, viewers: nodes })
+    }
+
+    /// One line on the swarm's health: segments, P2P share (source offload) and rejects.
+    pub fn status_line(&self) -> String {
+        let (mut from_source, mut from_peers, mut stored, mut rejected) = (0u64, 0u64, 0u64, 0u64);
+        for v in &self.viewers {
+            let s = v.status();
+            from_source += s["bytes_from_source"].as_u64().unwrap_or(0);
+            from_peers += s["bytes_from_peers"].as_u64().unwrap_or(0);
+            stored += s["segments_stored"].as_u64().unwrap_or(0);
+            rejected += s["segments_rejected"].as_u64().unwrap_or(0);
+        }
+        let total = from_source + from_peers;
+        let offload = if total > 0 { 100.0 * from_peers as f64 / total as f64 } else { 0.0 };
+        let newest = self.broadcast.node().status()["newest_segment"].as_u64();
+        format!(
+            "live edge #{} | viewers {} | segments received {stored} | from peers {:.1} MB, from source {:.1} MB (source offload {offload:.0}%) | rejected {rejected}",
+            newest.map_or("-".into(), |n| n.to_string()),
+            self.viewers.len(),
+            from_peers as f64 / 1e6,
+            from_source as f64 / 1e6,
+        )
+    }
+
+    /// Stops every node.
+    pub async fn shutdown(self) {
+        let mut stopping = tokio::task::JoinSet::new();
+        for v in self.viewers {
+            stopping.spawn(async move { v.shutdown().await });
+        }
+        stopping.spawn(self.broadcast.shutdown());
+        while stopping.join_next().await.is_some() {}
+    }
+}
+
+/// Port `first + i`, or 0 (any free port) when `first` is 0.
+fn port_after(first: u16, i: usize) -> u16 {
+    if first == 0 {
+        0
+    } else {
+        first.saturating_add(i as u16)
+    }
+}

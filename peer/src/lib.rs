@@ -1,0 +1,40 @@
+//! Selfcast's peer: everything one participant of a swarm runs.
+//!
+//! # Map
+//!
+//! Pure, sans-IO parts (built with and without the `node` feature; `sim` uses these):
+//!
+//! - [`identity`]: Ed25519 keys, peer ids, channel ids, key files.
+//! - [`segment`]: what the broadcaster signs: the channel record and one statement (length +
+//!   BLAKE3 hash) per segment.
+//! - [`wire`]: versioned, length-prefixed control frames with a size bound, and segment stream
+//!   headers.
+//! - [`exchange`]: the segment exchange state machine (`handle_input(now, …)` /
+//!   `poll_output()`): who has what, what to request from whom, verification before storing.
+//!
+//! The real node (feature `node`):
+//!
+//! - [`media`]: ffmpeg ingest: file, URL or test pattern → init + keyframe-aligned fMP4
+//!   segments (H.264/AAC passed through, anything else transcoded).
+//! - [`node`]: the tokio + quinn driver of the exchange, with TLS identities ([`node::tls`]),
+//!   feeding the gateway's verified store.
+//! - [`app`]: broadcast, watch and the one-process demo, as the CLI and the tests run them.
+//! - [`bench`]: the `peer bench …` programs.
+//!
+//! Data flow at a broadcaster: `media` → `app::Broadcast` → `node` → `exchange::publish` →
+//! statements and segments to partners. At a viewer: QUIC → `node` → `exchange` (verify) →
+//! `gateway::MediaStore` → HLS to the browser.
+
+pub mod exchange;
+pub mod identity;
+pub mod segment;
+pub mod wire;
+
+#[cfg(feature = "node")]
+pub mod app;
+#[cfg(feature = "node")]
+pub mod bench;
+#[cfg(feature = "node")]
+pub mod media;
+#[cfg(feature = "node")]
+pub mod node;

@@ -1,0 +1,296 @@
+//! The `peer` command: broadcast, watch, run the demo swarm, or run a benchmark.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use peer::app::{watch, Broadcast, BroadcastOptions, Demo};
+use peer::identity::{ChannelId, Keypair};
+use peer::media::Input;
+use peer::node::{Bootstrap, NodeConfig, NodeHandle};
+
+/// Selfcast: peer-to-peer live and on-demand video.
+///
+/// Broadcast with `peer --source <INPUT>`; watch with `peer watch <CHANNEL> --bootstrap <PEER>`;
+/// try it all on one machine with `peer demo`.
+#[derive(Debug, Parser)]
+#[command(name = "peer", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    source: SourceArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Watch a channel: join its swarm and serve it to the local browser.
+    Watch(WatchArgs),
+    /// Run a source on the test pattern and several viewers in this process, on loopback.
+    Demo(DemoArgs),
+    /// Run a benchmark; it prints its figures as a final JSON line.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Args)]
+struct SourceArgs {
+    /// What to broadcast: a media file, a URL ffmpeg opens (rtmp://, srt://, udp://, http://),
+    /// or `testsrc` for the built-in test pattern with a tone.
+    #[arg(long, value_name = "INPUT")]
+    source: Option<String>,
+    /// Import the whole input as fast as possible for on-demand viewing (with seek).
+    #[arg(long, requires = "source")]
+    vod: bool,
+    /// The channel's title.
+    #[arg(long, requires = "source")]
+    name: Option<String>,
+    /// The broadcaster's key file; created (mode 0600) on first use.
+    #[arg(long, value_name = "PATH", requires = "source")]
+    key: Option<PathBuf>,
+    /// Target segment duration in milliseconds.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(200..=10_000))]
+    segment_ms: u64,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+#[derive(Debug, Args)]
+struct NetArgs {
+    /// UDP address to accept peers on.
+    #[arg(long, default_value = "0.0.0.0:4433")]
+    listen: SocketAddr,
+    /// HTTP address of the local gateway (player page, HLS, status API).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+    /// The web-player directory (defaults to the one in the source tree, or $SELFCAST_WEB_ROOT).
+    #[arg(long, value_name = "DIR")]
+    web_root: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct WatchArgs {
+    /// The channel id the broadcaster printed.
+    channel: ChannelId,
+    /// A peer of the swarm to start from: `ADDR` or `PEER_ID@ADDR` (repeatable).
+    #[arg(long, required = true, value_name = "PEER")]
+    bootstrap: Vec<Bootstrap>,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Number of viewers.
+    #[arg(long, default_value_t = 3)]
+    viewers: usize,
+    /// HTTP port of the source's gateway; viewer i gets the port + i (0: any free ports).
+    #[arg(long, default_value_t = 8080)]
+    http_port: u16,
+    /// The web-player directory.
+    #[arg(long, value_name = "DIR")]
+    web_root: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Segment throughput between two peers over QUIC on loopback.
+    Transfer {
+        /// Segments to transfer.
+        #[arg(long, default_value_t = 400)]
+        segments: u32,
+        /// Segment size in KiB (a 1 s segment at 2 Mbit/s is about 250 KiB).
+        #[arg(long, default_value_t = 256)]
+        segment_kib: u32,
+    },
+    /// `--vod` import speed of a 60 s 1080p H.264 file, as × real time.
+    Ingest {
+        /// Length of the generated test file in seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+        /// Where to keep the generated file between runs.
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,quinn=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Command::Watch(args)) => run_watch(args).await,
+        Some(Command::Demo(args)) => run_demo(args).await,
+        Some(Command::Bench(bench)) => run_bench(bench).await,
+        None => match cli.source.source.clone() {
+            Some(input) => run_source(cli.source, input).await,
+            None => {
+                use clap::CommandFactory;
+                Cli::command().print_help()?;
+                anyhow::bail!("nothing to do: give --source <INPUT>, or a command such as `demo`")
+            }
+        },
+    }
+}
+
+fn node_config(net: &NetArgs) -> NodeConfig {
+    NodeConfig {
+        listen: net.listen,
+        http: Some(net.http),
+        web_root: net.web_root.clone().unwrap_or_else(gateway::default_web_root),
+        ..NodeConfig::default()
+    }
+}
+
+fn default_key_path() -> PathBuf {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("selfcast").join("broadcaster.key")
+}
+
+async fn run_source(args: SourceArgs, input: String) -> anyhow::Result<()> {
+    let key_path = args.key.clone().unwrap_or_else(default_key_path);
+    let (key, created) = Keypair::load_or_create(&key_path)?;
+    if created {
+        eprintln!("created broadcaster key {}", key_path.display());
+    }
+    let input = Input::parse(&input);
+    let name = args.name.clone().unwrap_or_else(|| match &input {
+        Input::File(p) => p.file_name().map_or("Selfcast".into(), |n| n.to_string_lossy().into()),
+        Input::Url(u) => u.clone(),
+        Input::TestPattern => "Test pattern".into(),
+    });
+    let options = BroadcastOptions {
+        input,
+        vod: args.vod,
+        name,
+        segment_target: Duration::from_millis(args.segment_ms),
+        progress: args.vod,
+        node: node_config(&args.net),
+    };
+    let mut broadcast = Broadcast::start(options, key).await?;
+    let node = broadcast.node().clone();
+    println!("channel   {}", broadcast.channel());
+    print_node(&node);
+    println!(
+        "watch it: peer watch {} --bootstrap {}@{}",
+        broadcast.channel(),
+        node.peer_id(),
+        shown_addr(node.local_addr())
+    );
+    tokio::select! {
+        r = broadcast.wait_ingest() => {
+            let summary = r?;
+            println!(
+                "input ended after {} segments ({:.1} s of media in {:.1} s); serving until Ctrl-C",
+                summary.segments,
+                summary.media_duration.as_secs_f64(),
+                summary.wall.as_secs_f64()
+            );
+            tokio::signal::ctrl_c().await?;
+        }
+        r = tokio::signal::ctrl_c() => r?,
+    }
+    broadcast.shutdown().await;
+    Ok(())
+}
+
+async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
+    let node = watch(args.channel, args.bootstrap, node_config(&args.net), Keypair::generate()).await?;
+    print_node(&node);
+    tokio::signal::ctrl_c().await?;
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
+    let web_root = args.web_root.unwrap_or_else(gateway::default_web_root);
+    let demo = Demo::start(args.viewers, web_root, args.http_port).await?;
+    println!("channel   {}", demo.broadcast.channel());
+    if let Some(viewer) = demo.viewers.first() {
+        if let Some(http) = viewer.http_addr() {
+            println!("player    http://{http}/");
+            println!("playlist  http://{http}/stream.m3u8");
+        }
+    }
+    for (i, viewer) in demo.viewers.iter().enumerate().skip(1) {
+        if let Some(http) = viewer.http_addr() {
+            println!("viewer {} http://{http}/", i + 1);
+        }
+    }
+    println!("Ctrl-C stops the demo.");
+    let mut ticker = tokio::time::interval(Duration::from_secs(5));
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => println!("{}", demo.status_line()),
+            r = tokio::signal::ctrl_c() => { r?; break; }
+        }
+    }
+    println!("stopping…");
+    demo.shutdown().await;
+    Ok(())
+}
+
+async fn run_bench(bench: BenchCommand) -> anyhow::Result<()> {
+    let result = match bench {
+        BenchCommand::Transfer { segments, segment_kib } => {
+            peer::bench::transfer::run(peer::bench::transfer::TransferBenchArgs { segments, segment_kib })
+                .await?
+        }
+        BenchCommand::Ingest { seconds, work_dir } => {
+            let args = peer::bench::ingest::IngestBenchArgs { seconds, work_dir };
+            tokio::task::spawn_blocking(move || peer::bench::ingest::run(args))
+                .await
+                .context("benchmark thread")??
+        }
+    };
+    println!("{result}");
+    Ok(())
+}
+
+fn print_node(node: &NodeHandle) {
+    println!("peer      {}", node.peer_id());
+    println!("listening {} (udp)", node.local_addr());
+    if let Some(http) = node.http_addr() {
+        println!("player    http://{http}/");
+        println!("playlist  http://{http}/stream.m3u8");
+    }
+}
+
+/// The address to print for others to dial: a wildcard bind is shown with a placeholder.
+fn shown_addr(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        format!("<this-host-ip>:{}", addr.port())
+    } else {
+        addr.to_string()
+    }
+}

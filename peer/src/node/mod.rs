@@ -1,0 +1,827 @@
+//! The real node: drives one [`Exchange`] with tokio and quinn, and feeds the gateway's store.
+//!
+//! ```text
+//!   quinn Endpoint ──accept/dial──▶ connection task (one per peer)
+//!        │                              │ control stream → FrameDecoder → Msg::Frame
+//!        │                              │ uni streams    → segment reader → Msg::Segment
+//!        ▼                              ▼
+//!   actor task: owns the Exchange, the connection table and the timer
+//!        │ Output::Send        → the connection's writer task (control stream)
+//!        │ Output::SendSegment → a task writing one uni stream, prioritised by deadline
+//!        │ Output::Dial/Close  → quinn
+//!        ▼ Output::Event       → gateway::MediaStore (verified segments only) + status
+//! ```
+//!
+//! All protocol decisions are the exchange's; this module only moves bytes and time.
+
+pub mod tls;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use gateway::{MediaStore, StreamMode};
+use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::exchange::{Event, Exchange, ExchangeConfig, Input, Output, PublishError};
+use crate::identity::{ChannelId, Keypair, PeerId};
+use crate::segment::{SegmentId, SignedChannel, StreamKind};
+use crate::wire::{Frame, FrameDecoder, FrameError, PeerAddr, SegmentHeader};
+
+/// Close codes of our QUIC connections (application error codes).
+mod close_code {
+    pub const DUPLICATE: u32 = 0x01;
+    pub const PROTOCOL: u32 = 0x02;
+    pub const SLOW: u32 = 0x03;
+    pub const SHUTDOWN: u32 = 0x04;
+}
+
+/// The largest segment stream accepted before its header is checked against a statement.
+const MAX_SEGMENT_HEADER: usize = 1024;
+/// Control frames queued for one peer before it is considered too slow and dropped.
+const CONTROL_QUEUE: usize = 4096;
+
+/// How to run a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The UDP address to listen on.
+    pub listen: SocketAddr,
+    /// The address other peers should dial, when it differs from what `listen` says (for a
+    /// wildcard bind, peers fill in the IP they see).
+    pub advertise: Option<SocketAddr>,
+    /// The exchange's tuning.
+    pub exchange: ExchangeConfig,
+    /// Where the gateway listens; `None` runs no gateway.
+    pub http: Option<SocketAddr>,
+    /// The web-player directory the gateway serves pages from.
+    pub web_root: PathBuf,
+    /// Segments in a live playlist.
+    pub playlist_window: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: None,
+            exchange: ExchangeConfig::default(),
+            http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            web_root: gateway::default_web_root(),
+            playlist_window: 6,
+        }
+    }
+}
+
+/// A peer to contact first: an address, optionally with the id we expect there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// Any peer at this address (its id is learned from its certificate).
+    Addr(SocketAddr),
+    /// This peer at this address (its certificate must match).
+    Peer(PeerAddr),
+}
+
+impl FromStr for Bootstrap {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad_addr = |a: &str| format!("`{a}` is not an address like 192.0.2.7:4433");
+        match s.split_once('@') {
+            Some((id, addr)) => Ok(Self::Peer(PeerAddr {
+                id: id.parse().map_err(|e| format!("{e}"))?,
+                addr: addr.parse().map_err(|_| bad_addr(addr))?,
+            })),
+            None => Ok(Self::Addr(s.parse().map_err(|_| bad_addr(s))?)),
+        }
+    }
+}
+
+/// Why a node could not start or act.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// Binding a socket failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// TLS setup failed.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The node has stopped.
+    #[error("the node has stopped")]
+    Stopped,
+    /// Publishing was refused.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+/// A running node. Dropping it does not stop it; call [`NodeHandle::shutdown`].
+#[derive(Clone)]
+pub struct NodeHandle {
+    tx: mpsc::UnboundedSender<Msg>,
+    store: Arc<MediaStore>,
+    status: Arc<Mutex<serde_json::Value>>,
+    peer_id: PeerId,
+    channel: ChannelId,
+    local_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    tasks: Arc<tokio::sync::Mutex<JoinSet<()>>>,
+}
+
+impl NodeHandle {
+    /// Starts the broadcaster's node: it serves the channel described by `record`, signed by
+    /// `key` (which is also the node's TLS identity, so viewers recognise the source).
+    pub async fn start_source(
+        config: NodeConfig,
+        key: Keypair,
+        record: SignedChannel,
+    ) -> Result<Self, NodeError> {
+        let kind = record.record.kind;
+        let channel = record.record.channel_id();
+        start(config, key, channel, Some(record), Some(kind), Vec::new()).await
+    }
+
+    /// Starts a viewer's node for `channel`, contacting `bootstrap` first.
+    pub async fn start_viewer(
+        config: NodeConfig,
+        key: Keypair,
+        channel: ChannelId,
+        bootstrap: Vec<Bootstrap>,
+    ) -> Result<Self, NodeError> {
+        start(config, key, channel, None, None, bootstrap).await
+    }
+
+    /// Publishes a segment (broadcaster only).
+    pub async fn publish(
+        &self,
+        id: SegmentId,
+        duration: Duration,
+        bytes: Bytes,
+        last: bool,
+    ) -> Result<(), NodeError> {
+        let (reply, rx) = oneshot::channel();
+        let created_unix_ms = unix_ms();
+        self.tx
+            .send(Msg::Publish { id, duration, created_unix_ms, bytes, last, reply })
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?.map_err(NodeError::from)
+    }
+
+    /// The node's verified segment store (what its gateway serves).
+    pub fn store(&self) -> &Arc<MediaStore> {
+        &self.store
+    }
+
+    /// A JSON snapshot of the node's state and QoS counters.
+    pub fn status(&self) -> serde_json::Value {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The channel.
+    pub fn channel(&self) -> ChannelId {
+        self.channel
+    }
+
+    /// The UDP address the node listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The address other peers can use to reach this node, with its id.
+    pub fn peer_addr(&self) -> PeerAddr {
+        PeerAddr { id: self.peer_id, addr: self.local_addr }
+    }
+
+    /// Where the gateway listens, if it runs.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// Stops the node: closes its connections and its gateway, and waits for its tasks.
+    pub async fn shutdown(&self) {
+        let _ = self.tx.send(Msg::Shutdown);
+        let mut tasks = self.tasks.lock().await;
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What the connection tasks and the handle tell the actor.
+enum Msg {
+    Connected {
+        peer: PeerId,
+        conn: Connection,
+        send: SendStream,
+        recv: RecvStream,
+        dialled_by: PeerId,
+    },
+    Frame { peer: PeerId, gen: u64, frame: Frame },
+    ConnClosed { peer: PeerId, gen: u64 },
+    DialFailed { peer: Option<PeerId> },
+    SegmentStart { peer: PeerId, id: SegmentId, reply: oneshot::Sender<Option<usize>> },
+    Segment { peer: PeerId, id: SegmentId, bytes: Bytes },
+    SegmentFailed { peer: PeerId, id: SegmentId },
+    Publish {
+        id: SegmentId,
+        duration: Duration,
+        created_unix_ms: u64,
+        bytes: Bytes,
+        last: bool,
+        reply: oneshot::Sender<Result<(), PublishError>>,
+    },
+    Shutdown,
+}
+
+struct Conn {
+    conn: Connection,
+    control: mpsc::Sender<Bytes>,
+    dialled_by: PeerId,
+    gen: u64,
+}
+
+async fn start(
+    config: NodeConfig,
+    key: Keypair,
+    channel: ChannelId,
+    record: Option<SignedChannel>,
+    kind: Option<StreamKind>,
+    bootstrap: Vec<Bootstrap>,
+) -> Result<NodeHandle, NodeError> {
+    let server = tls::server_config(&key)?;
+    let mut endpoint = Endpoint::server(server, config.listen)
+        .map_err(|source| NodeError::Bind { addr: config.listen, source })?;
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_uni_streams(VarInt::from_u32(256))
+        .keep_alive_interval(Some(Duration::from_secs(2)))
+        .max_idle_timeout(Some(VarInt::from_u32(10_000).into()));
+    let transport = Arc::new(transport);
+    endpoint.set_default_client_config(with_transport(tls::client_config(&key, None)?, &transport));
+    let local_addr = endpoint
+        .local_addr()
+        .map_err(|source| NodeError::Bind { addr: config.listen, source })?;
+    let advertise = config.advertise.unwrap_or(local_addr);
+    let peer_id = key.peer_id();
+    let now = Instant::now();
+    let mut exchange = match record {
+        Some(record) => {
+            Exchange::source(now, config.exchange.clone(), key.clone(), record, Some(advertise))
+        }
+        None => Exchange::viewer(now, config.exchange.clone(), peer_id, channel, Some(advertise)),
+    };
+
+    let mode = match kind {
+        Some(StreamKind::Vod) => StreamMode::Vod,
+        _ => StreamMode::Live { window: config.playlist_window },
+    };
+    let store = MediaStore::new(mode);
+    let status = Arc::new(Mutex::new(json!({})));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut tasks = JoinSet::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+
+    let http_addr = match config.http {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| NodeError::Bind { addr, source })?;
+            let http_addr = listener.local_addr().map_err(|source| NodeError::Bind { addr, source })?;
+            let status_fn: gateway::StatusFn = {
+                let status = status.clone();
+                Arc::new(move || status.lock().map(|s| s.clone()).unwrap_or_default())
+            };
+            let gateway_config = gateway::GatewayConfig {
+                web_root: config.web_root.clone(),
+                segment_wait: Duration::from_secs(10),
+            };
+            let router =
+                gateway::router(gateway::AppState::new(store.clone(), gateway_config, status_fn));
+            let mut stop = stop_rx.clone();
+            tasks.spawn(async move {
+                let shutdown = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Err(e) = gateway::serve(listener, router, shutdown).await {
+                    warn!(error = %e, "gateway stopped");
+                }
+            });
+            Some(http_addr)
+        }
+        None => None,
+    };
+
+    let mut candidates = Vec::new();
+    for b in &bootstrap {
+        match b {
+            Bootstrap::Peer(p) => candidates.push(*p),
+            Bootstrap::Addr(addr) => {
+                spawn_dial(&endpoint, &key, &transport, None, *addr, tx.clone(), peer_id);
+            }
+        }
+    }
+    exchange.add_candidates(now, candidates);
+
+    let span = tracing::info_span!("node", peer = %peer_id.short());
+    tasks.spawn(accept_loop(endpoint.clone(), tx.clone(), stop_rx.clone()).instrument(span.clone()));
+    let actor = Actor {
+        exchange,
+        endpoint,
+        key,
+        transport,
+        conns: HashMap::new(),
+        next_gen: 0,
+        tx: tx.clone(),
+        store: store.clone(),
+        status: status.clone(),
+        started: now,
+        stop: stop_tx,
+    };
+    tasks.spawn(actor.run(rx).instrument(span));
+    info!(peer = %peer_id, %local_addr, http = ?http_addr, "node started");
+    Ok(NodeHandle {
+        tx,
+        store,
+        status,
+        peer_id,
+        channel,
+        local_addr,
+        http_addr,
+        tasks: Arc::new(tokio::sync::Mutex::new(tasks)),
+    })
+}
+
+fn with_transport(mut c: quinn::ClientConfig, t: &Arc<quinn::TransportConfig>) -> quinn::ClientConfig {
+    c.transport_config(t.clone());
+    c
+}
+
+struct Actor {
+    exchange: Exchange,
+    endpoint: Endpoint,
+    key: Keypair,
+    transport: Arc<quinn::TransportConfig>,
+    conns: HashMap<PeerId, Conn>,
+    next_gen: u64,
+    tx: mpsc::UnboundedSender<Msg>,
+    store: Arc<MediaStore>,
+    status: Arc<Mutex<serde_json::Value>>,
+    started: Instant,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        self.drain();
+        loop {
+            let deadline = self.exchange.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(Msg::Shutdown) | None => break,
+                    Some(msg) => self.on_msg(msg),
+                },
+                () = sleep => self.exchange.handle_timeout(Instant::now()),
+            }
+            self.drain();
+        }
+        for (_, c) in self.conns.drain() {
+            c.conn.close(VarInt::from_u32(close_code::SHUTDOWN), b"shutdown");
+        }
+        self.endpoint.close(VarInt::from_u32(close_code::SHUTDOWN), b"shutdown");
+        let _ = self.stop.send(true);
+        // Give close frames a moment to leave.
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle()).await;
+    }
+
+    fn on_msg(&mut self, msg: Msg) {
+        let now = Instant::now();
+        match msg {
+            Msg::Connected { peer, conn, send, recv, dialled_by } => {
+                self.on_connected(now, peer, conn, (send, recv), dialled_by)
+            }
+            Msg::Frame { peer, gen, mut frame } => {
+                let Some(c) = self.conns.get(&peer).filter(|c| c.gen == gen) else { return };
+                if let Frame::Hello { listen: Some(listen), .. } = &mut frame {
+                    // A peer bound to a wildcard address tells us its port; the IP is the one
+                    // we see it at.
+                    if listen.ip().is_unspecified() {
+                        listen.set_ip(c.conn.remote_address().ip());
+                    }
+                }
+                self.exchange.handle_input(now, Input::Frame { peer, frame });
+            }
+            Msg::ConnClosed { peer, gen } => {
+                if self.conns.get(&peer).is_some_and(|c| c.gen == gen) {
+                    self.conns.remove(&peer);
+                    self.exchange.handle_input(now, Input::Disconnected { peer });
+                }
+            }
+            Msg::DialFailed { peer } => {
+                if let Some(peer) = peer.filter(|p| !self.conns.contains_key(p)) {
+                    self.exchange.handle_input(now, Input::Disconnected { peer });
+                }
+            }
+            Msg::SegmentStart { peer, id, reply } => {
+                let _ = reply.send(self.exchange.expected_len(&peer, id));
+            }
+            Msg::Segment { peer, id, bytes } => {
+                self.exchange.handle_input(now, Input::Segment { peer, id, bytes });
+            }
+            Msg::SegmentFailed { peer, id } => {
+                self.exchange.handle_input(now, Input::SegmentFailed { peer, id });
+            }
+            Msg::Publish { id, duration, created_unix_ms, bytes, last, reply } => {
+                let result = self.exchange.publish(now, id, duration, created_unix_ms, bytes, last);
+                let _ = reply.send(result);
+            }
+            Msg::Shutdown => {}
+        }
+    }
+
+    fn on_connected(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        conn: Connection,
+        (send, recv): (SendStream, RecvStream),
+        dialled_by: PeerId,
+    ) {
+        let me = self.exchange.me();
+        if let Some(existing) = self.conns.get(&peer) {
+            // Both sides dialled at once. Both keep the connection dialled by the smaller id,
+            // so they agree without talking.
+            let keep_new = dialled_by == me.min(peer) && existing.dialled_by != dialled_by;
+            if !keep_new {
+                conn.close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate connection");
+                return;
+            }
+            if let Some(old) = self.conns.remove(&peer) {
+                old.conn.close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate connection");
+            }
+            self.exchange.handle_input(now, Input::Disconnected { peer });
+        }
+        self.next_gen += 1;
+        let gen = self.next_gen;
+        let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+        tokio::spawn(write_control(send, control_rx));
+        tokio::spawn(read_connection(conn.clone(), recv, peer, gen, self.tx.clone()));
+        self.conns.insert(peer, Conn { conn, control, dialled_by, gen });
+        debug!(peer = %peer.short(), gen, "connected");
+        self.exchange.handle_input(now, Input::Connected { peer });
+    }
+
+    /// Carries out everything the exchange asked for.
+    fn drain(&mut self) {
+        while let Some(output) = self.exchange.poll_output() {
+            match output {
+                Output::Send { to, frame } => {
+                    let Some(c) = self.conns.get(&to) else { continue };
+                    if c.control.try_send(frame.encode()).is_err() {
+                        warn!(peer = %to.short(), "peer does not read its control stream; closing");
+                        c.conn.close(VarInt::from_u32(close_code::SLOW), b"too slow");
+                    }
+                }
+                Output::SendSegment { to, id, bytes } => {
+                    let Some(c) = self.conns.get(&to) else { continue };
+                    tokio::spawn(send_segment(c.conn.clone(), id, bytes));
+                }
+                Output::Dial(target) => {
+                    let me = self.exchange.me();
+                    spawn_dial(
+                        &self.endpoint,
+                        &self.key,
+                        &self.transport,
+                        Some(target.id),
+                        target.addr,
+                        self.tx.clone(),
+                        me,
+                    );
+                }
+                Output::Close { peer, reason } => {
+                    if let Some(c) = self.conns.get(&peer) {
+                        warn!(peer = %peer.short(), reason, "closing connection");
+                        c.conn.close(VarInt::from_u32(close_code::PROTOCOL), reason.as_bytes());
+                    }
+                }
+                Output::Event(event) => self.on_event(event),
+            }
+        }
+        self.publish_status();
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::ChannelVerified(record) => {
+                info!(name = %record.record.name, kind = ?record.record.kind, "channel verified");
+                if record.record.kind == StreamKind::Vod {
+                    self.store.set_mode(StreamMode::Vod);
+                }
+            }
+            Event::Announced { seq, duration } => self.store.declare(seq, duration),
+            Event::Stored { id, meta, bytes, from } => {
+                debug!(%id, from = ?from.map(|p| p.short()), len = bytes.len(), "segment stored");
+                match id {
+                    SegmentId::Init => self.store.set_init(bytes),
+                    SegmentId::Media(seq) => self.store.insert(seq, meta.duration(), bytes),
+                }
+            }
+            Event::Ended { last } => {
+                info!(last, "broadcaster marked the end of the stream");
+                self.store.end();
+            }
+            Event::Evicted { seq } => self.store.evict_before(seq),
+            Event::StatementRejected { peer, id, error } => {
+                warn!(peer = %peer.short(), id = ?id, %error, "dropped a statement that failed verification");
+            }
+            Event::SegmentRejected { peer, id, error } => {
+                warn!(peer = %peer.short(), %id, %error, "dropped a segment that failed verification");
+            }
+        }
+    }
+
+    fn publish_status(&self) {
+        let stats = self.exchange.stats();
+        let received = stats.bytes_from_source + stats.bytes_from_peers;
+        let offload = (received > 0).then(|| stats.bytes_from_peers as f64 / received as f64);
+        let partners: Vec<_> = self
+            .exchange
+            .partners()
+            .map(|p| json!({"peer": p.peer.short(), "source": p.is_source, "inflight": p.inflight}))
+            .collect();
+        let record = self.exchange.record().map(|r| &r.record);
+        let value = json!({
+            "peer": self.exchange.me().to_string(),
+            "channel": self.exchange.channel().to_string(),
+            "role": if self.exchange.is_source() { "source" } else { "viewer" },
+            "name": record.map(|r| r.name.clone()),
+            "mode": record.map(|r| match r.kind { StreamKind::Live => "live", StreamKind::Vod => "vod" }),
+            "uptime_s": self.started.elapsed().as_secs(),
+            "newest_segment": self.exchange.newest(),
+            "segments_stored": stats.segments_stored,
+            "bytes_from_source": stats.bytes_from_source,
+            "bytes_from_peers": stats.bytes_from_peers,
+            "bytes_uploaded": stats.bytes_uploaded,
+            "p2p_share": offload,
+            "segments_rejected": stats.segments_rejected,
+            "statements_rejected": stats.statements_rejected,
+            "requests_retried": stats.requests_retried,
+            "partners": partners,
+        });
+        if let Ok(mut status) = self.status.lock() {
+            *status = value;
+        }
+    }
+}
+
+fn spawn_dial(
+    endpoint: &Endpoint,
+    key: &Keypair,
+    transport: &Arc<quinn::TransportConfig>,
+    expected: Option<PeerId>,
+    addr: SocketAddr,
+    tx: mpsc::UnboundedSender<Msg>,
+    me: PeerId,
+) {
+    let config = match tls::client_config(key, expected) {
+        Ok(c) => with_transport(c, transport),
+        Err(e) => {
+            warn!(error = %e, "cannot build a client TLS configuration");
+            let _ = tx.send(Msg::DialFailed { peer: expected });
+            return;
+        }
+    };
+    let endpoint = endpoint.clone();
+    tokio::spawn(async move {
+        let result = async {
+            let connecting = endpoint.connect_with(config, addr, tls::server_name())?;
+            let conn = connecting.await?;
+            let peer = tls::peer_id_of(&conn).ok_or(DialError::Other("no peer identity"))?;
+            let (send, recv) = conn.open_bi().await?;
+            Ok::<_, DialError>((peer, conn, send, recv))
+        }
+        .await;
+        match result {
+            Ok((peer, conn, send, recv)) => {
+                let _ = tx.send(Msg::Connected { peer, conn, send, recv, dialled_by: me });
+            }
+            Err(e) => {
+                warn!(%addr, error = %e, "dial failed");
+                let _ = tx.send(Msg::DialFailed { peer: expected });
+            }
+        }
+    });
+}
+
+#[derive(Debug, thiserror::Error)]
+enum DialError {
+    #[error(transparent)]
+    Connect(#[from] quinn::ConnectError),
+    #[error(transparent)]
+    Connection(#[from] quinn::ConnectionError),
+    #[error(transparent)]
+    Stream(#[from] quinn::ReadError),
+    #[error("{0}")]
+    Other(&'static str),
+}
+
+
+async fn accept_loop(
+    endpoint: Endpoint,
+    tx: mpsc::UnboundedSender<Msg>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => i,
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        let Some(incoming) = incoming else { break };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let result = async {
+                let conn = incoming.await?;
+                let peer = tls::peer_id_of(&conn).ok_or(DialError::Other("no peer identity"))?;
+                // The dialler opens the control stream with its Hello.
+                let (send, recv) = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi())
+                    .await
+                    .map_err(|_| DialError::Other("no control stream within 10 s"))??;
+                Ok::<_, DialError>((peer, conn, send, recv))
+            }
+            .await;
+            match result {
+                Ok((peer, conn, send, recv)) => {
+                    let _ = tx.send(Msg::Connected { peer, conn, send, recv, dialled_by: peer });
+                }
+                Err(e) => debug!(%remote, error = %e, "incoming connection failed"),
+            }
+        });
+    }
+}
+
+/// Writes queued control frames to the control stream.
+async fn write_control(mut send: SendStream, mut rx: mpsc::Receiver<Bytes>) {
+    while let Some(frame) = rx.recv().await {
+        if send.write_all(&frame).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+}
+
+/// Reads one connection: control frames from `control`, segments from uni streams, until the
+/// connection ends. A frame that breaks the rules closes the connection.
+async fn read_connection(
+    conn: Connection,
+    mut control: RecvStream,
+    peer: PeerId,
+    gen: u64,
+    tx: mpsc::UnboundedSender<Msg>,
+) {
+    let mut decoder = FrameDecoder::default();
+    let mut control_open = true;
+    loop {
+        tokio::select! {
+            chunk = control.read_chunk(64 * 1024, true), if control_open => match chunk {
+                Ok(Some(chunk)) => {
+                    decoder.extend(&chunk.bytes);
+                    loop {
+                        match decoder.next_frame() {
+                            Ok(Some(frame)) => {
+                                let _ = tx.send(Msg::Frame { peer, gen, frame });
+                            }
+                            Ok(None) => break,
+                            Err(error) => {
+                                reject_frame(&conn, peer, &error);
+                                let _ = tx.send(Msg::ConnClosed { peer, gen });
+                                return;
+                            }
+                        }
+                    }
+                }
+                Ok(None) | Err(_) => control_open = false,
+            },
+            stream = conn.accept_uni() => match stream {
+                Ok(stream) => {
+                    tokio::spawn(read_segment(stream, peer, tx.clone()));
+                }
+                Err(e) => {
+                    debug!(peer = %peer.short(), reason = %e, "connection closed");
+                    let _ = tx.send(Msg::ConnClosed { peer, gen });
+                    return;
+                }
+            },
+        }
+    }
+}
+
+fn reject_frame(conn: &Connection, peer: PeerId, error: &FrameError) {
+    warn!(peer = %peer.short(), %error, "closing connection: bad control frame");
+    conn.close(VarInt::from_u32(error.close_code()), error.to_string().as_bytes());
+}
+
+/// Reads one segment stream: its header, then at most the number of bytes the broadcaster
+/// signed for that segment (and only if we asked this peer for it).
+async fn read_segment(mut stream: RecvStream, peer: PeerId, tx: mpsc::UnboundedSender<Msg>) {
+    let mut buf = BytesMut::new();
+    let (header, used) = loop {
+        match SegmentHeader::parse(&buf) {
+            Ok(Some(parsed)) => break parsed,
+            Ok(None) if buf.len() < MAX_SEGMENT_HEADER => {}
+            Ok(None) | Err(_) => {
+                warn!(peer = %peer.short(), "bad segment stream header");
+                let _ = stream.stop(VarInt::from_u32(close_code::PROTOCOL));
+                return;
+            }
+        }
+        match stream.read_chunk(MAX_SEGMENT_HEADER, true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) | Err(_) => return,
+        }
+    };
+    let id = header.id;
+    let (reply, expected) = oneshot::channel();
+    if tx.send(Msg::SegmentStart { peer, id, reply }).is_err() {
+        return;
+    }
+    let Ok(Some(limit)) = expected.await else {
+        debug!(peer = %peer.short(), %id, "refusing an unrequested segment stream");
+        let _ = stream.stop(VarInt::from_u32(close_code::PROTOCOL));
+        return;
+    };
+    let mut payload = BytesMut::with_capacity(limit);
+    payload.extend_from_slice(&buf[used..]);
+    let failed = loop {
+        if payload.len() > limit {
+            warn!(peer = %peer.short(), %id, limit, "segment stream longer than signed");
+            let _ = stream.stop(VarInt::from_u32(close_code::PROTOCOL));
+            break true;
+        }
+        match stream.read_chunk(limit + 1 - payload.len(), true).await {
+            Ok(Some(chunk)) => payload.extend_from_slice(&chunk.bytes),
+            Ok(None) => break false,
+            Err(_) => break true,
+        }
+    };
+    let msg = if failed {
+        Msg::SegmentFailed { peer, id }
+    } else {
+        Msg::Segment { peer, id, bytes: payload.freeze() }
+    };
+    let _ = tx.send(msg);
+}
+
+/// Sends one segment on a new unidirectional stream, the most urgent (oldest) first.
+async fn send_segment(conn: Connection, id: SegmentId, bytes: Bytes) {
+    let result = async {
+        let mut stream = conn.open_uni().await?;
+        let priority = match id {
+            SegmentId::Init => i32::MAX,
+            SegmentId::Media(seq) => i32::MAX - 1 - (seq % (i32::MAX as u64 - 1)) as i32,
+        };
+        let _ = stream.set_priority(priority);
+        stream.write_all(&SegmentHeader { id }.encode()).await?;
+        stream.write_chunk(bytes).await?;
+        stream.finish()?;
+        Ok::<_, SendError>(())
+    }
+    .await;
+    if let Err(e) = result {
+        debug!(%id, error = %e, "segment send failed");
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error(transparent)]
+    Connection(#[from] quinn::ConnectionError),
+    #[error(transparent)]
+    Write(#[from] quinn::WriteError),
+    #[error(transparent)]
+    Closed(#[from] quinn::ClosedStream),
+}
