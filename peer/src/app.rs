@@ -37,7 +37,8 @@ pub struct BroadcastOptions {
 pub struct Broadcast {
     node: NodeHandle,
     stop: Arc<AtomicBool>,
-    ingest: tokio::task::JoinHandle<anyhow::Result<IngestSummary>>,
+    /// The ingest task, until someone waited for it.
+    ingest: Option<tokio::task::JoinHandle<anyhow::Result<IngestSummary>>>,
 }
 
 impl Broadcast {
@@ -71,7 +72,7 @@ impl Broadcast {
         let node = NodeHandle::start_source(options.node.clone(), key, record).await?;
         let stop = Arc::new(AtomicBool::new(false));
         let ingest = tokio::spawn(pump(ingest, node.clone(), stop.clone()));
-        Ok(Self { node, stop, ingest })
+        Ok(Self { node, stop, ingest: Some(ingest) })
     }
 
     /// The source node.
@@ -86,22 +87,25 @@ impl Broadcast {
 
     /// True once the input has ended (the node keeps serving what it has).
     pub fn ingest_finished(&self) -> bool {
-        self.ingest.is_finished()
+        self.ingest.as_ref().is_none_or(|i| i.is_finished())
     }
 
     /// Waits for the input to end and returns the ingest's summary.
     pub async fn wait_ingest(&mut self) -> anyhow::Result<IngestSummary> {
-        (&mut self.ingest).await.context("ingest task")?
+        let ingest = self.ingest.take().context("the ingest was already waited for")?;
+        ingest.await.context("ingest task")?
     }
 
     /// Stops ingesting and shuts the node down.
     pub async fn shutdown(self) {
         self.stop.store(true, Ordering::Relaxed);
         // The ingest stops at the next packet and publishes the end-of-stream marker.
-        match self.ingest.await {
-            Ok(Err(e)) => warn!(error = %e, "ingest ended with an error"),
-            Err(e) => warn!(error = %e, "ingest task failed"),
-            Ok(Ok(_)) => {}
+        if let Some(ingest) = self.ingest {
+            match ingest.await {
+                Ok(Err(e)) => warn!(error = %e, "ingest ended with an error"),
+                Err(e) => warn!(error = %e, "ingest task failed"),
+                Ok(Ok(_)) => {}
+            }
         }
         self.node.shutdown().await;
     }

@@ -1,5 +1,6 @@
 //! Ingest with real FFmpeg: every test makes its own small input with the `ffmpeg` CLI, runs
 //! `peer::media::Ingest` on it and checks the CMAF output by decoding it with ffmpeg/ffprobe.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -246,6 +247,50 @@ fn test_pattern_live_is_paced_and_stops_on_request() {
     assert_segments_near_target(&chunks);
     let dir = tempfile::tempdir().unwrap();
     assert_playable(dir.path(), &init, &chunks, 90);
+}
+
+#[test]
+fn corrupt_data_mid_stream_is_skipped_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("in.ts");
+    ffmpeg(
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240:rate=30",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+            "-t",
+            "4",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "30",
+            "-c:a",
+            "aac",
+        ],
+        &src,
+    );
+    let mut bytes = std::fs::read(&src).unwrap();
+    let mid = bytes.len() / 2;
+    for (i, b) in bytes[mid..mid + 20_000].iter_mut().enumerate() {
+        *b = (i * 7 + 13) as u8; // garbage over ~100 TS packets, sync bytes included
+    }
+    std::fs::write(&src, &bytes).unwrap();
+
+    let (init, chunks) = run_all(open_vod(&src));
+    assert!(!init.is_empty());
+    assert!(chunks.len() >= 3, "durations: {:?}", durations(&chunks));
+    let total: Duration = chunks.iter().map(|c| c.duration).sum();
+    assert!(
+        total >= Duration::from_millis(3_500),
+        "ingested {total:?} of 4 s"
+    );
 }
 
 #[test]

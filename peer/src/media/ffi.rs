@@ -27,7 +27,9 @@ const AVIO_BUFFER_SIZE: usize = 64 * 1024;
 pub(super) struct MemOutput {
     ctx: ManuallyDrop<context::Output>,
     avio: *mut ffi::AVIOContext,
-    // Boxed so that its address, given to FFmpeg as the callback's opaque pointer, is stable.
+    // Boxed so that the Vec header's address, given to FFmpeg as the callback's opaque
+    // pointer, stays put when MemOutput moves.
+    #[allow(clippy::box_collection)]
     buf: Box<Vec<u8>>,
 }
 

@@ -907,3 +907,33 @@ impl Segmenter {
         Ok(chunk)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_tells_test_pattern_urls_and_files_apart() {
+        assert_eq!(Input::parse("testsrc"), Input::TestPattern);
+        assert_eq!(
+            Input::parse("srt://0.0.0.0:9000?mode=listener"),
+            Input::Url("srt://0.0.0.0:9000?mode=listener".into())
+        );
+        assert_eq!(
+            Input::parse("rtmp://localhost/live/key?listen=1"),
+            Input::Url("rtmp://localhost/live/key?listen=1".into())
+        );
+        assert_eq!(
+            Input::parse("videos/testsrc.mp4"),
+            Input::File(PathBuf::from("videos/testsrc.mp4"))
+        );
+        assert_eq!(Input::parse("testsrc").to_string(), "testsrc");
+    }
+
+    #[test]
+    fn ingest_can_move_to_its_own_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Ingest>();
+        assert_send::<IngestError>();
+    }
+}
