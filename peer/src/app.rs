@@ -12,7 +12,9 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::identity::{ChannelId, Keypair};
-use crate::media::{Ingest, IngestConfig, IngestError, IngestMode, IngestOutput, IngestSummary, Input};
+use crate::media::{
+    Ingest, IngestConfig, IngestError, IngestMode, IngestOutput, IngestSummary, Input,
+};
 use crate::node::{Bootstrap, NodeConfig, NodeHandle};
 use crate::segment::{ChannelRecord, SegmentId, StreamKind};
 
@@ -48,7 +50,11 @@ impl Broadcast {
         let config = IngestConfig {
             input: options.input.clone(),
             segment_target: options.segment_target,
-            mode: if options.vod { IngestMode::Vod } else { IngestMode::Live },
+            mode: if options.vod {
+                IngestMode::Vod
+            } else {
+                IngestMode::Live
+            },
             progress: options.progress,
         };
         let ingest = tokio::task::spawn_blocking(move || Ingest::open(config))
@@ -62,8 +68,13 @@ impl Broadcast {
         let record = ChannelRecord {
             broadcaster: key.public(),
             name: options.name.clone(),
-            kind: if options.vod { StreamKind::Vod } else { StreamKind::Live },
-            segment_target_ms: u32::try_from(options.segment_target.as_millis()).unwrap_or(u32::MAX),
+            kind: if options.vod {
+                StreamKind::Vod
+            } else {
+                StreamKind::Live
+            },
+            segment_target_ms: u32::try_from(options.segment_target.as_millis())
+                .unwrap_or(u32::MAX),
             started_unix_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
@@ -72,7 +83,11 @@ impl Broadcast {
         let node = NodeHandle::start_source(options.node.clone(), key, record).await?;
         let stop = Arc::new(AtomicBool::new(false));
         let ingest = tokio::spawn(pump(ingest, node.clone(), stop.clone()));
-        Ok(Self { node, stop, ingest: Some(ingest) })
+        Ok(Self {
+            node,
+            stop,
+            ingest: Some(ingest),
+        })
     }
 
     /// The source node.
@@ -92,7 +107,10 @@ impl Broadcast {
 
     /// Waits for the input to end and returns the ingest's summary.
     pub async fn wait_ingest(&mut self) -> anyhow::Result<IngestSummary> {
-        let ingest = self.ingest.take().context("the ingest was already waited for")?;
+        let ingest = self
+            .ingest
+            .take()
+            .context("the ingest was already waited for")?;
         ingest.await.context("ingest task")?
     }
 
@@ -112,10 +130,17 @@ impl Broadcast {
 }
 
 /// Runs the blocking ingest on its own thread and publishes what it produces, in order.
-async fn pump(ingest: Ingest, node: NodeHandle, stop: Arc<AtomicBool>) -> anyhow::Result<IngestSummary> {
+async fn pump(
+    ingest: Ingest,
+    node: NodeHandle,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<IngestSummary> {
     let (tx, mut rx) = mpsc::channel::<IngestOutput>(16);
     let worker = tokio::task::spawn_blocking(move || {
-        ingest.run(&stop, |output| tx.blocking_send(output).map_err(|_| crate::media::SinkClosed))
+        ingest.run(&stop, |output| {
+            tx.blocking_send(output)
+                .map_err(|_| crate::media::SinkClosed)
+        })
     });
     let mut next_seq = 0;
     while let Some(output) = rx.recv().await {
@@ -135,9 +160,19 @@ async fn pump(ingest: Ingest, node: NodeHandle, stop: Arc<AtomicBool>) -> anyhow
         Err(e) => return Err(e.into()),
     };
     // An empty statement flagged `last` marks the end of the stream.
-    node.publish(SegmentId::Media(next_seq), Duration::ZERO, Bytes::new(), true).await?;
-    info!(segments = summary.segments, media_s = summary.media_duration.as_secs_f64(),
-        wall_s = summary.wall.as_secs_f64(), "input ended; still serving");
+    node.publish(
+        SegmentId::Media(next_seq),
+        Duration::ZERO,
+        Bytes::new(),
+        true,
+    )
+    .await?;
+    info!(
+        segments = summary.segments,
+        media_s = summary.media_duration.as_secs_f64(),
+        wall_s = summary.wall.as_secs_f64(),
+        "input ended; still serving"
+    );
     Ok(summary)
 }
 
@@ -148,7 +183,10 @@ pub async fn watch(
     node: NodeConfig,
     key: Keypair,
 ) -> anyhow::Result<NodeHandle> {
-    anyhow::ensure!(!bootstrap.is_empty(), "a viewer needs at least one --bootstrap peer");
+    anyhow::ensure!(
+        !bootstrap.is_empty(),
+        "a viewer needs at least one --bootstrap peer"
+    );
     Ok(NodeHandle::start_viewer(node, key, channel, bootstrap).await?)
 }
 
@@ -163,7 +201,11 @@ pub struct Demo {
 
 impl Demo {
     /// Starts the demo swarm.
-    pub async fn start(viewers: usize, web_root: PathBuf, first_http_port: u16) -> anyhow::Result<Self> {
+    pub async fn start(
+        viewers: usize,
+        web_root: PathBuf,
+        first_http_port: u16,
+    ) -> anyhow::Result<Self> {
         let node = |http_port: u16| NodeConfig {
             http: Some(([127, 0, 0, 1], http_port).into()),
             web_root: web_root.clone(),
@@ -182,9 +224,20 @@ impl Demo {
         let mut nodes = Vec::new();
         for i in 0..viewers {
             let config = node(port_after(first_http_port, i + 1));
-            nodes.push(watch(broadcast.channel(), bootstrap.clone(), config, Keypair::generate()).await?);
+            nodes.push(
+                watch(
+                    broadcast.channel(),
+                    bootstrap.clone(),
+                    config,
+                    Keypair::generate(),
+                )
+                .await?,
+            );
         }
-        Ok(Self { broadcast, viewers: nodes })
+        Ok(Self {
+            broadcast,
+            viewers: nodes,
+        })
     }
 
     /// One line on the swarm's health: segments, P2P share (source offload) and rejects.
@@ -198,7 +251,11 @@ impl Demo {
             rejected += s["segments_rejected"].as_u64().unwrap_or(0);
         }
         let total = from_source + from_peers;
-        let offload = if total > 0 { 100.0 * from_peers as f64 / total as f64 } else { 0.0 };
+        let offload = if total > 0 {
+            100.0 * from_peers as f64 / total as f64
+        } else {
+            0.0
+        };
         let newest = self.broadcast.node().status()["newest_segment"].as_u64();
         format!(
             "live edge #{} | viewers {} | segments received {stored} | from peers {:.1} MB, from source {:.1} MB (source offload {offload:.0}%) | rejected {rejected}",

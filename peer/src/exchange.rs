@@ -154,7 +154,7 @@ pub enum Output {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// The channel record arrived and verified.
-    ChannelVerified(SignedChannel),
+    ChannelVerified(Box<SignedChannel>),
     /// A verified statement announced a media segment (it may not be here yet).
     Announced {
         /// The segment.
@@ -419,7 +419,10 @@ impl Exchange {
     /// The next instant at which [`Exchange::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let request = self.pending.values().map(|p| p.deadline).min();
-        [request, self.next_schedule, Some(self.next_maintenance)].into_iter().flatten().min()
+        [request, self.next_schedule, Some(self.next_maintenance)]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The next thing to do, if any.
@@ -486,12 +489,14 @@ impl Exchange {
 
     /// The newest media segment announced, if any.
     pub fn newest(&self) -> Option<u64> {
-        self.statements.values().rev().find(|s| !s.meta.is_end_marker()).and_then(|s| {
-            match s.meta.id {
+        self.statements
+            .values()
+            .rev()
+            .find(|s| !s.meta.is_end_marker())
+            .and_then(|s| match s.meta.id {
                 SegmentId::Media(n) => Some(n),
                 SegmentId::Init => None,
-            }
-        })
+            })
     }
 
     fn source_peer(&self) -> Option<PeerId> {
@@ -505,9 +510,21 @@ impl Exchange {
         }
         self.partners.insert(
             peer,
-            Partner { listen: None, greeted: false, have: HashSet::new(), inflight: 0, strikes: 0 },
+            Partner {
+                listen: None,
+                greeted: false,
+                have: HashSet::new(),
+                inflight: 0,
+                strikes: 0,
+            },
         );
-        self.send(peer, Frame::Hello { channel: self.channel, listen: self.listen });
+        self.send(
+            peer,
+            Frame::Hello {
+                channel: self.channel,
+                listen: self.listen,
+            },
+        );
         // Other peers first, so that a newcomer can dial them before it decides whom to ask.
         let others: Vec<PeerAddr> = self
             .partners
@@ -519,8 +536,10 @@ impl Exchange {
         if !others.is_empty() {
             self.send(peer, Frame::Peers(others));
         }
-        let Some(record) = self.record.clone() else { return };
-        self.send(peer, Frame::Channel(record));
+        let Some(record) = self.record.clone() else {
+            return;
+        };
+        self.send(peer, Frame::Channel(Box::new(record)));
         let statements: Vec<SignedSegment> = self.statements.values().copied().collect();
         for chunk in statements.chunks(MAX_LIST_LEN) {
             self.send(peer, Frame::Announce(chunk.to_vec()));
@@ -536,8 +555,12 @@ impl Exchange {
         if self.partners.remove(&peer).is_none() {
             return;
         }
-        let lost: Vec<SegmentId> =
-            self.pending.iter().filter(|(_, p)| p.peer == peer).map(|(id, _)| *id).collect();
+        let lost: Vec<SegmentId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.peer == peer)
+            .map(|(id, _)| *id)
+            .collect();
         for id in lost {
             self.pending.remove(&id);
             self.stats.requests_retried += 1;
@@ -566,7 +589,7 @@ impl Exchange {
                     self.broadcast(Some(peer), Frame::Peers(vec![PeerAddr { id: peer, addr }]));
                 }
             }
-            Frame::Channel(record) => self.on_channel(peer, record),
+            Frame::Channel(record) => self.on_channel(peer, *record),
             Frame::Announce(statements) => self.on_announce(now, peer, statements),
             Frame::Have(ids) => {
                 if let Some(partner) = self.partners.get_mut(&peer) {
@@ -601,23 +624,27 @@ impl Exchange {
             Ok(()) => {
                 debug!(peer = %peer.short(), name = %record.record.name, "channel record verified");
                 self.record = Some(record.clone());
-                self.outputs.push_back(Output::Event(Event::ChannelVerified(record)));
+                self.outputs
+                    .push_back(Output::Event(Event::ChannelVerified(Box::new(record))));
             }
             Err(error) => {
                 warn!(peer = %peer.short(), %error, "channel record rejected");
                 self.stats.statements_rejected += 1;
-                self.outputs.push_back(Output::Event(Event::StatementRejected {
-                    peer,
-                    id: None,
-                    error,
-                }));
+                self.outputs
+                    .push_back(Output::Event(Event::StatementRejected {
+                        peer,
+                        id: None,
+                        error,
+                    }));
                 self.strike(peer);
             }
         }
     }
 
     fn on_announce(&mut self, now: Instant, peer: PeerId, statements: Vec<SignedSegment>) {
-        let Some(record) = self.record.as_ref().map(|r| r.record.clone()) else { return };
+        let Some(record) = self.record.as_ref().map(|r| r.record.clone()) else {
+            return;
+        };
         let mut fresh = Vec::new();
         for statement in statements {
             let id = statement.meta.id;
@@ -627,11 +654,12 @@ impl Exchange {
             if let Err(error) = statement.verify(&record) {
                 warn!(peer = %peer.short(), %id, %error, "statement rejected");
                 self.stats.statements_rejected += 1;
-                self.outputs.push_back(Output::Event(Event::StatementRejected {
-                    peer,
-                    id: Some(id),
-                    error,
-                }));
+                self.outputs
+                    .push_back(Output::Event(Event::StatementRejected {
+                        peer,
+                        id: Some(id),
+                        error,
+                    }));
                 self.strike(peer);
                 continue;
             }
@@ -648,7 +676,11 @@ impl Exchange {
             Some(bytes) => {
                 self.stats.bytes_uploaded += bytes.len() as u64;
                 let bytes = bytes.clone();
-                self.outputs.push_back(Output::SendSegment { to: peer, id, bytes });
+                self.outputs.push_back(Output::SendSegment {
+                    to: peer,
+                    id,
+                    bytes,
+                });
             }
             None => self.send(peer, Frame::Missing(id)),
         }
@@ -661,11 +693,14 @@ impl Exchange {
             self.strike(peer);
             return;
         }
-        let Some(statement) = self.statements.get(&id).copied() else { return };
+        let Some(statement) = self.statements.get(&id).copied() else {
+            return;
+        };
         if let Err(error) = statement.meta.check_payload(&bytes) {
             warn!(peer = %peer.short(), %id, %error, "segment rejected");
             self.stats.segments_rejected += 1;
-            self.outputs.push_back(Output::Event(Event::SegmentRejected { peer, id, error }));
+            self.outputs
+                .push_back(Output::Event(Event::SegmentRejected { peer, id, error }));
             if let Some(partner) = self.partners.get_mut(&peer) {
                 partner.have.remove(&id);
             }
@@ -691,16 +726,29 @@ impl Exchange {
                 self.last = Some(last);
                 self.outputs.push_back(Output::Event(Event::Ended { last }));
             } else {
-                self.outputs
-                    .push_back(Output::Event(Event::Announced { seq, duration: meta.duration() }));
+                self.outputs.push_back(Output::Event(Event::Announced {
+                    seq,
+                    duration: meta.duration(),
+                }));
             }
         }
     }
 
-    fn store_segment(&mut self, id: SegmentId, meta: SegmentMeta, bytes: Bytes, from: Option<PeerId>) {
+    fn store_segment(
+        &mut self,
+        id: SegmentId,
+        meta: SegmentMeta,
+        bytes: Bytes,
+        from: Option<PeerId>,
+    ) {
         self.stats.segments_stored += 1;
         self.store.insert(id, bytes.clone());
-        self.outputs.push_back(Output::Event(Event::Stored { id, meta, bytes, from }));
+        self.outputs.push_back(Output::Event(Event::Stored {
+            id,
+            meta,
+            bytes,
+            from,
+        }));
         if let SegmentId::Media(seq) = id {
             self.evict_before(seq.saturating_sub(self.config.live_window));
         }
@@ -719,11 +767,14 @@ impl Exchange {
         for partner in self.partners.values_mut() {
             partner.have.retain(|id| !before(id));
         }
-        self.outputs.push_back(Output::Event(Event::Evicted { seq: keep_from }));
+        self.outputs
+            .push_back(Output::Event(Event::Evicted { seq: keep_from }));
     }
 
     fn is_live(&self) -> bool {
-        self.record.as_ref().is_some_and(|r| r.record.kind == StreamKind::Live)
+        self.record
+            .as_ref()
+            .is_some_and(|r| r.record.kind == StreamKind::Live)
     }
 
     fn is_evicted(&self, id: SegmentId) -> bool {
@@ -738,8 +789,8 @@ impl Exchange {
         let Some(wanted) = self.wanted() else { return };
         let source = self.source_peer();
         // While dials are in flight, a newcomer may soon have partners other than the source.
-        let only_source = self.dialing.is_empty()
-            && self.partners.keys().all(|p| Some(*p) == source);
+        let only_source =
+            self.dialing.is_empty() && self.partners.keys().all(|p| Some(*p) == source);
         self.next_schedule = None;
         for id in wanted {
             if self.store.contains_key(&id) || self.pending.contains_key(&id) {
@@ -750,7 +801,9 @@ impl Exchange {
                 .partners
                 .iter()
                 .filter(|(_, p)| {
-                    p.greeted && p.have.contains(&id) && p.inflight < self.config.max_inflight_per_peer
+                    p.greeted
+                        && p.have.contains(&id)
+                        && p.inflight < self.config.max_inflight_per_peer
                 })
                 .min_by_key(|(peer, p)| (Some(**peer) == source, p.inflight, **peer))
                 .map(|(peer, _)| *peer);
@@ -765,7 +818,13 @@ impl Exchange {
             if let Some(partner) = self.partners.get_mut(&peer) {
                 partner.inflight += 1;
             }
-            self.pending.insert(id, Pending { peer, deadline: now + self.config.request_timeout });
+            self.pending.insert(
+                id,
+                Pending {
+                    peer,
+                    deadline: now + self.config.request_timeout,
+                },
+            );
             self.send(peer, Frame::Request(id));
         }
     }
@@ -778,7 +837,11 @@ impl Exchange {
         let mut hasher = blake3::Hasher::new();
         hasher.update(&self.me.0);
         hasher.update(&postcard::to_allocvec(&id).unwrap_or_default());
-        let draw = u64::from_le_bytes(hasher.finalize().as_bytes()[..8].try_into().unwrap_or([0; 8]));
+        let draw = u64::from_le_bytes(
+            hasher.finalize().as_bytes()[..8]
+                .try_into()
+                .unwrap_or([0; 8]),
+        );
         let jitter = grace.mul_f64((draw % 1000) as f64 / 1000.0);
         seen.map_or_else(|| self.next_maintenance, |seen| seen + grace + jitter)
     }
@@ -809,12 +872,16 @@ impl Exchange {
             let first_missing = (start..=newest)
                 .find(|n| !self.store.contains_key(&SegmentId::Media(*n)))
                 .unwrap_or(newest + 1);
-            let end = if live { newest } else { newest.min(first_missing + self.config.vod_lookahead) };
-            wanted.extend(
-                (first_missing..=end)
-                    .map(SegmentId::Media)
-                    .filter(|id| self.statements.get(id).is_some_and(|s| !s.meta.is_end_marker())),
-            );
+            let end = if live {
+                newest
+            } else {
+                newest.min(first_missing + self.config.vod_lookahead)
+            };
+            wanted.extend((first_missing..=end).map(SegmentId::Media).filter(|id| {
+                self.statements
+                    .get(id)
+                    .is_some_and(|s| !s.meta.is_end_marker())
+            }));
         }
         Some(wanted)
     }
@@ -824,7 +891,10 @@ impl Exchange {
         if self.is_source() {
             return;
         }
-        let mut missing = self.config.max_partners.saturating_sub(self.partners.len() + self.dialing.len());
+        let mut missing = self
+            .config
+            .max_partners
+            .saturating_sub(self.partners.len() + self.dialing.len());
         if missing == 0 {
             return;
         }
@@ -859,7 +929,9 @@ impl Exchange {
     }
 
     fn strike(&mut self, peer: PeerId) {
-        let Some(partner) = self.partners.get_mut(&peer) else { return };
+        let Some(partner) = self.partners.get_mut(&peer) else {
+            return;
+        };
         partner.strikes += 1;
         if partner.strikes >= self.config.max_strikes {
             self.close(peer, "too many protocol violations");
@@ -876,8 +948,12 @@ impl Exchange {
     }
 
     fn broadcast(&mut self, except: Option<PeerId>, frame: Frame) {
-        let peers: Vec<PeerId> =
-            self.partners.keys().copied().filter(|p| Some(*p) != except).collect();
+        let peers: Vec<PeerId> = self
+            .partners
+            .keys()
+            .copied()
+            .filter(|p| Some(*p) != except)
+            .collect();
         for peer in peers {
             self.send(peer, frame.clone());
         }

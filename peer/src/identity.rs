@@ -43,13 +43,19 @@ impl Keypair {
         match std::fs::read_to_string(path) {
             Ok(text) => Self::parse_key_file(&text)
                 .map(|k| (k, false))
-                .map_err(|reason| KeyFileError::Malformed { path: path.to_owned(), reason }),
+                .map_err(|reason| KeyFileError::Malformed {
+                    path: path.to_owned(),
+                    reason,
+                }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = Self::generate();
                 key.write_key_file(path)?;
                 Ok((key, true))
             }
-            Err(source) => Err(KeyFileError::Io { path: path.to_owned(), source }),
+            Err(source) => Err(KeyFileError::Io {
+                path: path.to_owned(),
+                source,
+            }),
         }
     }
 
@@ -89,13 +95,17 @@ impl Keypair {
         let bytes = BASE32_NOPAD
             .decode(encoded.to_ascii_uppercase().as_bytes())
             .map_err(|e| format!("the secret is not base32: {e}"))?;
-        let seed: [u8; 32] =
-            bytes.try_into().map_err(|_| "the secret is not 32 bytes long".to_owned())?;
+        let seed: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| "the secret is not 32 bytes long".to_owned())?;
         Ok(Self::from_seed(seed))
     }
 
     fn write_key_file(&self, path: &Path) -> Result<(), KeyFileError> {
-        let io_err = |source| KeyFileError::Io { path: path.to_owned(), source };
+        let io_err = |source| KeyFileError::Io {
+            path: path.to_owned(),
+            source,
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io_err)?;
         }
@@ -200,7 +210,11 @@ pub struct Signature(#[serde(with = "serde_big_array")] pub [u8; 64]);
 
 impl fmt::Debug for Signature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Signature({}…)", data_encoding::HEXLOWER.encode(&self.0[..6]))
+        write!(
+            f,
+            "Signature({}…)",
+            data_encoding::HEXLOWER.encode(&self.0[..6])
+        )
     }
 }
 
@@ -227,7 +241,9 @@ mod serde_big_array {
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; 64], A::Error> {
                 let mut out = [0u8; 64];
                 for (i, b) in out.iter_mut().enumerate() {
-                    *b = seq.next_element()?.ok_or_else(|| A::Error::invalid_length(i, &self))?;
+                    *b = seq
+                        .next_element()?
+                        .ok_or_else(|| A::Error::invalid_length(i, &self))?;
                 }
                 Ok(out)
             }
@@ -308,8 +324,13 @@ pub struct IdParseError {
 }
 
 fn decode_base32<const N: usize>(s: &str) -> Result<[u8; N], IdParseError> {
-    let err = || IdParseError { input: s.to_owned(), expected: BASE32_NOPAD.encode_len(N) };
-    let bytes = BASE32_NOPAD.decode(s.trim().to_ascii_uppercase().as_bytes()).map_err(|_| err())?;
+    let err = || IdParseError {
+        input: s.to_owned(),
+        expected: BASE32_NOPAD.encode_len(N),
+    };
+    let bytes = BASE32_NOPAD
+        .decode(s.trim().to_ascii_uppercase().as_bytes())
+        .map_err(|_| err())?;
     bytes.try_into().map_err(|_| err())
 }
 
@@ -327,7 +348,10 @@ mod tests {
         let peer = key.peer_id();
         assert_eq!(peer.to_string().parse::<PeerId>().unwrap(), peer);
         assert!("not-an-id".parse::<ChannelId>().is_err());
-        assert!(peer.to_string().parse::<ChannelId>().is_err(), "a peer id is not a channel id");
+        assert!(
+            peer.to_string().parse::<ChannelId>().is_err(),
+            "a peer id is not a channel id"
+        );
     }
 
     #[test]

@@ -163,7 +163,10 @@ fn node_config(net: &NetArgs) -> NodeConfig {
     NodeConfig {
         listen: net.listen,
         http: Some(net.http),
-        web_root: net.web_root.clone().unwrap_or_else(gateway::default_web_root),
+        web_root: net
+            .web_root
+            .clone()
+            .unwrap_or_else(gateway::default_web_root),
         ..NodeConfig::default()
     }
 }
@@ -184,7 +187,9 @@ async fn run_source(args: SourceArgs, input: String) -> anyhow::Result<()> {
     }
     let input = Input::parse(&input);
     let name = args.name.clone().unwrap_or_else(|| match &input {
-        Input::File(p) => p.file_name().map_or("Selfcast".into(), |n| n.to_string_lossy().into()),
+        Input::File(p) => p
+            .file_name()
+            .map_or("Selfcast".into(), |n| n.to_string_lossy().into()),
         Input::Url(u) => u.clone(),
         Input::TestPattern => "Test pattern".into(),
     });
@@ -224,7 +229,13 @@ async fn run_source(args: SourceArgs, input: String) -> anyhow::Result<()> {
 }
 
 async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
-    let node = watch(args.channel, args.bootstrap, node_config(&args.net), Keypair::generate()).await?;
+    let node = watch(
+        args.channel,
+        args.bootstrap,
+        node_config(&args.net),
+        Keypair::generate(),
+    )
+    .await?;
     print_node(&node);
     tokio::signal::ctrl_c().await?;
     node.shutdown().await;
@@ -262,9 +273,15 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
 
 async fn run_bench(bench: BenchCommand) -> anyhow::Result<()> {
     let result = match bench {
-        BenchCommand::Transfer { segments, segment_kib } => {
-            peer::bench::transfer::run(peer::bench::transfer::TransferBenchArgs { segments, segment_kib })
-                .await?
+        BenchCommand::Transfer {
+            segments,
+            segment_kib,
+        } => {
+            peer::bench::transfer::run(peer::bench::transfer::TransferBenchArgs {
+                segments,
+                segment_kib,
+            })
+            .await?
         }
         BenchCommand::Ingest { seconds, work_dir } => {
             let args = peer::bench::ingest::IngestBenchArgs { seconds, work_dir };

@@ -67,7 +67,10 @@ impl ChannelRecord {
     /// Signs the record with the broadcaster's key (which must be `self.broadcaster`).
     pub fn sign(self, key: &Keypair) -> SignedChannel {
         let signature = key.sign(&signing_bytes(CHANNEL_CONTEXT, &self));
-        SignedChannel { record: self, signature }
+        SignedChannel {
+            record: self,
+            signature,
+        }
     }
 }
 
@@ -148,13 +151,19 @@ impl SegmentMeta {
     /// Signs the statement with the broadcaster's key.
     pub fn sign(self, key: &Keypair) -> SignedSegment {
         let signature = key.sign(&signing_bytes(SEGMENT_CONTEXT, &self));
-        SignedSegment { meta: self, signature }
+        SignedSegment {
+            meta: self,
+            signature,
+        }
     }
 
     /// Checks that `bytes` are the segment this statement describes.
     pub fn check_payload(&self, bytes: &[u8]) -> Result<(), IntegrityError> {
         if bytes.len() != self.len as usize {
-            return Err(IntegrityError::WrongLength { expected: self.len, got: bytes.len() });
+            return Err(IntegrityError::WrongLength {
+                expected: self.len,
+                got: bytes.len(),
+            });
         }
         if blake3::hash(bytes).as_bytes() != &self.hash {
             return Err(IntegrityError::HashMismatch);
@@ -251,7 +260,10 @@ mod tests {
         let signed = meta.sign(&key);
         signed.verify(&record).unwrap();
         signed.meta.check_payload(&bytes).unwrap();
-        assert_eq!(signed.meta.check_payload(b"moof mdaT"), Err(IntegrityError::HashMismatch));
+        assert_eq!(
+            signed.meta.check_payload(b"moof mdaT"),
+            Err(IntegrityError::HashMismatch)
+        );
         assert!(matches!(
             signed.meta.check_payload(b"short"),
             Err(IntegrityError::WrongLength { .. })
@@ -271,7 +283,10 @@ mod tests {
             b"x",
         )
         .unwrap();
-        assert_eq!(meta.sign(&forger).verify(&record), Err(IntegrityError::BadSignature));
+        assert_eq!(
+            meta.sign(&forger).verify(&record),
+            Err(IntegrityError::BadSignature)
+        );
         let mut tampered = meta.sign(&key);
         tampered.meta.hash[0] ^= 1;
         assert_eq!(tampered.verify(&record), Err(IntegrityError::BadSignature));
@@ -279,9 +294,15 @@ mod tests {
         let signed = record.clone().sign(&key);
         signed.verify(record.channel_id()).unwrap();
         let other_channel = forger.public().channel_id();
-        assert_eq!(signed.verify(other_channel), Err(IntegrityError::WrongChannel));
+        assert_eq!(
+            signed.verify(other_channel),
+            Err(IntegrityError::WrongChannel)
+        );
         let mut renamed = signed;
         renamed.record.name = "evil".into();
-        assert_eq!(renamed.verify(record.channel_id()), Err(IntegrityError::BadSignature));
+        assert_eq!(
+            renamed.verify(record.channel_id()),
+            Err(IntegrityError::BadSignature)
+        );
     }
 }

@@ -37,7 +37,7 @@ pub enum Frame {
         listen: Option<SocketAddr>,
     },
     /// The channel's signed record.
-    Channel(SignedChannel),
+    Channel(Box<SignedChannel>),
     /// Signed segment statements, oldest first.
     Announce(Vec<SignedSegment>),
     /// The sender holds these segments, verified, and will serve them.
@@ -127,7 +127,9 @@ impl SegmentHeader {
     /// Parses a header from the start of `buf`, returning it and the bytes it used, or `None`
     /// when more bytes are needed.
     pub fn parse(buf: &[u8]) -> Result<Option<(Self, usize)>, FrameError> {
-        let Some(body) = split_prefixed(buf)? else { return Ok(None) };
+        let Some(body) = split_prefixed(buf)? else {
+            return Ok(None);
+        };
         let header = decode_body(body)?;
         Ok(Some((header, 4 + body.len())))
     }
@@ -151,7 +153,9 @@ impl FrameDecoder {
 
     /// The next complete frame, if there is one.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
-        let Some(body) = split_prefixed(&self.buf)? else { return Ok(None) };
+        let Some(body) = split_prefixed(&self.buf)? else {
+            return Ok(None);
+        };
         let used = 4 + body.len();
         let frame: Frame = decode_body(body)?;
         self.buf.advance(used);
@@ -178,7 +182,9 @@ fn encode_prefixed<T: Serialize>(value: &T) -> Bytes {
 
 /// The body (version byte included) of the first frame in `buf`, if complete.
 fn split_prefixed(buf: &[u8]) -> Result<Option<&[u8]>, FrameError> {
-    let Some(prefix) = buf.get(..4) else { return Ok(None) };
+    let Some(prefix) = buf.get(..4) else {
+        return Ok(None);
+    };
     let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
     if len > MAX_FRAME_LEN {
         return Err(FrameError::TooLarge { len });
@@ -190,14 +196,19 @@ fn split_prefixed(buf: &[u8]) -> Result<Option<&[u8]>, FrameError> {
 }
 
 fn decode_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, FrameError> {
-    let (&version, rest) = body.split_first().ok_or(FrameError::Malformed("empty".into()))?;
+    let (&version, rest) = body
+        .split_first()
+        .ok_or(FrameError::Malformed("empty".into()))?;
     if version != WIRE_VERSION {
         return Err(FrameError::UnsupportedVersion(version));
     }
     let (value, trailing) =
         postcard::take_from_bytes(rest).map_err(|e| FrameError::Malformed(e.to_string()))?;
     if !trailing.is_empty() {
-        return Err(FrameError::Malformed(format!("{} trailing bytes", trailing.len())));
+        return Err(FrameError::Malformed(format!(
+            "{} trailing bytes",
+            trailing.len()
+        )));
     }
     Ok(value)
 }
@@ -228,13 +239,19 @@ mod tests {
         )
         .unwrap();
         vec![
-            Frame::Channel(record.sign(&key)),
+            Frame::Channel(Box::new(record.sign(&key))),
             Frame::Announce(vec![meta.sign(&key)]),
-            Frame::Hello { channel, listen: Some("127.0.0.1:4433".parse().unwrap()) },
+            Frame::Hello {
+                channel,
+                listen: Some("127.0.0.1:4433".parse().unwrap()),
+            },
             Frame::Have(vec![SegmentId::Init, SegmentId::Media(9)]),
             Frame::Request(SegmentId::Media(3)),
             Frame::Missing(SegmentId::Init),
-            Frame::Peers(vec![PeerAddr { id: PeerId([1; 32]), addr: "[::1]:9".parse().unwrap() }]),
+            Frame::Peers(vec![PeerAddr {
+                id: PeerId([1; 32]),
+                addr: "[::1]:9".parse().unwrap(),
+            }]),
         ]
     }
 
@@ -258,20 +275,31 @@ mod tests {
     fn an_oversize_length_is_refused_before_buffering_the_body() {
         let mut decoder = FrameDecoder::default();
         decoder.extend(&((MAX_FRAME_LEN as u32 + 1).to_be_bytes()));
-        assert_eq!(decoder.next_frame(), Err(FrameError::TooLarge { len: MAX_FRAME_LEN + 1 }));
+        assert_eq!(
+            decoder.next_frame(),
+            Err(FrameError::TooLarge {
+                len: MAX_FRAME_LEN + 1
+            })
+        );
     }
 
     #[test]
     fn garbage_and_unknown_versions_are_errors_not_panics() {
         let mut decoder = FrameDecoder::default();
         decoder.extend(&[0, 0, 0, 3, WIRE_VERSION, 0xff, 0xff]);
-        assert!(matches!(decoder.next_frame(), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            decoder.next_frame(),
+            Err(FrameError::Malformed(_))
+        ));
 
         let mut decoder = FrameDecoder::default();
         let mut bytes = Frame::Request(SegmentId::Init).encode().to_vec();
         bytes[4] = 99;
         decoder.extend(&bytes);
-        assert_eq!(decoder.next_frame(), Err(FrameError::UnsupportedVersion(99)));
+        assert_eq!(
+            decoder.next_frame(),
+            Err(FrameError::UnsupportedVersion(99))
+        );
 
         let mut decoder = FrameDecoder::default();
         decoder.extend(&[0, 0, 0, 0]);
@@ -283,12 +311,17 @@ mod tests {
         let frame = Frame::Have((0..=MAX_LIST_LEN as u64).map(SegmentId::Media).collect());
         let mut decoder = FrameDecoder::default();
         decoder.extend(&frame.encode());
-        assert_eq!(decoder.next_frame(), Err(FrameError::ListTooLong(MAX_LIST_LEN + 1)));
+        assert_eq!(
+            decoder.next_frame(),
+            Err(FrameError::ListTooLong(MAX_LIST_LEN + 1))
+        );
     }
 
     #[test]
     fn segment_header_parses_from_a_prefix() {
-        let header = SegmentHeader { id: SegmentId::Media(77) };
+        let header = SegmentHeader {
+            id: SegmentId::Media(77),
+        };
         let mut bytes = header.encode().to_vec();
         let len = bytes.len();
         assert_eq!(SegmentHeader::parse(&bytes[..len - 1]).unwrap(), None);

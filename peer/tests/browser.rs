@@ -1,6 +1,8 @@
 //! A real browser plays the stream: headless Chromium (Debian's `chromium`, driven by
 //! playwright-core) opens a viewer's player page, and the video plays past 5 s.
 
+#![allow(clippy::unwrap_used)] // tests: a panic is a failed test with its location
+
 mod common;
 
 use std::path::PathBuf;
@@ -29,17 +31,29 @@ async fn chromium_plays_a_viewers_player_page_past_five_seconds() {
     let script = web_root.join("tests/play.mjs");
     let shot = screenshot.clone();
     let run = tokio::task::spawn_blocking(move || {
-        Command::new("node").arg(script).arg(&page).arg(&shot).args(["5", "60"]).output().unwrap()
+        Command::new("node")
+            .arg(script)
+            .arg(&page)
+            .arg(&shot)
+            .args(["5", "60"])
+            .output()
+            .unwrap()
     })
     .await
     .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "the player did not play:\n{stdout}\n{stderr}");
+    assert!(
+        run.status.success(),
+        "the player did not play:\n{stdout}\n{stderr}"
+    );
     let result: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(result["ok"], true, "{stdout}");
     assert!(result["currentTime"].as_f64().unwrap() > 5.0, "{stdout}");
-    assert!(std::fs::metadata(&screenshot).unwrap().len() > 10_000, "screenshot is empty");
+    assert!(
+        std::fs::metadata(&screenshot).unwrap().len() > 10_000,
+        "screenshot is empty"
+    );
     println!("screenshot: {}", screenshot.display());
     // The page played what the swarm delivered: the viewer served its verified segments.
     assert!(viewer.status()["segments_stored"].as_u64().unwrap() >= 6);

@@ -1,6 +1,8 @@
 //! First light: a broadcaster's stream reaches viewers over real QUIC on loopback, verified
 //! and byte-identical, and the real ffmpeg CLI plays it from a viewer's HLS playlist.
 
+#![allow(clippy::unwrap_used)] // tests: a panic is a failed test with its location
+
 mod common;
 
 use std::process::Command;
@@ -14,8 +16,12 @@ use common::{init_tracing, make_clip, start_broadcast, start_viewer, wait_until}
 fn assert_identical(source: &gateway::MediaStore, viewer: &gateway::MediaStore, segments: u64) {
     assert_eq!(viewer.init(), source.init(), "init segment differs");
     for seq in 0..segments {
-        let expected = source.segment(seq).unwrap_or_else(|| panic!("source lacks #{seq}"));
-        let got = viewer.segment(seq).unwrap_or_else(|| panic!("viewer lacks #{seq}"));
+        let expected = source
+            .segment(seq)
+            .unwrap_or_else(|| panic!("source lacks #{seq}"));
+        let got = viewer
+            .segment(seq)
+            .unwrap_or_else(|| panic!("viewer lacks #{seq}"));
         assert!(got == expected, "segment #{seq} differs");
     }
 }
@@ -27,13 +33,23 @@ async fn a_vod_clip_reaches_two_viewers_intact_and_ffmpeg_decodes_every_frame() 
     let clip = make_clip(dir.path(), 10);
     let mut broadcast = start_broadcast(Input::File(clip), true).await;
     let summary = broadcast.wait_ingest().await.unwrap();
-    assert!((9..=11).contains(&summary.segments), "{} segments for 10 s", summary.segments);
+    assert!(
+        (9..=11).contains(&summary.segments),
+        "{} segments for 10 s",
+        summary.segments
+    );
     let a = start_viewer(&broadcast).await;
     let b = start_viewer(&broadcast).await;
     let want = summary.segments + 1;
-    wait_until(Duration::from_secs(30), "both viewers to hold every segment", || {
-        [&a, &b].iter().all(|v| v.status()["segments_stored"].as_u64() == Some(want))
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "both viewers to hold every segment",
+        || {
+            [&a, &b]
+                .iter()
+                .all(|v| v.status()["segments_stored"].as_u64() == Some(want))
+        },
+    )
     .await;
     for viewer in [&a, &b] {
         assert_identical(broadcast.node().store(), viewer.store(), summary.segments);
@@ -53,20 +69,35 @@ async fn a_vod_clip_reaches_two_viewers_intact_and_ffmpeg_decodes_every_frame() 
     .await
     .unwrap();
     let stderr = String::from_utf8_lossy(&probe.stderr);
-    assert!(probe.status.success() && stderr.trim().is_empty(), "ffprobe failed: {stderr}");
+    assert!(
+        probe.status.success() && stderr.trim().is_empty(),
+        "ffprobe failed: {stderr}"
+    );
     // ffprobe prints the count once per program and once for the stream.
     let stdout = String::from_utf8_lossy(&probe.stdout);
-    let frames: u64 = stdout.lines().find(|l| !l.trim().is_empty()).unwrap().trim().parse().unwrap();
+    let frames: u64 = stdout
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert_eq!(frames, 300, "10 s at 30 fps");
 
     let url = format!("http://{}/stream.m3u8", a.http_addr().unwrap());
     let decode = tokio::task::spawn_blocking(move || {
-        Command::new("ffmpeg").args(["-v", "error", "-i", &url, "-f", "null", "-"]).output().unwrap()
+        Command::new("ffmpeg")
+            .args(["-v", "error", "-i", &url, "-f", "null", "-"])
+            .output()
+            .unwrap()
     })
     .await
     .unwrap();
     let stderr = String::from_utf8_lossy(&decode.stderr);
-    assert!(decode.status.success() && stderr.trim().is_empty(), "ffmpeg decode errors: {stderr}");
+    assert!(
+        decode.status.success() && stderr.trim().is_empty(),
+        "ffmpeg decode errors: {stderr}"
+    );
 
     a.shutdown().await;
     b.shutdown().await;
@@ -82,11 +113,21 @@ async fn a_live_clip_reaches_two_viewers_in_real_time_intact() {
     let a = start_viewer(&broadcast).await;
     let b = start_viewer(&broadcast).await;
     let summary = broadcast.wait_ingest().await.unwrap();
-    assert!(summary.wall >= Duration::from_secs(6), "live input is paced: {:?}", summary.wall);
+    assert!(
+        summary.wall >= Duration::from_secs(6),
+        "live input is paced: {:?}",
+        summary.wall
+    );
     let want = summary.segments + 1;
-    wait_until(Duration::from_secs(15), "both viewers to hold every segment", || {
-        [&a, &b].iter().all(|v| v.status()["segments_stored"].as_u64() == Some(want))
-    })
+    wait_until(
+        Duration::from_secs(15),
+        "both viewers to hold every segment",
+        || {
+            [&a, &b]
+                .iter()
+                .all(|v| v.status()["segments_stored"].as_u64() == Some(want))
+        },
+    )
     .await;
     for viewer in [&a, &b] {
         assert_identical(broadcast.node().store(), viewer.store(), summary.segments);

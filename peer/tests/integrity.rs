@@ -1,6 +1,8 @@
 //! A misbehaving peer over real QUIC: forged statements, corrupted segment bytes, oversize and
 //! malformed frames are rejected and logged, and the viewer keeps going.
 
+#![allow(clippy::unwrap_used)] // tests: a panic is a failed test with its location
+
 mod common;
 
 use std::time::Duration;
@@ -34,9 +36,18 @@ impl Attacker {
             .await
             .unwrap();
         let (mut send, recv) = conn.open_bi().await.unwrap();
-        let hello = Frame::Hello { channel: viewer.channel(), listen: None };
+        let hello = Frame::Hello {
+            channel: viewer.channel(),
+            listen: None,
+        };
         send.write_all(&hello.encode()).await.unwrap();
-        Self { conn, send, recv, decoder: FrameDecoder::default(), key }
+        Self {
+            conn,
+            send,
+            recv,
+            decoder: FrameDecoder::default(),
+            key,
+        }
     }
 
     /// The next frame from the viewer, or `None` once it closed the connection.
@@ -91,7 +102,12 @@ async fn forged_statements_and_corrupted_segments_are_dropped_and_the_viewer_kee
                         // A statement for a segment the broadcaster has not made yet.
                         let meta = statements[0].meta;
                         let id = SegmentId::Media(1000);
-                        let forged = SegmentMeta { id, hash: [0; 32], ..meta }.sign(&attacker.key);
+                        let forged = SegmentMeta {
+                            id,
+                            hash: [0; 32],
+                            ..meta
+                        }
+                        .sign(&attacker.key);
                         attacker.send(Frame::Announce(vec![forged])).await;
                         forged_sent = true;
                     }
@@ -105,7 +121,10 @@ async fn forged_statements_and_corrupted_segments_are_dropped_and_the_viewer_kee
                     let middle = bytes.len() / 2;
                     bytes[middle] ^= 0x40;
                     let mut stream = attacker.conn.open_uni().await.unwrap();
-                    stream.write_all(&SegmentHeader { id }.encode()).await.unwrap();
+                    stream
+                        .write_all(&SegmentHeader { id }.encode())
+                        .await
+                        .unwrap();
                     stream.write_all(&bytes).await.unwrap();
                     stream.finish().unwrap();
                     corrupted_sent += 1;
@@ -115,26 +134,46 @@ async fn forged_statements_and_corrupted_segments_are_dropped_and_the_viewer_kee
         }
     };
     // The attack ends when the viewer has had enough of us.
-    tokio::time::timeout(Duration::from_secs(20), attack).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), attack)
+        .await
+        .unwrap();
     let code = attacker.close_code().await;
     assert_eq!(code, 0x02, "closed for protocol violations");
-    assert!(forged_sent, "the viewer never announced anything to the attacker");
-    assert!(corrupted_sent >= 1, "the viewer never asked the attacker for a segment");
+    assert!(
+        forged_sent,
+        "the viewer never announced anything to the attacker"
+    );
+    assert!(
+        corrupted_sent >= 1,
+        "the viewer never asked the attacker for a segment"
+    );
 
     let summary = broadcast.wait_ingest().await.unwrap();
     let want = summary.segments + 1;
-    wait_until(Duration::from_secs(20), "the viewer to hold every segment", || {
-        viewer.status()["segments_stored"].as_u64() == Some(want)
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "the viewer to hold every segment",
+        || viewer.status()["segments_stored"].as_u64() == Some(want),
+    )
     .await;
     let status = viewer.status();
-    assert!(status["statements_rejected"].as_u64().unwrap() >= 1, "{status}");
-    assert_eq!(status["segments_rejected"].as_u64().unwrap(), corrupted_sent, "{status}");
+    assert!(
+        status["statements_rejected"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+    assert_eq!(
+        status["segments_rejected"].as_u64().unwrap(),
+        corrupted_sent,
+        "{status}"
+    );
     // What the viewer stores is what the broadcaster made, nothing from the attacker.
     let source = broadcast.node().store();
     assert_eq!(viewer.store().init(), source.init());
     for seq in 0..summary.segments {
-        assert!(viewer.store().segment(seq) == source.segment(seq), "segment #{seq} differs");
+        assert!(
+            viewer.store().segment(seq) == source.segment(seq),
+            "segment #{seq} differs"
+        );
     }
     viewer.shutdown().await;
     broadcast.shutdown().await;
@@ -151,14 +190,26 @@ async fn oversize_and_malformed_frames_close_only_that_connection() {
 
     // A length prefix one byte over the bound.
     let mut oversize = Attacker::connect(&endpoint, &viewer).await;
-    oversize.send.write_all(&(MAX_FRAME_LEN as u32 + 1).to_be_bytes()).await.unwrap();
-    let code = tokio::time::timeout(Duration::from_secs(5), oversize.close_code()).await.unwrap();
+    oversize
+        .send
+        .write_all(&(MAX_FRAME_LEN as u32 + 1).to_be_bytes())
+        .await
+        .unwrap();
+    let code = tokio::time::timeout(Duration::from_secs(5), oversize.close_code())
+        .await
+        .unwrap();
     assert_eq!(code, 0x11, "oversize frame");
 
     // A frame of the right shape whose body is garbage.
     let mut garbage = Attacker::connect(&endpoint, &viewer).await;
-    garbage.send.write_all(&[0, 0, 0, 4, 1, 0xff, 0xff, 0xff]).await.unwrap();
-    let code = tokio::time::timeout(Duration::from_secs(5), garbage.close_code()).await.unwrap();
+    garbage
+        .send
+        .write_all(&[0, 0, 0, 4, 1, 0xff, 0xff, 0xff])
+        .await
+        .unwrap();
+    let code = tokio::time::timeout(Duration::from_secs(5), garbage.close_code())
+        .await
+        .unwrap();
     assert_eq!(code, 0x13, "malformed frame");
 
     // A frame from a future protocol version.
@@ -166,15 +217,19 @@ async fn oversize_and_malformed_frames_close_only_that_connection() {
     let mut frame = Frame::Request(SegmentId::Init).encode().to_vec();
     frame[4] = 2;
     future.send.write_all(&Bytes::from(frame)).await.unwrap();
-    let code = tokio::time::timeout(Duration::from_secs(5), future.close_code()).await.unwrap();
+    let code = tokio::time::timeout(Duration::from_secs(5), future.close_code())
+        .await
+        .unwrap();
     assert_eq!(code, 0x12, "unknown version");
 
     // The viewer never noticed: the whole stream arrives.
     let summary = broadcast.wait_ingest().await.unwrap();
     let want = summary.segments + 1;
-    wait_until(Duration::from_secs(15), "the viewer to hold every segment", || {
-        viewer.status()["segments_stored"].as_u64() == Some(want)
-    })
+    wait_until(
+        Duration::from_secs(15),
+        "the viewer to hold every segment",
+        || viewer.status()["segments_stored"].as_u64() == Some(want),
+    )
     .await;
     viewer.shutdown().await;
     broadcast.shutdown().await;

@@ -32,7 +32,11 @@ pub async fn run(args: TransferBenchArgs) -> anyhow::Result<serde_json::Value> {
         vod_lookahead: 32,
         ..ExchangeConfig::default()
     };
-    let config = NodeConfig { http: None, exchange, ..NodeConfig::default() };
+    let config = NodeConfig {
+        http: None,
+        exchange,
+        ..NodeConfig::default()
+    };
     let key = Keypair::generate();
     let record = ChannelRecord {
         broadcaster: key.public(),
@@ -45,11 +49,20 @@ pub async fn run(args: TransferBenchArgs) -> anyhow::Result<serde_json::Value> {
     let source = NodeHandle::start_source(config.clone(), key, record).await?;
     let mut payload = vec![0u8; args.segment_kib as usize * 1024];
     rand::thread_rng().fill_bytes(&mut payload);
-    source.publish(SegmentId::Init, Duration::ZERO, Bytes::from_static(b"init"), false).await?;
+    source
+        .publish(
+            SegmentId::Init,
+            Duration::ZERO,
+            Bytes::from_static(b"init"),
+            false,
+        )
+        .await?;
     for seq in 0..u64::from(args.segments) {
         payload[..8].copy_from_slice(&seq.to_le_bytes());
         let bytes = Bytes::copy_from_slice(&payload);
-        source.publish(SegmentId::Media(seq), Duration::from_secs(1), bytes, false).await?;
+        source
+            .publish(SegmentId::Media(seq), Duration::from_secs(1), bytes, false)
+            .await?;
     }
 
     let started = Instant::now();
@@ -67,7 +80,10 @@ pub async fn run(args: TransferBenchArgs) -> anyhow::Result<serde_json::Value> {
         if stored >= want {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "viewer stored {stored} of {want} segments");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "viewer stored {stored} of {want} segments"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let wall = started.elapsed();

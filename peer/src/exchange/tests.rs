@@ -64,7 +64,13 @@ impl Harness {
         let addr: SocketAddr = format!("10.0.1.{n}:1").parse().unwrap();
         let mut viewer = Exchange::viewer(self.now, config(), id, self.channel(), Some(addr));
         let boot_addr = *self.addrs.iter().find(|(_, p)| **p == bootstrap).unwrap().0;
-        viewer.add_candidates(self.now, [PeerAddr { id: bootstrap, addr: boot_addr }]);
+        viewer.add_candidates(
+            self.now,
+            [PeerAddr {
+                id: bootstrap,
+                addr: boot_addr,
+            }],
+        );
         self.nodes.insert(id, viewer);
         self.addrs.insert(addr, id);
         self.run();
@@ -72,17 +78,23 @@ impl Harness {
     }
 
     fn publish(&mut self, source: PeerId, bytes: &[u8]) {
-        let id = if self.next_seq == 0 && !self.nodes[&source].store.contains_key(&SegmentId::Init) {
+        let id = if self.next_seq == 0 && !self.nodes[&source].store.contains_key(&SegmentId::Init)
+        {
             SegmentId::Init
         } else {
             let id = SegmentId::Media(self.next_seq);
             self.next_seq += 1;
             id
         };
-        let duration = if id == SegmentId::Init { Duration::ZERO } else { SEGMENT };
+        let duration = if id == SegmentId::Init {
+            Duration::ZERO
+        } else {
+            SEGMENT
+        };
         let now = self.now;
         let node = self.nodes.get_mut(&source).unwrap();
-        node.publish(now, id, duration, 0, Bytes::copy_from_slice(bytes), false).unwrap();
+        node.publish(now, id, duration, 0, Bytes::copy_from_slice(bytes), false)
+            .unwrap();
         self.run();
     }
 
@@ -111,7 +123,10 @@ impl Harness {
             Output::Send { to, frame } => {
                 if self.linked(from, to) && !self.mute.contains(&from) {
                     let peer = from;
-                    self.nodes.get_mut(&to).unwrap().handle_input(now, Input::Frame { peer, frame });
+                    self.nodes
+                        .get_mut(&to)
+                        .unwrap()
+                        .handle_input(now, Input::Frame { peer, frame });
                 }
             }
             Output::SendSegment { to, id, bytes } => {
@@ -127,21 +142,36 @@ impl Harness {
                 };
                 let receiver = self.nodes.get_mut(&to).unwrap();
                 let input = match receiver.expected_len(&from, id) {
-                    Some(len) if bytes.len() <= len => Input::Segment { peer: from, id, bytes },
+                    Some(len) if bytes.len() <= len => Input::Segment {
+                        peer: from,
+                        id,
+                        bytes,
+                    },
                     _ => Input::SegmentFailed { peer: from, id },
                 };
                 receiver.handle_input(now, input);
             }
             Output::Dial(target) => {
-                let Some(&to) = self.addrs.get(&target.addr) else { return };
+                let Some(&to) = self.addrs.get(&target.addr) else {
+                    return;
+                };
                 assert_eq!(to, target.id, "dialled an address under the wrong id");
                 if self.linked(from, to) {
-                    self.nodes.get_mut(&from).unwrap().handle_input(now, Input::Connected { peer: to });
+                    self.nodes
+                        .get_mut(&from)
+                        .unwrap()
+                        .handle_input(now, Input::Connected { peer: to });
                     return;
                 }
                 self.links.insert((from.min(to), from.max(to)));
-                self.nodes.get_mut(&from).unwrap().handle_input(now, Input::Connected { peer: to });
-                self.nodes.get_mut(&to).unwrap().handle_input(now, Input::Connected { peer: from });
+                self.nodes
+                    .get_mut(&from)
+                    .unwrap()
+                    .handle_input(now, Input::Connected { peer: to });
+                self.nodes
+                    .get_mut(&to)
+                    .unwrap()
+                    .handle_input(now, Input::Connected { peer: from });
             }
             Output::Close { peer, .. } => self.disconnect(from, peer),
             Output::Event(e) => self.events.push((from, e)),
@@ -169,7 +199,9 @@ impl Harness {
         let target = self.now + by;
         loop {
             let next = self.nodes.values().filter_map(Exchange::poll_timeout).min();
-            let Some(next) = next.filter(|t| *t <= target) else { break };
+            let Some(next) = next.filter(|t| *t <= target) else {
+                break;
+            };
             self.now = self.now.max(next);
             let now = self.now;
             for node in self.nodes.values_mut() {
@@ -183,7 +215,12 @@ impl Harness {
     }
 
     fn remove(&mut self, peer: PeerId) {
-        let linked: Vec<PeerId> = self.nodes.keys().copied().filter(|p| self.linked(*p, peer)).collect();
+        let linked: Vec<PeerId> = self
+            .nodes
+            .keys()
+            .copied()
+            .filter(|p| self.linked(*p, peer))
+            .collect();
         for other in linked {
             self.disconnect(peer, other);
         }
@@ -197,7 +234,10 @@ impl Harness {
 }
 
 fn config() -> ExchangeConfig {
-    ExchangeConfig { live_window: 1000, ..ExchangeConfig::default() }
+    ExchangeConfig {
+        live_window: 1000,
+        ..ExchangeConfig::default()
+    }
 }
 
 fn payload(n: u8) -> Vec<u8> {
@@ -218,13 +258,23 @@ fn viewers_receive_every_segment_verified_and_byte_identical() {
         let node = &h.nodes[&viewer];
         assert_eq!(node.segment(SegmentId::Init).unwrap().as_ref(), b"init");
         for n in 0..10u8 {
-            assert_eq!(node.segment(SegmentId::Media(n as u64)).unwrap().as_ref(), &payload(n)[..]);
+            assert_eq!(
+                node.segment(SegmentId::Media(n as u64)).unwrap().as_ref(),
+                &payload(n)[..]
+            );
         }
     }
-    let rejected = h.events.iter().filter(|(_, e)| matches!(e, Event::SegmentRejected { .. })).count();
+    let rejected = h
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::SegmentRejected { .. }))
+        .count();
     assert_eq!(rejected, 0);
     // With a grace period before asking the source, the two viewers share the work.
-    let from_peers: u64 = [a, b].iter().map(|v| h.nodes[v].stats().bytes_from_peers).sum();
+    let from_peers: u64 = [a, b]
+        .iter()
+        .map(|v| h.nodes[v].stats().bytes_from_peers)
+        .sum();
     assert!(from_peers > 0, "no segment went viewer to viewer");
 }
 
@@ -264,15 +314,23 @@ fn corrupted_bytes_are_rejected_and_fetched_again_elsewhere() {
     );
     let victim = h.add_viewer(2, source);
     h.advance(Duration::from_secs(3));
-    assert_eq!(h.nodes[&victim].segment(SegmentId::Media(0)).unwrap().as_ref(), &payload(0)[..]);
+    assert_eq!(
+        h.nodes[&victim]
+            .segment(SegmentId::Media(0))
+            .unwrap()
+            .as_ref(),
+        &payload(0)[..]
+    );
     let rejected: Vec<_> = h
         .events
         .iter()
         .filter(|(at, e)| *at == victim && matches!(e, Event::SegmentRejected { .. }))
         .collect();
     assert!(!rejected.is_empty(), "the corrupted copy must be reported");
-    assert!(rejected.iter().all(|(_, e)| matches!(e,
-        Event::SegmentRejected { peer, error: IntegrityError::HashMismatch, .. } if *peer == liar)));
+    assert!(
+        rejected.iter().all(|(_, e)| matches!(e,
+        Event::SegmentRejected { peer, error: IntegrityError::HashMismatch, .. } if *peer == liar))
+    );
 }
 
 #[test]
@@ -288,17 +346,36 @@ fn forged_statements_are_dropped_never_forwarded_and_cost_a_strike() {
     let now = h.now;
     h.nodes.get_mut(&b).unwrap().handle_input(
         now,
-        Input::Frame { peer: a, frame: Frame::Announce(vec![forged]) },
+        Input::Frame {
+            peer: a,
+            frame: Frame::Announce(vec![forged]),
+        },
     );
     h.run();
     assert!(h.events.iter().any(|(at, e)| *at == b
-        && matches!(e, Event::StatementRejected { error: IntegrityError::BadSignature, .. })));
+        && matches!(
+            e,
+            Event::StatementRejected {
+                error: IntegrityError::BadSignature,
+                ..
+            }
+        )));
     assert!(!h.nodes[&b].statements.contains_key(&SegmentId::Media(0)));
     // The real segment 0 still arrives afterwards.
     h.publish(source, &payload(0));
     h.advance(Duration::from_secs(2));
-    assert_eq!(h.nodes[&b].segment(SegmentId::Media(0)).unwrap().as_ref(), &payload(0)[..]);
-    assert_eq!(h.nodes[&b].partners().find(|p| p.peer == a).unwrap().strikes, 1);
+    assert_eq!(
+        h.nodes[&b].segment(SegmentId::Media(0)).unwrap().as_ref(),
+        &payload(0)[..]
+    );
+    assert_eq!(
+        h.nodes[&b]
+            .partners()
+            .find(|p| p.peer == a)
+            .unwrap()
+            .strikes,
+        1
+    );
 }
 
 #[test]
@@ -311,9 +388,15 @@ fn a_partner_that_stops_answering_is_replaced_after_the_timeout() {
     h.tamper.insert(a, Box::new(|_, _| None)); // a swallows every segment it should send
     let b = h.add_viewer(2, source);
     h.advance(Duration::from_millis(10));
-    assert!(h.nodes[&b].segment(SegmentId::Media(0)).is_none(), "b asks a first");
+    assert!(
+        h.nodes[&b].segment(SegmentId::Media(0)).is_none(),
+        "b asks a first"
+    );
     h.advance(config().request_timeout * 2);
-    assert_eq!(h.nodes[&b].segment(SegmentId::Media(0)).unwrap().as_ref(), &payload(0)[..]);
+    assert_eq!(
+        h.nodes[&b].segment(SegmentId::Media(0)).unwrap().as_ref(),
+        &payload(0)[..]
+    );
     assert!(h.nodes[&b].stats().requests_retried >= 1);
 }
 
@@ -343,7 +426,11 @@ fn unsolicited_segments_are_refused() {
     let now = h.now;
     h.nodes.get_mut(&a).unwrap().handle_input(
         now,
-        Input::Segment { peer: source, id: SegmentId::Media(5), bytes: Bytes::from_static(b"x") },
+        Input::Segment {
+            peer: source,
+            id: SegmentId::Media(5),
+            bytes: Bytes::from_static(b"x"),
+        },
     );
     h.run();
     assert!(h.nodes[&a].segment(SegmentId::Media(5)).is_none());
@@ -362,6 +449,14 @@ fn a_live_viewer_starts_near_the_live_edge_and_evicts_old_segments() {
     let stored = h.stored(a);
     let behind = config().live_start_behind;
     assert_eq!(stored.first(), Some(&SegmentId::Init));
-    assert_eq!(stored.get(1), Some(&SegmentId::Media(9 - behind)), "{stored:?}");
-    assert!(h.stored(source).len() <= 7, "source keeps only its window: {:?}", h.stored(source));
+    assert_eq!(
+        stored.get(1),
+        Some(&SegmentId::Media(9 - behind)),
+        "{stored:?}"
+    );
+    assert!(
+        h.stored(source).len() <= 7,
+        "source keeps only its window: {:?}",
+        h.stored(source)
+    );
 }

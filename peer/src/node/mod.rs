@@ -174,9 +174,18 @@ impl NodeHandle {
         let (reply, rx) = oneshot::channel();
         let created_unix_ms = unix_ms();
         self.tx
-            .send(Msg::Publish { id, duration, created_unix_ms, bytes, last, reply })
+            .send(Msg::Publish {
+                id,
+                duration,
+                created_unix_ms,
+                bytes,
+                last,
+                reply,
+            })
             .map_err(|_| NodeError::Stopped)?;
-        rx.await.map_err(|_| NodeError::Stopped)?.map_err(NodeError::from)
+        rx.await
+            .map_err(|_| NodeError::Stopped)?
+            .map_err(NodeError::from)
     }
 
     /// The node's verified segment store (what its gateway serves).
@@ -206,7 +215,10 @@ impl NodeHandle {
 
     /// The address other peers can use to reach this node, with its id.
     pub fn peer_addr(&self) -> PeerAddr {
-        PeerAddr { id: self.peer_id, addr: self.local_addr }
+        PeerAddr {
+            id: self.peer_id,
+            addr: self.local_addr,
+        }
     }
 
     /// Where the gateway listens, if it runs.
@@ -223,7 +235,9 @@ impl NodeHandle {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// What the connection tasks and the handle tell the actor.
@@ -235,12 +249,32 @@ enum Msg {
         recv: RecvStream,
         dialled_by: PeerId,
     },
-    Frame { peer: PeerId, gen: u64, frame: Frame },
-    ConnClosed { peer: PeerId, gen: u64 },
-    DialFailed { peer: Option<PeerId> },
-    SegmentStart { peer: PeerId, id: SegmentId, reply: oneshot::Sender<Option<usize>> },
-    Segment { peer: PeerId, id: SegmentId, bytes: Bytes },
-    SegmentFailed { peer: PeerId, id: SegmentId },
+    Frame {
+        peer: PeerId,
+        gen: u64,
+        frame: Frame,
+    },
+    ConnClosed {
+        peer: PeerId,
+        gen: u64,
+    },
+    DialFailed {
+        peer: Option<PeerId>,
+    },
+    SegmentStart {
+        peer: PeerId,
+        id: SegmentId,
+        reply: oneshot::Sender<Option<usize>>,
+    },
+    Segment {
+        peer: PeerId,
+        id: SegmentId,
+        bytes: Bytes,
+    },
+    SegmentFailed {
+        peer: PeerId,
+        id: SegmentId,
+    },
     Publish {
         id: SegmentId,
         duration: Duration,
@@ -268,8 +302,11 @@ async fn start(
     bootstrap: Vec<Bootstrap>,
 ) -> Result<NodeHandle, NodeError> {
     let server = tls::server_config(&key)?;
-    let mut endpoint = Endpoint::server(server, config.listen)
-        .map_err(|source| NodeError::Bind { addr: config.listen, source })?;
+    let mut endpoint =
+        Endpoint::server(server, config.listen).map_err(|source| NodeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_concurrent_uni_streams(VarInt::from_u32(256))
@@ -277,22 +314,35 @@ async fn start(
         .max_idle_timeout(Some(VarInt::from_u32(10_000).into()));
     let transport = Arc::new(transport);
     endpoint.set_default_client_config(with_transport(tls::client_config(&key, None)?, &transport));
-    let local_addr = endpoint
-        .local_addr()
-        .map_err(|source| NodeError::Bind { addr: config.listen, source })?;
+    let local_addr = endpoint.local_addr().map_err(|source| NodeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
     let advertise = config.advertise.unwrap_or(local_addr);
     let peer_id = key.peer_id();
     let now = Instant::now();
     let mut exchange = match record {
-        Some(record) => {
-            Exchange::source(now, config.exchange.clone(), key.clone(), record, Some(advertise))
-        }
-        None => Exchange::viewer(now, config.exchange.clone(), peer_id, channel, Some(advertise)),
+        Some(record) => Exchange::source(
+            now,
+            config.exchange.clone(),
+            key.clone(),
+            record,
+            Some(advertise),
+        ),
+        None => Exchange::viewer(
+            now,
+            config.exchange.clone(),
+            peer_id,
+            channel,
+            Some(advertise),
+        ),
     };
 
     let mode = match kind {
         Some(StreamKind::Vod) => StreamMode::Vod,
-        _ => StreamMode::Live { window: config.playlist_window },
+        _ => StreamMode::Live {
+            window: config.playlist_window,
+        },
     };
     let store = MediaStore::new(mode);
     let status = Arc::new(Mutex::new(json!({})));
@@ -305,7 +355,9 @@ async fn start(
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| NodeError::Bind { addr, source })?;
-            let http_addr = listener.local_addr().map_err(|source| NodeError::Bind { addr, source })?;
+            let http_addr = listener
+                .local_addr()
+                .map_err(|source| NodeError::Bind { addr, source })?;
             let status_fn: gateway::StatusFn = {
                 let status = status.clone();
                 Arc::new(move || status.lock().map(|s| s.clone()).unwrap_or_default())
@@ -314,8 +366,11 @@ async fn start(
                 web_root: config.web_root.clone(),
                 segment_wait: Duration::from_secs(10),
             };
-            let router =
-                gateway::router(gateway::AppState::new(store.clone(), gateway_config, status_fn));
+            let router = gateway::router(gateway::AppState::new(
+                store.clone(),
+                gateway_config,
+                status_fn,
+            ));
             let mut stop = stop_rx.clone();
             tasks.spawn(async move {
                 let shutdown = async move {
@@ -335,14 +390,23 @@ async fn start(
         match b {
             Bootstrap::Peer(p) => candidates.push(*p),
             Bootstrap::Addr(addr) => {
-                spawn_dial(&endpoint, &key, &transport, None, *addr, tx.clone(), peer_id);
+                spawn_dial(
+                    &endpoint,
+                    &key,
+                    &transport,
+                    None,
+                    *addr,
+                    tx.clone(),
+                    peer_id,
+                );
             }
         }
     }
     exchange.add_candidates(now, candidates);
 
     let span = tracing::info_span!("node", peer = %peer_id.short());
-    tasks.spawn(accept_loop(endpoint.clone(), tx.clone(), stop_rx.clone()).instrument(span.clone()));
+    tasks
+        .spawn(accept_loop(endpoint.clone(), tx.clone(), stop_rx.clone()).instrument(span.clone()));
     let actor = Actor {
         exchange,
         endpoint,
@@ -370,7 +434,10 @@ async fn start(
     })
 }
 
-fn with_transport(mut c: quinn::ClientConfig, t: &Arc<quinn::TransportConfig>) -> quinn::ClientConfig {
+fn with_transport(
+    mut c: quinn::ClientConfig,
+    t: &Arc<quinn::TransportConfig>,
+) -> quinn::ClientConfig {
     c.transport_config(t.clone());
     c
 }
@@ -410,9 +477,11 @@ impl Actor {
             self.drain();
         }
         for (_, c) in self.conns.drain() {
-            c.conn.close(VarInt::from_u32(close_code::SHUTDOWN), b"shutdown");
+            c.conn
+                .close(VarInt::from_u32(close_code::SHUTDOWN), b"shutdown");
         }
-        self.endpoint.close(VarInt::from_u32(close_code::SHUTDOWN), b"shutdown");
+        self.endpoint
+            .close(VarInt::from_u32(close_code::SHUTDOWN), b"shutdown");
         let _ = self.stop.send(true);
         // Give close frames a moment to leave.
         let _ = tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle()).await;
@@ -421,42 +490,70 @@ impl Actor {
     fn on_msg(&mut self, msg: Msg) {
         let now = Instant::now();
         match msg {
-            Msg::Connected { peer, conn, send, recv, dialled_by } => {
-                self.on_connected(now, peer, conn, (send, recv), dialled_by)
-            }
-            Msg::Frame { peer, gen, mut frame } => {
-                let Some(c) = self.conns.get(&peer).filter(|c| c.gen == gen) else { return };
-                if let Frame::Hello { listen: Some(listen), .. } = &mut frame {
+            Msg::Connected {
+                peer,
+                conn,
+                send,
+                recv,
+                dialled_by,
+            } => self.on_connected(now, peer, conn, (send, recv), dialled_by),
+            Msg::Frame {
+                peer,
+                gen,
+                mut frame,
+            } => {
+                let Some(c) = self.conns.get(&peer).filter(|c| c.gen == gen) else {
+                    return;
+                };
+                if let Frame::Hello {
+                    listen: Some(listen),
+                    ..
+                } = &mut frame
+                {
                     // A peer bound to a wildcard address tells us its port; the IP is the one
                     // we see it at.
                     if listen.ip().is_unspecified() {
                         listen.set_ip(c.conn.remote_address().ip());
                     }
                 }
-                self.exchange.handle_input(now, Input::Frame { peer, frame });
+                self.exchange
+                    .handle_input(now, Input::Frame { peer, frame });
             }
             Msg::ConnClosed { peer, gen } => {
                 if self.conns.get(&peer).is_some_and(|c| c.gen == gen) {
                     self.conns.remove(&peer);
-                    self.exchange.handle_input(now, Input::Disconnected { peer });
+                    self.exchange
+                        .handle_input(now, Input::Disconnected { peer });
                 }
             }
             Msg::DialFailed { peer } => {
                 if let Some(peer) = peer.filter(|p| !self.conns.contains_key(p)) {
-                    self.exchange.handle_input(now, Input::Disconnected { peer });
+                    self.exchange
+                        .handle_input(now, Input::Disconnected { peer });
                 }
             }
             Msg::SegmentStart { peer, id, reply } => {
                 let _ = reply.send(self.exchange.expected_len(&peer, id));
             }
             Msg::Segment { peer, id, bytes } => {
-                self.exchange.handle_input(now, Input::Segment { peer, id, bytes });
+                self.exchange
+                    .handle_input(now, Input::Segment { peer, id, bytes });
             }
             Msg::SegmentFailed { peer, id } => {
-                self.exchange.handle_input(now, Input::SegmentFailed { peer, id });
+                self.exchange
+                    .handle_input(now, Input::SegmentFailed { peer, id });
             }
-            Msg::Publish { id, duration, created_unix_ms, bytes, last, reply } => {
-                let result = self.exchange.publish(now, id, duration, created_unix_ms, bytes, last);
+            Msg::Publish {
+                id,
+                duration,
+                created_unix_ms,
+                bytes,
+                last,
+                reply,
+            } => {
+                let result = self
+                    .exchange
+                    .publish(now, id, duration, created_unix_ms, bytes, last);
                 let _ = reply.send(result);
             }
             Msg::Shutdown => {}
@@ -477,20 +574,41 @@ impl Actor {
             // so they agree without talking.
             let keep_new = dialled_by == me.min(peer) && existing.dialled_by != dialled_by;
             if !keep_new {
-                conn.close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate connection");
+                conn.close(
+                    VarInt::from_u32(close_code::DUPLICATE),
+                    b"duplicate connection",
+                );
                 return;
             }
             if let Some(old) = self.conns.remove(&peer) {
-                old.conn.close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate connection");
+                old.conn.close(
+                    VarInt::from_u32(close_code::DUPLICATE),
+                    b"duplicate connection",
+                );
             }
-            self.exchange.handle_input(now, Input::Disconnected { peer });
+            self.exchange
+                .handle_input(now, Input::Disconnected { peer });
         }
         self.next_gen += 1;
         let gen = self.next_gen;
         let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
         tokio::spawn(write_control(send, control_rx));
-        tokio::spawn(read_connection(conn.clone(), recv, peer, gen, self.tx.clone()));
-        self.conns.insert(peer, Conn { conn, control, dialled_by, gen });
+        tokio::spawn(read_connection(
+            conn.clone(),
+            recv,
+            peer,
+            gen,
+            self.tx.clone(),
+        ));
+        self.conns.insert(
+            peer,
+            Conn {
+                conn,
+                control,
+                dialled_by,
+                gen,
+            },
+        );
         debug!(peer = %peer.short(), gen, "connected");
         self.exchange.handle_input(now, Input::Connected { peer });
     }
@@ -500,14 +618,19 @@ impl Actor {
         while let Some(output) = self.exchange.poll_output() {
             match output {
                 Output::Send { to, frame } => {
-                    let Some(c) = self.conns.get(&to) else { continue };
+                    let Some(c) = self.conns.get(&to) else {
+                        continue;
+                    };
                     if c.control.try_send(frame.encode()).is_err() {
                         warn!(peer = %to.short(), "peer does not read its control stream; closing");
-                        c.conn.close(VarInt::from_u32(close_code::SLOW), b"too slow");
+                        c.conn
+                            .close(VarInt::from_u32(close_code::SLOW), b"too slow");
                     }
                 }
                 Output::SendSegment { to, id, bytes } => {
-                    let Some(c) = self.conns.get(&to) else { continue };
+                    let Some(c) = self.conns.get(&to) else {
+                        continue;
+                    };
                     tokio::spawn(send_segment(c.conn.clone(), id, bytes));
                 }
                 Output::Dial(target) => {
@@ -525,7 +648,8 @@ impl Actor {
                 Output::Close { peer, reason } => {
                     if let Some(c) = self.conns.get(&peer) {
                         warn!(peer = %peer.short(), reason, "closing connection");
-                        c.conn.close(VarInt::from_u32(close_code::PROTOCOL), reason.as_bytes());
+                        c.conn
+                            .close(VarInt::from_u32(close_code::PROTOCOL), reason.as_bytes());
                     }
                 }
                 Output::Event(event) => self.on_event(event),
@@ -543,7 +667,12 @@ impl Actor {
                 }
             }
             Event::Announced { seq, duration } => self.store.declare(seq, duration),
-            Event::Stored { id, meta, bytes, from } => {
+            Event::Stored {
+                id,
+                meta,
+                bytes,
+                from,
+            } => {
                 debug!(%id, from = ?from.map(|p| p.short()), len = bytes.len(), "segment stored");
                 match id {
                     SegmentId::Init => self.store.set_init(bytes),
@@ -627,7 +756,13 @@ fn spawn_dial(
         .await;
         match result {
             Ok((peer, conn, send, recv)) => {
-                let _ = tx.send(Msg::Connected { peer, conn, send, recv, dialled_by: me });
+                let _ = tx.send(Msg::Connected {
+                    peer,
+                    conn,
+                    send,
+                    recv,
+                    dialled_by: me,
+                });
             }
             Err(e) => {
                 warn!(%addr, error = %e, "dial failed");
@@ -648,7 +783,6 @@ enum DialError {
     #[error("{0}")]
     Other(&'static str),
 }
-
 
 async fn accept_loop(
     endpoint: Endpoint,
@@ -676,7 +810,13 @@ async fn accept_loop(
             .await;
             match result {
                 Ok((peer, conn, send, recv)) => {
-                    let _ = tx.send(Msg::Connected { peer, conn, send, recv, dialled_by: peer });
+                    let _ = tx.send(Msg::Connected {
+                        peer,
+                        conn,
+                        send,
+                        recv,
+                        dialled_by: peer,
+                    });
                 }
                 Err(e) => debug!(%remote, error = %e, "incoming connection failed"),
             }
@@ -742,7 +882,10 @@ async fn read_connection(
 
 fn reject_frame(conn: &Connection, peer: PeerId, error: &FrameError) {
     warn!(peer = %peer.short(), %error, "closing connection: bad control frame");
-    conn.close(VarInt::from_u32(error.close_code()), error.to_string().as_bytes());
+    conn.close(
+        VarInt::from_u32(error.close_code()),
+        error.to_string().as_bytes(),
+    );
 }
 
 /// Reads one segment stream: its header, then at most the number of bytes the broadcaster
@@ -791,7 +934,11 @@ async fn read_segment(mut stream: RecvStream, peer: PeerId, tx: mpsc::UnboundedS
     let msg = if failed {
         Msg::SegmentFailed { peer, id }
     } else {
-        Msg::Segment { peer, id, bytes: payload.freeze() }
+        Msg::Segment {
+            peer,
+            id,
+            bytes: payload.freeze(),
+        }
     };
     let _ = tx.send(msg);
 }

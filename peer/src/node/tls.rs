@@ -42,7 +42,10 @@ pub enum TlsError {
 pub fn server_config(key: &Keypair) -> Result<quinn::ServerConfig, TlsError> {
     let (cert, secret) = certificate(key)?;
     let provider = provider();
-    let verifier = Arc::new(PeerVerifier { expected: None, provider: provider.clone() });
+    let verifier = Arc::new(PeerVerifier {
+        expected: None,
+        provider: provider.clone(),
+    });
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -55,10 +58,16 @@ pub fn server_config(key: &Keypair) -> Result<quinn::ServerConfig, TlsError> {
 
 /// The QUIC client configuration for dialling `expected` (or any peer, for a bootstrap address
 /// given without an id).
-pub fn client_config(key: &Keypair, expected: Option<PeerId>) -> Result<quinn::ClientConfig, TlsError> {
+pub fn client_config(
+    key: &Keypair,
+    expected: Option<PeerId>,
+) -> Result<quinn::ClientConfig, TlsError> {
     let (cert, secret) = certificate(key)?;
     let provider = provider();
-    let verifier = Arc::new(PeerVerifier { expected, provider: provider.clone() });
+    let verifier = Arc::new(PeerVerifier {
+        expected,
+        provider: provider.clone(),
+    });
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -87,7 +96,9 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn certificate(key: &Keypair) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), TlsError> {
+fn certificate(
+    key: &Keypair,
+) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), TlsError> {
     let pkcs8 = PrivatePkcs8KeyDer::from(key.to_pkcs8_der());
     let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519)?;
     let params = rcgen::CertificateParams::new(vec![CERT_NAME.to_owned()])?;
@@ -104,10 +115,16 @@ fn ed25519_key_of(cert: &CertificateDer<'_>) -> Result<PublicKey, rustls::Error>
     if spki.algorithm.algorithm.to_id_string() != ED25519_OID {
         return Err(bad("key is not Ed25519"));
     }
-    let bytes: [u8; 32] =
-        spki.subject_public_key.data.as_ref().try_into().map_err(|_| bad("key is not 32 bytes"))?;
+    let bytes: [u8; 32] = spki
+        .subject_public_key
+        .data
+        .as_ref()
+        .try_into()
+        .map_err(|_| bad("key is not 32 bytes"))?;
     let key = PublicKey::from_bytes(&bytes).ok_or_else(|| bad("key is not a valid point"))?;
-    parsed.verify_signature(None).map_err(|_| bad("not self-signed by its key"))?;
+    parsed
+        .verify_signature(None)
+        .map_err(|_| bad("not self-signed by its key"))?;
     Ok(key)
 }
 
@@ -138,7 +155,12 @@ impl PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 }
 
@@ -151,7 +173,8 @@ impl ServerCertVerifier for PeerVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.check(end_entity).map(|()| ServerCertVerified::assertion())
+        self.check(end_entity)
+            .map(|()| ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -160,7 +183,9 @@ impl ServerCertVerifier for PeerVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
     }
 
     fn verify_tls13_signature(
@@ -188,7 +213,8 @@ impl ClientCertVerifier for PeerVerifier {
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.check(end_entity).map(|()| ClientCertVerified::assertion())
+        self.check(end_entity)
+            .map(|()| ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -197,7 +223,9 @@ impl ClientCertVerifier for PeerVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
     }
 
     fn verify_tls13_signature(
@@ -223,7 +251,10 @@ mod tests {
         let key = Keypair::from_seed([8; 32]);
         let (cert, _) = certificate(&key).unwrap();
         assert_eq!(ed25519_key_of(&cert).unwrap().peer_id(), key.peer_id());
-        let verifier = PeerVerifier { expected: Some(key.peer_id()), provider: provider() };
+        let verifier = PeerVerifier {
+            expected: Some(key.peer_id()),
+            provider: provider(),
+        };
         verifier.check(&cert).unwrap();
         let wrong = PeerVerifier {
             expected: Some(Keypair::from_seed([9; 32]).peer_id()),
@@ -239,8 +270,13 @@ mod tests {
         let mut bytes = cert.to_vec();
         let last = bytes.len() - 1;
         bytes[last] ^= 1; // inside the signature
-        let verifier = PeerVerifier { expected: None, provider: provider() };
+        let verifier = PeerVerifier {
+            expected: None,
+            provider: provider(),
+        };
         assert!(verifier.check(&CertificateDer::from(bytes)).is_err());
-        assert!(verifier.check(&CertificateDer::from(vec![0x30, 0x03, 1, 2, 3])).is_err());
+        assert!(verifier
+            .check(&CertificateDer::from(vec![0x30, 0x03, 1, 2, 3]))
+            .is_err());
     }
 }

@@ -17,8 +17,19 @@ pub fn make_clip(dir: &Path, seconds: u32) -> PathBuf {
         .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
         .arg(format!("testsrc2=size=640x360:rate=30:duration={seconds}"))
         .args(["-f", "lavfi", "-i"])
-        .arg(format!("sine=frequency=440:sample_rate=48000:duration={seconds}"))
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "30", "-pix_fmt", "yuv420p"])
+        .arg(format!(
+            "sine=frequency=440:sample_rate=48000:duration={seconds}"
+        ))
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "30",
+            "-pix_fmt",
+            "yuv420p",
+        ])
         .args(["-c:a", "aac", "-shortest"])
         .arg(&path)
         .status()
@@ -41,7 +52,9 @@ pub async fn start_broadcast(input: Input, vod: bool) -> Broadcast {
         progress: false,
         node: node_config(),
     };
-    Broadcast::start(options, Keypair::generate()).await.unwrap()
+    Broadcast::start(options, Keypair::generate())
+        .await
+        .unwrap()
 }
 
 pub async fn start_viewer(broadcast: &Broadcast) -> NodeHandle {
@@ -59,7 +72,10 @@ pub async fn start_viewer(broadcast: &Broadcast) -> NodeHandle {
 pub async fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !check() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
