@@ -186,6 +186,9 @@ async fn segment(
 ) -> Result<Response, AppError> {
     let Path(file) = file.map_err(|_| AppError::NotFound)?;
     let seq = parse_segment_name(&file).ok_or(AppError::NotFound)?;
+    if state.store.is_declared(seq) {
+        state.store.note_request(seq);
+    }
     if let Some(bytes) = state.store.segment(seq) {
         return Ok(typed(MP4, bytes));
     }

@@ -71,6 +71,8 @@ pub struct MediaStore {
     inner: Mutex<Inner>,
     /// Bumped on every insert or eviction; `wait_segment` watches it.
     changed: watch::Sender<u64>,
+    /// The segment the player asked for last: where playback is (it moves on a seek).
+    playhead: watch::Sender<Option<u64>>,
 }
 
 /// A point-in-time summary of a [`MediaStore`], for status pages.
@@ -116,7 +118,9 @@ impl MediaStore {
     /// An empty store in `mode`.
     pub fn new(mode: StreamMode) -> Arc<Self> {
         let (changed, _) = watch::channel(0);
+        let (playhead, _) = watch::channel(None);
         Arc::new(Self {
+            playhead,
             inner: Mutex::new(Inner {
                 mode,
                 init: None,
@@ -198,6 +202,21 @@ impl MediaStore {
     /// Whether segment `seq` is declared (present or not). Evicted segments are not.
     pub fn is_declared(&self, seq: u64) -> bool {
         self.lock().segments.contains_key(&seq)
+    }
+
+    /// Records that the player asked for segment `seq`, so the peer can fetch from there on
+    /// (after a seek, the player asks for a segment far from what the peer was fetching).
+    pub fn note_request(&self, seq: u64) {
+        self.playhead.send_if_modified(|p| {
+            let moved = *p != Some(seq);
+            *p = Some(seq);
+            moved
+        });
+    }
+
+    /// Follows the segment the player asked for last (see [`MediaStore::note_request`]).
+    pub fn playhead(&self) -> watch::Receiver<Option<u64>> {
+        self.playhead.subscribe()
     }
 
     /// The bytes of segment `seq`, waiting up to `timeout` for them to be inserted.

@@ -277,6 +277,8 @@ pub struct Exchange {
     pending: HashMap<SegmentId, Pending>,
     /// The first media segment this viewer wants.
     start: Option<u64>,
+    /// VOD: the segment the player asked for last; fetching continues from there.
+    playhead: Option<u64>,
     last: Option<u64>,
     /// Live: media segments before this one were evicted and are not wanted again.
     floor: u64,
@@ -332,6 +334,7 @@ impl Exchange {
             dialing: HashSet::new(),
             pending: HashMap::new(),
             start: None,
+            playhead: None,
             last: None,
             floor: 0,
             outputs: VecDeque::new(),
@@ -390,6 +393,16 @@ impl Exchange {
         }
         self.schedule(now);
         Ok(())
+    }
+
+    /// Tells a VOD viewer where playback is (the player asked for segment `seq`, e.g. after
+    /// a seek): it fetches from there on, earliest first.
+    pub fn set_playhead(&mut self, now: Instant, seq: u64) {
+        if self.is_live() || self.playhead == Some(seq) {
+            return;
+        }
+        self.playhead = Some(seq);
+        self.schedule(now);
     }
 
     /// Handles timer expiry. Call when `now` reaches [`Exchange::poll_timeout`].
@@ -868,7 +881,12 @@ impl Exchange {
         if self.statements.contains_key(&SegmentId::Init) {
             wanted.push(SegmentId::Init);
         }
-        if let (Some(start), Some(newest)) = (self.start, newest) {
+        let from = if live {
+            self.start
+        } else {
+            self.playhead.or(self.start)
+        };
+        if let (Some(start), Some(newest)) = (from, newest) {
             let first_missing = (start..=newest)
                 .find(|n| !self.store.contains_key(&SegmentId::Media(*n)))
                 .unwrap_or(newest + 1);

@@ -102,7 +102,7 @@ enum BenchCommand {
     /// Segment throughput between two peers over QUIC on loopback.
     Transfer {
         /// Segments to transfer.
-        #[arg(long, default_value_t = 400)]
+        #[arg(long, default_value_t = 2000)]
         segments: u32,
         /// Segment size in KiB (a 1 s segment at 2 Mbit/s is about 250 KiB).
         #[arg(long, default_value_t = 256)]

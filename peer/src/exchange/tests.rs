@@ -460,3 +460,42 @@ fn a_live_viewer_starts_near_the_live_edge_and_evicts_old_segments() {
         h.stored(source)
     );
 }
+
+#[test]
+fn a_vod_viewer_that_seeks_fetches_from_the_new_position_first() {
+    let (mut h, source) = Harness::new(StreamKind::Vod);
+    h.publish(source, b"init");
+    for n in 0..40 {
+        h.publish(source, &payload(n));
+    }
+    let id = Keypair::from_seed([1; 32]).peer_id();
+    let mut viewer = Exchange::viewer(h.now, config(), id, h.channel(), None);
+    // The player asked for segment 30 before anything arrived (a seek into the film).
+    viewer.set_playhead(h.now, 30);
+    let boot = PeerAddr {
+        id: source,
+        addr: "10.0.0.1:1".parse().unwrap(),
+    };
+    viewer.add_candidates(h.now, [boot]);
+    h.nodes.insert(id, viewer);
+    h.run();
+    h.advance(Duration::from_secs(1));
+    let media: Vec<u64> = h
+        .events
+        .iter()
+        .filter_map(|(at, e)| match e {
+            Event::Stored {
+                id: SegmentId::Media(n),
+                from: Some(_),
+                ..
+            } if *at == id => Some(*n),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(media.first(), Some(&30), "{media:?}");
+    assert!(
+        media.iter().all(|n| *n >= 30),
+        "nothing before the playhead yet: {media:?}"
+    );
+    assert!(media.contains(&39));
+}

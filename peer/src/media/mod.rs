@@ -263,7 +263,8 @@ impl Ingest {
                 })?
             }
             Input::Url(url) => {
-                ffi::open_input(url, None, Dictionary::new()).map_err(|e| IngestError::Open {
+                let (url, options) = url_options(url);
+                ffi::open_input(&url, None, options).map_err(|e| IngestError::Open {
                     input: label.clone(),
                     source: e,
                 })?
@@ -908,8 +909,43 @@ impl Segmenter {
     }
 }
 
+/// Splits FFmpeg protocol options out of a URL where the protocol does not read them itself.
+///
+/// RTMP's listen mode (how OBS pushes to us: `rtmp://0.0.0.0:1935/live/key?listen=1`) is an
+/// option of FFmpeg's RTMP protocol, not part of the URL, so `listen=1` moves into the options.
+/// SRT and UDP read their options from the URL query already (`srt://…?mode=listener`).
+fn url_options(url: &str) -> (String, Dictionary<'static>) {
+    let mut options = Dictionary::new();
+    let Some((base, query)) = url.split_once('?').filter(|_| url.starts_with("rtmp://")) else {
+        return (url.to_owned(), options);
+    };
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        match pair {
+            "listen=1" => options.set("listen", "1"),
+            other => kept.push(other),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    (url, options)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rtmp_listen_moves_from_the_url_into_the_options() {
+        let (url, options) = url_options("rtmp://0.0.0.0:1935/live/key?listen=1");
+        assert_eq!(url, "rtmp://0.0.0.0:1935/live/key");
+        assert_eq!(options.get("listen"), Some("1"));
+        let (url, options) = url_options("srt://0.0.0.0:9000?mode=listener");
+        assert_eq!(url, "srt://0.0.0.0:9000?mode=listener");
+        assert_eq!(options.get("listen"), None);
+    }
+
     use super::*;
 
     #[test]

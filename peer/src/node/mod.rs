@@ -459,6 +459,7 @@ struct Actor {
 impl Actor {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
         self.drain();
+        let mut playhead = self.store.playhead();
         loop {
             let deadline = self.exchange.poll_timeout();
             let sleep = async {
@@ -473,6 +474,12 @@ impl Actor {
                     Some(msg) => self.on_msg(msg),
                 },
                 () = sleep => self.exchange.handle_timeout(Instant::now()),
+                Ok(()) = playhead.changed() => {
+                    let seq = *playhead.borrow_and_update();
+                    if let Some(seq) = seq {
+                        self.exchange.set_playhead(Instant::now(), seq);
+                    }
+                }
             }
             self.drain();
         }
