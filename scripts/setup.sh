@@ -14,7 +14,11 @@ want_tests=0
 [ "${1:-}" = "--tests" ] && want_tests=1
 
 packages=(libavcodec-dev libavformat-dev libavutil-dev libavdevice-dev libavfilter-dev
-          libswscale-dev libswresample-dev clang libclang-dev pkg-config ffmpeg nodejs npm)
+          libswscale-dev libswresample-dev clang libclang-dev pkg-config ffmpeg)
+# Node.js may come from elsewhere than Debian (NodeSource ships npm inside nodejs): only ask
+# Debian for it when the commands are missing.
+command -v node >/dev/null 2>&1 || packages+=(nodejs)
+command -v npm >/dev/null 2>&1 || packages+=(npm)
 [ "$want_tests" = 1 ] && packages+=(chromium)
 
 missing=()
