@@ -27,6 +27,7 @@
 //! disconnected. Nothing unverified is ever stored, served or forwarded.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -35,7 +36,8 @@ use tracing::{debug, warn};
 
 use crate::identity::{ChannelId, Keypair, PeerId};
 use crate::segment::{
-    IntegrityError, SegmentId, SegmentMeta, SignedChannel, SignedSegment, StreamKind,
+    IntegrityError, SegmentId, SegmentMeta, SignedChannel, SignedSegment, Strict, StreamKind,
+    Verifier,
 };
 use crate::wire::{Frame, PeerAddr, MAX_LIST_LEN};
 
@@ -62,6 +64,8 @@ pub struct ExchangeConfig {
     pub source_grace: Duration,
     /// How often the exchange looks for new partners.
     pub maintenance_interval: Duration,
+    /// How statements and segment bytes are checked.
+    pub verifier: Arc<dyn Verifier>,
 }
 
 impl Default for ExchangeConfig {
@@ -76,6 +80,7 @@ impl Default for ExchangeConfig {
             max_strikes: 3,
             source_grace: Duration::from_millis(300),
             maintenance_interval: Duration::from_secs(1),
+            verifier: Arc::new(Strict),
         }
     }
 }
@@ -270,7 +275,8 @@ pub struct Exchange {
     /// The earliest instant at which a deferred request becomes due.
     next_schedule: Option<Instant>,
     store: BTreeMap<SegmentId, Bytes>,
-    partners: HashMap<PeerId, Partner>,
+    /// Ordered, so that the exchange's outputs come in the same order in every run.
+    partners: BTreeMap<PeerId, Partner>,
     /// Peers we heard of and may dial, with their listening addresses.
     candidates: HashMap<PeerId, SocketAddr>,
     dialing: HashSet<PeerId>,
@@ -329,7 +335,7 @@ impl Exchange {
             seen: HashMap::new(),
             next_schedule: None,
             store: BTreeMap::new(),
-            partners: HashMap::new(),
+            partners: BTreeMap::new(),
             candidates: HashMap::new(),
             dialing: HashSet::new(),
             pending: HashMap::new(),
@@ -407,12 +413,13 @@ impl Exchange {
 
     /// Handles timer expiry. Call when `now` reaches [`Exchange::poll_timeout`].
     pub fn handle_timeout(&mut self, now: Instant) {
-        let expired: Vec<(SegmentId, PeerId)> = self
+        let mut expired: Vec<(SegmentId, PeerId)> = self
             .pending
             .iter()
             .filter(|(_, p)| p.deadline <= now)
             .map(|(id, p)| (*id, p.peer))
             .collect();
+        expired.sort();
         for (id, peer) in expired {
             debug!(peer = %peer.short(), %id, "request timed out");
             self.take_pending(peer, id);
@@ -664,7 +671,7 @@ impl Exchange {
             if self.statements.contains_key(&id) || self.is_evicted(id) {
                 continue;
             }
-            if let Err(error) = statement.verify(&record) {
+            if let Err(error) = self.config.verifier.verify_statement(&record, &statement) {
                 warn!(peer = %peer.short(), %id, %error, "statement rejected");
                 self.stats.statements_rejected += 1;
                 self.outputs
@@ -709,7 +716,7 @@ impl Exchange {
         let Some(statement) = self.statements.get(&id).copied() else {
             return;
         };
-        if let Err(error) = statement.meta.check_payload(&bytes) {
+        if let Err(error) = self.config.verifier.check_payload(&statement.meta, &bytes) {
             warn!(peer = %peer.short(), %id, %error, "segment rejected");
             self.stats.segments_rejected += 1;
             self.outputs

@@ -11,6 +11,8 @@
 //!   headers.
 //! - [`exchange`]: the segment exchange state machine (`handle_input(now, …)` /
 //!   `poll_output()`): who has what, what to request from whom, verification before storing.
+//! - [`qos`]: the QoS definitions (continuity, startup delay, live latency, offload) that the
+//!   node and `sim` both compute.
 //!
 //! The real node (feature `node`):
 //!
@@ -27,6 +29,7 @@
 
 pub mod exchange;
 pub mod identity;
+pub mod qos;
 pub mod segment;
 pub mod wire;
 

@@ -195,6 +195,39 @@ impl SignedSegment {
     }
 }
 
+/// How a peer checks what the broadcaster signed. [`Strict`] does the full cryptography; the
+/// simulator wraps it in a memo so that a statement verified by one simulated peer is not
+/// verified again by the next ten thousand (same result, computed once).
+pub trait Verifier: std::fmt::Debug + Send + Sync {
+    /// Checks a statement's signature under `channel`'s key.
+    fn verify_statement(
+        &self,
+        channel: &ChannelRecord,
+        statement: &SignedSegment,
+    ) -> Result<(), IntegrityError>;
+
+    /// Checks that `bytes` are the segment `meta` describes.
+    fn check_payload(&self, meta: &SegmentMeta, bytes: &bytes::Bytes) -> Result<(), IntegrityError>;
+}
+
+/// Full verification: Ed25519 signatures and BLAKE3 hashes, every time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Strict;
+
+impl Verifier for Strict {
+    fn verify_statement(
+        &self,
+        channel: &ChannelRecord,
+        statement: &SignedSegment,
+    ) -> Result<(), IntegrityError> {
+        statement.verify(channel)
+    }
+
+    fn check_payload(&self, meta: &SegmentMeta, bytes: &bytes::Bytes) -> Result<(), IntegrityError> {
+        meta.check_payload(bytes)
+    }
+}
+
 /// Why a statement or a segment was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -104,6 +104,19 @@ impl Frame {
         encode_prefixed(self)
     }
 
+    /// The frame's kind, for protocol counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Hello { .. } => "hello",
+            Self::Channel(_) => "channel",
+            Self::Announce(_) => "announce",
+            Self::Have(_) => "have",
+            Self::Request(_) => "request",
+            Self::Missing(_) => "missing",
+            Self::Peers(_) => "peers",
+        }
+    }
+
     fn check_bounds(&self) -> Result<(), FrameError> {
         let len = match self {
             Self::Announce(v) => v.len(),

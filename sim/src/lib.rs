@@ -12,3 +12,8 @@
 //! - `workload`: capacity classes, churn, flash crowds, source failures.
 //! - `scenario`: TOML scenario files, validated.
 //! - `report`: `summary.json`, time series, plots and `report.html`.
+
+pub mod engine;
+pub mod metrics;
+pub mod net;
+pub mod scenario;

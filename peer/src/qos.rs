@@ -1,0 +1,194 @@
+//! Quality of service as viewers experience it, with one set of definitions for the simulator
+//! and the real node (see DESIGN.md):
+//!
+//! | measure | definition |
+//! |---|---|
+//! | continuity index | segments available before their playback deadline / segments due |
+//! | startup delay | join (or seek) until the first segment is playable |
+//! | live latency | segment created at the source until it is available at the viewer |
+//! | source offload | 1 − bytes uploaded by source and origin / bytes received by all viewers |
+//!
+//! A [`ViewerQos`] follows one viewer. Playback is modelled as a player that starts as soon as
+//! the init segment and one media segment are here, then needs segment `s0 + k` at
+//! `start + k × segment duration`; a segment that is not here by then counts as missed (a real
+//! player would stall or skip). Time comes in from the caller, like everywhere in the cores.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// Playback as seen by one viewer.
+#[derive(Debug, Clone)]
+pub struct ViewerQos {
+    joined: Instant,
+    segment: Duration,
+    has_init: bool,
+    /// Media segments here that playback has not passed yet.
+    buffered: BTreeSet<u64>,
+    /// The first segment played and when playback started.
+    start: Option<(u64, Instant)>,
+    /// The next segment whose deadline has not been judged yet.
+    next_due: u64,
+    due: u64,
+    on_time: u64,
+    stored_since_sample: Vec<Duration>,
+}
+
+/// What [`ViewerQos::advance`] judged: segments whose deadline passed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Judged {
+    /// Segments that came due.
+    pub due: u64,
+    /// Of those, segments that were here in time.
+    pub on_time: u64,
+}
+
+impl ViewerQos {
+    /// Starts following a viewer that joined (or sought) at `joined`, for a stream of segments
+    /// lasting `segment` each.
+    pub fn new(joined: Instant, segment: Duration) -> Self {
+        Self {
+            joined,
+            segment,
+            has_init: false,
+            buffered: BTreeSet::new(),
+            start: None,
+            next_due: 0,
+            due: 0,
+            on_time: 0,
+            stored_since_sample: Vec::new(),
+        }
+    }
+
+    /// The init segment is here.
+    pub fn on_init(&mut self, now: Instant) {
+        self.has_init = true;
+        self.try_start(now);
+    }
+
+    /// Media segment `seq` is here, `latency` after the source created it. Returns the startup
+    /// delay when this segment made playback start.
+    pub fn on_segment(&mut self, now: Instant, seq: u64, latency: Duration) -> Option<Duration> {
+        self.stored_since_sample.push(latency);
+        if self.start.is_none_or(|_| seq >= self.next_due) {
+            self.buffered.insert(seq);
+        }
+        self.try_start(now)
+    }
+
+    /// Judges every segment whose deadline is at or before `now`.
+    pub fn advance(&mut self, now: Instant) -> Judged {
+        let Some((first, started)) = self.start else { return Judged::default() };
+        let mut judged = Judged::default();
+        loop {
+            let deadline = started + self.segment * (self.next_due - first) as u32;
+            if deadline > now {
+                break;
+            }
+            judged.due += 1;
+            // A segment counts when it was here at its deadline (it arrived before; late
+            // arrivals were dropped from `buffered` when their deadline was judged).
+            if self.buffered.remove(&self.next_due) {
+                judged.on_time += 1;
+            }
+            self.next_due += 1;
+        }
+        self.due += judged.due;
+        self.on_time += judged.on_time;
+        judged
+    }
+
+    /// Continuity so far, or `None` before any segment was due.
+    pub fn continuity(&self) -> Option<f64> {
+        (self.due > 0).then(|| self.on_time as f64 / self.due as f64)
+    }
+
+    /// Segments due and on time so far.
+    pub fn totals(&self) -> Judged {
+        Judged { due: self.due, on_time: self.on_time }
+    }
+
+    /// The startup delay, once playback started.
+    pub fn startup_delay(&self) -> Option<Duration> {
+        self.start.map(|(_, at)| at - self.joined)
+    }
+
+    /// Latencies of the segments stored since the last call.
+    pub fn take_latencies(&mut self) -> Vec<Duration> {
+        std::mem::take(&mut self.stored_since_sample)
+    }
+
+    fn try_start(&mut self, now: Instant) -> Option<Duration> {
+        if self.start.is_some() || !self.has_init {
+            return None;
+        }
+        let first = *self.buffered.first()?;
+        self.start = Some((first, now));
+        self.next_due = first;
+        Some(now - self.joined)
+    }
+}
+
+/// Source offload: 1 − bytes uploaded by the source / bytes received by viewers (0 when
+/// nothing was received).
+pub fn source_offload(source_bytes: u64, viewer_bytes: u64) -> f64 {
+    if viewer_bytes == 0 {
+        return 0.0;
+    }
+    (1.0 - source_bytes as f64 / viewer_bytes as f64).max(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEG: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_viewer_with_everything_in_time_has_full_continuity() {
+        let t0 = Instant::now();
+        let mut q = ViewerQos::new(t0, SEG);
+        q.on_init(t0 + Duration::from_millis(100));
+        let startup = q.on_segment(t0 + Duration::from_millis(300), 10, Duration::from_secs(2));
+        assert_eq!(startup, Some(Duration::from_millis(300)));
+        for k in 1..10u64 {
+            q.on_segment(t0 + Duration::from_millis(300) + SEG * k as u32 - Duration::from_millis(500), 10 + k, SEG);
+        }
+        let judged = q.advance(t0 + Duration::from_millis(300) + SEG * 9);
+        assert_eq!(judged, Judged { due: 10, on_time: 10 });
+        assert_eq!(q.continuity(), Some(1.0));
+    }
+
+    #[test]
+    fn late_and_missing_segments_count_against_continuity() {
+        let t0 = Instant::now();
+        let mut q = ViewerQos::new(t0, SEG);
+        q.on_init(t0);
+        q.on_segment(t0, 0, SEG); // playback starts at t0 with segment 0
+        q.on_segment(t0 + Duration::from_millis(500), 1, SEG); // due at 1 s: on time
+        // segment 2 (due at 2 s) never arrives; segment 3 (due at 3 s) arrives at 3.5 s.
+        q.advance(t0 + Duration::from_secs(3));
+        q.on_segment(t0 + Duration::from_millis(3500), 3, SEG);
+        let judged = q.advance(t0 + Duration::from_secs(4));
+        assert_eq!(q.totals(), Judged { due: 5, on_time: 2 });
+        assert_eq!(judged.due, 1);
+        assert_eq!(q.continuity(), Some(0.4));
+    }
+
+    #[test]
+    fn nothing_is_due_before_playback_starts() {
+        let t0 = Instant::now();
+        let mut q = ViewerQos::new(t0, SEG);
+        q.on_segment(t0, 5, SEG); // no init yet: not playable
+        assert_eq!(q.advance(t0 + Duration::from_secs(10)), Judged::default());
+        assert_eq!(q.continuity(), None);
+        q.on_init(t0 + Duration::from_secs(10));
+        assert_eq!(q.startup_delay(), Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn offload_is_the_share_not_uploaded_by_the_source() {
+        assert_eq!(source_offload(0, 0), 0.0);
+        assert_eq!(source_offload(25, 100), 0.75);
+        assert_eq!(source_offload(100, 100), 0.0);
+    }
+}
