@@ -59,10 +59,10 @@ impl ViewerQos {
         }
     }
 
-    /// The init segment is here.
-    pub fn on_init(&mut self, now: Instant) {
+    /// The init segment is here. Returns the startup delay when this made playback start.
+    pub fn on_init(&mut self, now: Instant) -> Option<Duration> {
         self.has_init = true;
-        self.try_start(now);
+        self.try_start(now)
     }
 
     /// Media segment `seq` is here, `latency` after the source created it. Returns the startup

@@ -13,7 +13,11 @@
 //! - `scenario`: TOML scenario files, validated.
 //! - `report`: `summary.json`, time series, plots and `report.html`.
 
+pub mod bench;
 pub mod engine;
+pub mod hosted;
 pub mod metrics;
 pub mod net;
+pub mod report;
+pub mod run;
 pub mod scenario;

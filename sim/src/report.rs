@@ -105,15 +105,26 @@ pub enum ReportError {
 /// Writes into `dir` (created if missing): `summary.json`, `timeseries.csv`, the plots
 /// `continuity`, `offload`, `latency_cdf`, `viewers` and `source_upload` as SVG and PNG, and
 /// `report.html`. Existing files of those names are replaced.
+///
+/// The data files come first: if the plot font is missing ([`ReportError::Font`]),
+/// `summary.json` and `timeseries.csv` have already been written.
 pub fn write(report: &Report<'_>, dir: &Path) -> Result<Written, ReportError> {
     check_labels(report.runs)?;
-    std::fs::create_dir_all(dir).map_err(|source| ReportError::Io { path: dir.into(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
+        path: dir.into(),
+        source,
+    })?;
     let mut written = Written::default();
 
-    let mut json = summary_json(report)?;
-    json.push('\n');
-    written.files.push(write_file(dir, "summary.json", json.as_bytes())?);
-    written.files.push(write_file(dir, "timeseries.csv", timeseries_csv(report.runs).as_bytes())?);
+    let json = summary_json(report)?;
+    written
+        .files
+        .push(write_file(dir, "summary.json", json.as_bytes())?);
+    written.files.push(write_file(
+        dir,
+        "timeseries.csv",
+        timeseries_csv(report.runs).as_bytes(),
+    )?);
 
     load_font()?;
     for chart in charts(report) {
@@ -124,7 +135,9 @@ pub fn write(report: &Report<'_>, dir: &Path) -> Result<Written, ReportError> {
         }
     }
 
-    written.files.push(write_file(dir, "report.html", html(report).as_bytes())?);
+    written
+        .files
+        .push(write_file(dir, "report.html", html(report).as_bytes())?);
     Ok(written)
 }
 
@@ -132,7 +145,9 @@ fn check_labels(runs: &[RunSeries]) -> Result<(), ReportError> {
     let mut seen = BTreeSet::new();
     for run in runs {
         if !seen.insert(run.label.as_str()) {
-            return Err(ReportError::DuplicateRun { label: run.label.clone() });
+            return Err(ReportError::DuplicateRun {
+                label: run.label.clone(),
+            });
         }
     }
     Ok(())
@@ -140,7 +155,10 @@ fn check_labels(runs: &[RunSeries]) -> Result<(), ReportError> {
 
 fn write_file(dir: &Path, name: &str, contents: &[u8]) -> Result<PathBuf, ReportError> {
     let path = dir.join(name);
-    std::fs::write(&path, contents).map_err(|source| ReportError::Io { path: path.clone(), source })?;
+    std::fs::write(&path, contents).map_err(|source| ReportError::Io {
+        path: path.clone(),
+        source,
+    })?;
     Ok(path)
 }
 
@@ -169,11 +187,19 @@ struct SeriesInfo {
     startups: usize,
 }
 
-fn summary_json(report: &Report<'_>) -> Result<String, serde_json::Error> {
+/// The text of `summary.json` (pretty JSON ending in a newline), byte-identical for identical
+/// input: `{"scenario", "seed", "runs": {label: Summary}, "series": {label: sizes}}`, keys of
+/// the maps sorted. A determinism test can compare this without drawing any plot.
+pub fn summary_json(report: &Report<'_>) -> Result<String, ReportError> {
+    check_labels(report.runs)?;
     let file = SummaryFile {
         scenario: report.scenario_name,
         seed: report.seed,
-        runs: report.runs.iter().map(|r| (r.label.as_str(), &r.summary)).collect(),
+        runs: report
+            .runs
+            .iter()
+            .map(|r| (r.label.as_str(), &r.summary))
+            .collect(),
         series: report
             .runs
             .iter()
@@ -188,12 +214,15 @@ fn summary_json(report: &Report<'_>) -> Result<String, serde_json::Error> {
             })
             .collect(),
     };
-    serde_json::to_string_pretty(&file)
+    let mut json = serde_json::to_string_pretty(&file)?;
+    json.push('\n');
+    Ok(json)
 }
 
 fn timeseries_csv(runs: &[RunSeries]) -> String {
-    let mut out =
-        String::from("run,t_s,viewers,continuity,source_offload,source_mbps,p2p_mbps,latency_p50_ms\n");
+    let mut out = String::from(
+        "run,t_s,viewers,continuity,source_offload,source_mbps,p2p_mbps,latency_p50_ms\n",
+    );
     for run in runs {
         let label = csv_field(&run.label);
         for s in &run.samples {
@@ -235,16 +264,29 @@ fn load_font() -> Result<(), ReportError> {
     if *loaded {
         return Ok(());
     }
-    let font_err = |reason: String| ReportError::Font { path: FONT_PATH.into(), reason };
-    let bytes = std::fs::read(FONT_PATH).map_err(|e| font_err(e.to_string()))?;
+    let bytes = read_font(Path::new(FONT_PATH))?;
     // plotters keeps registered fonts for the life of the process and wants them `'static`;
     // the flag above makes this a single leak of one font file.
     let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-    plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
-        .map_err(|_| font_err("not a valid TrueType font".into()))?;
+    plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).map_err(|_| {
+        ReportError::Font {
+            path: FONT_PATH.into(),
+            reason: "not a valid TrueType font".into(),
+        }
+    })?;
     *loaded = true;
     Ok(())
 }
+
+fn read_font(path: &Path) -> Result<Vec<u8>, ReportError> {
+    std::fs::read(path).map_err(|e| ReportError::Font {
+        path: path.into(),
+        reason: e.to_string(),
+    })
+}
+
+/// One labelled line of a chart: the run's label and its points.
+type Line = (String, Vec<(f64, f64)>);
 
 /// One line chart, independent of the backend it is drawn on.
 struct Chart {
@@ -257,15 +299,20 @@ struct Chart {
     y_range: (f64, f64),
     legend: SeriesLabelPosition,
     /// (label, points) per run, in input order.
-    lines: Vec<(String, Vec<(f64, f64)>)>,
+    lines: Vec<Line>,
 }
 
 fn charts(report: &Report<'_>) -> Vec<Chart> {
     let runs = report.runs;
     let title = |what: &str| format!("{what} — {} (seed {})", report.scenario_name, report.seed);
-    let series = |f: &dyn Fn(&crate::metrics::Sample) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
+    let series = |f: &dyn Fn(&crate::metrics::Sample) -> f64| -> Vec<Line> {
         runs.iter()
-            .map(|r| (r.label.clone(), r.samples.iter().map(|s| (s.t_s, f(s))).collect()))
+            .map(|r| {
+                (
+                    r.label.clone(),
+                    r.samples.iter().map(|s| (s.t_s, f(s))).collect(),
+                )
+            })
             .collect()
     };
     let t_max = runs
@@ -294,7 +341,10 @@ fn charts(report: &Report<'_>) -> Vec<Chart> {
     let v_hi = finite_extent(&viewers).1.map_or(1.0, |v| v.max(1.0)) * 1.08;
 
     let upload = series(&|s| s.source_mbps);
-    let u_hi = finite_extent(&upload).1.map_or(1.0, |v| if v > 0.0 { v } else { 1.0 }) * 1.1;
+    let u_hi = finite_extent(&upload)
+        .1
+        .map_or(1.0, |v| if v > 0.0 { v } else { 1.0 })
+        * 1.1;
 
     let (cdf, cdf_x_max) = latency_cdfs(runs);
 
@@ -353,22 +403,32 @@ fn charts(report: &Report<'_>) -> Vec<Chart> {
 }
 
 /// Smallest and largest finite y over all lines.
-fn finite_extent(lines: &[(String, Vec<(f64, f64)>)]) -> (Option<f64>, Option<f64>) {
-    let ys = lines.iter().flat_map(|(_, pts)| pts.iter().map(|p| p.1)).filter(|y| y.is_finite());
+fn finite_extent(lines: &[Line]) -> (Option<f64>, Option<f64>) {
+    let ys = lines
+        .iter()
+        .flat_map(|(_, pts)| pts.iter().map(|p| p.1))
+        .filter(|y| y.is_finite());
     ys.fold((None, None), |(lo, hi): (Option<f64>, Option<f64>), y| {
-        (Some(lo.map_or(y, |l| l.min(y))), Some(hi.map_or(y, |h| h.max(y))))
+        (
+            Some(lo.map_or(y, |l| l.min(y))),
+            Some(hi.map_or(y, |h| h.max(y))),
+        )
     })
 }
 
 /// The empirical CDF of each run's latencies, at most [`CDF_POINTS`] + 1 points each, and the
 /// x-axis end: the largest 99.5th percentile, so that a long tail does not squash the body.
-fn latency_cdfs(runs: &[RunSeries]) -> (Vec<(String, Vec<(f64, f64)>)>, f64) {
+fn latency_cdfs(runs: &[RunSeries]) -> (Vec<Line>, f64) {
     let mut x_max = 0.0f64;
     let lines = runs
         .iter()
         .map(|run| {
-            let mut sorted: Vec<f64> =
-                run.latencies_ms.iter().copied().filter(|v| v.is_finite()).collect();
+            let mut sorted: Vec<f64> = run
+                .latencies_ms
+                .iter()
+                .copied()
+                .filter(|v| v.is_finite())
+                .collect();
             // Values equal under total_cmp are bit-identical, so an unstable sort is exact.
             sorted.sort_unstable_by(f64::total_cmp);
             let n = sorted.len();
@@ -395,11 +455,16 @@ fn cdf_points(sorted: &[f64]) -> Vec<(f64, f64)> {
     }
     // Ranks 0, (n-1)/M, 2(n-1)/M … n-1 in integer arithmetic: the same input always picks the
     // same points, and both the minimum and the maximum are kept.
-    (0..=CDF_POINTS).map(|k| point(k * (n - 1) / CDF_POINTS)).collect()
+    (0..=CDF_POINTS)
+        .map(|k| point(k * (n - 1) / CDF_POINTS))
+        .collect()
 }
 
 fn draw(chart: &Chart, path: &Path) -> Result<(), ReportError> {
-    let plot_err = |reason: String| ReportError::Plot { path: path.into(), reason };
+    let plot_err = |reason: String| ReportError::Plot {
+        path: path.into(),
+        reason,
+    };
     let is_svg = path.extension().is_some_and(|e| e == "svg");
     if is_svg {
         let root = SVGBackend::new(path, PLOT_SIZE).into_drawing_area();
@@ -438,10 +503,18 @@ fn draw_chart<DB: DrawingBackend>(
         .draw()?;
     for (i, (label, points)) in chart.lines.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
-        let finite = points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite());
-        ctx.draw_series(LineSeries::new(finite, color.stroke_width(2)))?
+        let finite = points
+            .iter()
+            .copied()
+            .filter(|(x, y)| x.is_finite() && y.is_finite());
+        // Later runs are drawn thinner on top of the first, so that where two runs coincide
+        // (the same workload gives the same viewer counts) both stay visible.
+        let width = if i == 0 { 4 } else { 2 };
+        ctx.draw_series(LineSeries::new(finite, color.stroke_width(width)))?
             .label(label.as_str())
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], color.stroke_width(3)));
+            .legend(move |(x, y)| {
+                PathElement::new([(x, y), (x + 24, y)], color.stroke_width(width))
+            });
     }
     if !chart.lines.is_empty() {
         ctx.configure_series_labels()
@@ -474,34 +547,44 @@ enum Better {
     Neither,
 }
 
-/// One row of the headline table: a name, and per run a value rounded to what is shown.
-struct Row {
-    name: &'static str,
-    better: Better,
-    decimals: usize,
-    value: fn(&RunSeries) -> f64,
-}
-
-const HEADLINE: [Row; 12] = [
-    Row { name: "Continuity (%)", better: Better::Higher, decimals: 2, value: |r| 100.0 * r.summary.continuity },
-    Row { name: "Source offload (%)", better: Better::Higher, decimals: 1, value: |r| 100.0 * r.summary.source_offload },
-    Row { name: "Live latency p50 (s)", better: Better::Lower, decimals: 2, value: |r| r.summary.latency_ms.p50 / 1e3 },
-    Row { name: "Live latency p95 (s)", better: Better::Lower, decimals: 2, value: |r| r.summary.latency_ms.p95 / 1e3 },
-    Row { name: "Live latency p99 (s)", better: Better::Lower, decimals: 2, value: |r| r.summary.latency_ms.p99 / 1e3 },
-    Row { name: "Startup p50 (s)", better: Better::Lower, decimals: 2, value: |r| r.summary.startup_ms.p50 / 1e3 },
-    Row { name: "Startup p95 (s)", better: Better::Lower, decimals: 2, value: |r| r.summary.startup_ms.p95 / 1e3 },
-    Row { name: "Viewers started / joined (%)", better: Better::Higher, decimals: 1, value: started_pct },
-    Row { name: "Peak viewers", better: Better::Neither, decimals: 0, value: |r| r.summary.peak_viewers as f64 },
-    Row { name: "Source upload (GB)", better: Better::Lower, decimals: 3, value: |r| r.summary.source_bytes as f64 / 1e9 },
-    Row { name: "Viewer download (GB)", better: Better::Neither, decimals: 3, value: |r| r.summary.viewer_bytes as f64 / 1e9 },
-    Row { name: "Events processed", better: Better::Neither, decimals: 0, value: |r| r.summary.events as f64 },
+/// The headline table's rows: name, which way is better, decimals shown. The values are
+/// [`headline_values`], in the same order.
+const HEADLINE: [(&str, Better, usize); 12] = [
+    ("Continuity (%)", Better::Higher, 2),
+    ("Source offload (%)", Better::Higher, 1),
+    ("Live latency p50 (s)", Better::Lower, 2),
+    ("Live latency p95 (s)", Better::Lower, 2),
+    ("Live latency p99 (s)", Better::Lower, 2),
+    ("Startup p50 (s)", Better::Lower, 2),
+    ("Startup p95 (s)", Better::Lower, 2),
+    ("Viewers started / joined (%)", Better::Higher, 1),
+    ("Peak viewers", Better::Neither, 0),
+    ("Source upload (GB)", Better::Lower, 3),
+    ("Viewer download (GB)", Better::Neither, 3),
+    ("Events processed", Better::Neither, 0),
 ];
 
-fn started_pct(r: &RunSeries) -> f64 {
-    if r.summary.viewers_joined == 0 {
-        return 100.0;
-    }
-    100.0 * r.summary.viewers_started as f64 / r.summary.viewers_joined as f64
+/// One run's figures for the rows of [`HEADLINE`].
+fn headline_values(s: &Summary) -> [f64; 12] {
+    let started = if s.viewers_joined == 0 {
+        100.0
+    } else {
+        100.0 * s.viewers_started as f64 / s.viewers_joined as f64
+    };
+    [
+        100.0 * s.continuity,
+        100.0 * s.source_offload,
+        s.latency_ms.p50 / 1e3,
+        s.latency_ms.p95 / 1e3,
+        s.latency_ms.p99 / 1e3,
+        s.startup_ms.p50 / 1e3,
+        s.startup_ms.p95 / 1e3,
+        started,
+        s.peak_viewers as f64,
+        s.source_bytes as f64 / 1e9,
+        s.viewer_bytes as f64 / 1e9,
+        s.events as f64,
+    ]
 }
 
 const CSS: &str = "
@@ -549,15 +632,21 @@ fn html(report: &Report<'_>) -> String {
     h.push_str("<h2>Plots</h2>\n");
     for (file, caption) in [
         ("continuity", "Playback continuity per sampling interval."),
-        ("offload", "Share of the bytes viewers received that did not come from the source."),
-        ("latency_cdf", "Live latency of every delivered segment (axis ends at the 99.5th percentile)."),
+        (
+            "offload",
+            "Share of the bytes viewers received that did not come from the source.",
+        ),
+        (
+            "latency_cdf",
+            "Live latency of every delivered segment (axis ends at the 99.5th percentile).",
+        ),
         ("viewers", "Viewers present."),
         ("source_upload", "Upload rate of the source."),
     ] {
-        let _ = write!(
+        let _ = writeln!(
             h,
             "<figure><a href=\"{file}.png\"><img src=\"{file}.svg\" alt=\"{caption}\"></a>\
-             <figcaption>{caption}</figcaption></figure>\n"
+             <figcaption>{caption}</figcaption></figure>"
         );
     }
 
@@ -578,21 +667,26 @@ fn headline_table(h: &mut String, runs: &[RunSeries]) {
         let _ = write!(h, "<th>{}</th>", escape(&run.label));
     }
     h.push_str("</tr>\n");
-    for row in &HEADLINE {
+    let values: Vec<[f64; 12]> = runs.iter().map(|r| headline_values(&r.summary)).collect();
+    for (i, &(name, better, decimals)) in HEADLINE.iter().enumerate() {
         // Compare what is shown, so that two cells reading the same are highlighted alike.
-        let shown: Vec<f64> = runs.iter().map(|r| round_to((row.value)(r), row.decimals)).collect();
+        let shown: Vec<f64> = values.iter().map(|v| round_to(v[i], decimals)).collect();
         let finite = shown.iter().copied().filter(|v| v.is_finite());
-        let best = match row.better {
-            Better::Higher => finite.fold(None, |b: Option<f64>, v| Some(b.map_or(v, |b| b.max(v)))),
-            Better::Lower => finite.fold(None, |b: Option<f64>, v| Some(b.map_or(v, |b| b.min(v)))),
+        let best = match better {
+            Better::Higher => finite.reduce(f64::max),
+            Better::Lower => finite.reduce(f64::min),
             Better::Neither => None,
         };
         // Highlighting means something only if the runs differ.
         let all_equal = shown.windows(2).all(|w| w[0] == w[1]);
-        let _ = write!(h, "<tr><th>{}</th>", row.name);
-        for v in &shown {
-            let class = if !all_equal && best == Some(*v) { "num best" } else { "num" };
-            let _ = write!(h, "<td class=\"{class}\">{}</td>", number(*v, row.decimals));
+        let _ = write!(h, "<tr><th>{name}</th>");
+        for &v in &shown {
+            let class = if !all_equal && best == Some(v) {
+                "num best"
+            } else {
+                "num"
+            };
+            let _ = write!(h, "<td class=\"{class}\">{}</td>", number(v, decimals));
         }
         h.push_str("</tr>\n");
     }
@@ -600,8 +694,10 @@ fn headline_table(h: &mut String, runs: &[RunSeries]) {
 }
 
 fn messages_table(h: &mut String, runs: &[RunSeries]) {
-    let kinds: BTreeSet<&str> =
-        runs.iter().flat_map(|r| r.summary.messages.keys().map(String::as_str)).collect();
+    let kinds: BTreeSet<&str> = runs
+        .iter()
+        .flat_map(|r| r.summary.messages.keys().map(String::as_str))
+        .collect();
     if kinds.is_empty() {
         h.push_str("<p>No control messages recorded.</p>\n");
         return;
@@ -657,7 +753,9 @@ fn number(v: f64, decimals: usize) -> String {
         return "–".into();
     }
     let s = format!("{:.*}", decimals, v.abs());
-    let (int, frac) = s.split_once('.').map_or((s.as_str(), None), |(i, f)| (i, Some(f)));
+    let (int, frac) = s
+        .split_once('.')
+        .map_or((s.as_str(), None), |(i, f)| (i, Some(f)));
     let mut out = String::new();
     if v < 0.0 && s.bytes().any(|b| b != b'0' && b != b'.') {
         out.push('−');
@@ -725,8 +823,20 @@ mod tests {
             .collect();
         let startups_ms: Vec<f64> = (0..200).map(|i| 800.0 + 10.0 * i as f64).collect();
         let mut messages = BTreeMap::new();
-        messages.insert("have".to_owned(), Traffic { count: 123_456, bytes: 4_567_890 });
-        messages.insert("request".to_owned(), Traffic { count: 7_890, bytes: 345_678 });
+        messages.insert(
+            "have".to_owned(),
+            Traffic {
+                count: 123_456,
+                bytes: 4_567_890,
+            },
+        );
+        messages.insert(
+            "request".to_owned(),
+            Traffic {
+                count: 7_890,
+                bytes: 345_678,
+            },
+        );
         let summary = Summary {
             continuity: quality,
             source_offload: quality * 0.9,
@@ -741,11 +851,20 @@ mod tests {
             messages,
             events: 12_345_678,
         };
-        RunSeries { label: label.to_owned(), summary, samples, latencies_ms, startups_ms }
+        RunSeries {
+            label: label.to_owned(),
+            summary,
+            samples,
+            latencies_ms,
+            startups_ms,
+        }
     }
 
     fn runs() -> Vec<RunSeries> {
-        vec![run("selfcast", 0.995, 600, 50_000), run("source-only", 0.6, 600, 50_000)]
+        vec![
+            run("selfcast", 0.995, 600, 50_000),
+            run("source-only", 0.6, 600, 50_000),
+        ]
     }
 
     const TOML: &str = "name = \"flash <script>alert(1)</script> & co\"\n[swarm]\nviewers = 500\n";
@@ -759,7 +878,12 @@ mod tests {
     #[test]
     fn writes_every_file() {
         let runs = runs();
-        let report = Report { scenario_name: "flash-crowd", scenario_toml: TOML, seed: 42, runs: &runs };
+        let report = Report {
+            scenario_name: "flash-crowd",
+            scenario_toml: TOML,
+            seed: 42,
+            runs: &runs,
+        };
         let base = scratch("all");
         let dir = base.join("nested");
         let written = write(&report, &dir).unwrap();
@@ -769,8 +893,18 @@ mod tests {
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        let mut expected = vec!["summary.json".to_owned(), "timeseries.csv".into(), "report.html".into()];
-        for plot in ["continuity", "offload", "latency_cdf", "viewers", "source_upload"] {
+        let mut expected = vec![
+            "summary.json".to_owned(),
+            "timeseries.csv".into(),
+            "report.html".into(),
+        ];
+        for plot in [
+            "continuity",
+            "offload",
+            "latency_cdf",
+            "viewers",
+            "source_upload",
+        ] {
             expected.push(format!("{plot}.svg"));
             expected.push(format!("{plot}.png"));
         }
@@ -778,27 +912,43 @@ mod tests {
         assert_eq!(names, expected);
         for f in &written.files {
             assert!(f.starts_with(&dir));
-            assert!(std::fs::metadata(f).unwrap().len() > 0, "{} is empty", f.display());
+            assert!(
+                std::fs::metadata(f).unwrap().len() > 0,
+                "{} is empty",
+                f.display()
+            );
         }
 
-        for plot in ["continuity", "offload", "latency_cdf", "viewers", "source_upload"] {
+        for plot in [
+            "continuity",
+            "offload",
+            "latency_cdf",
+            "viewers",
+            "source_upload",
+        ] {
             let png = std::fs::read(dir.join(format!("{plot}.png"))).unwrap();
             assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{plot}.png is not a PNG");
             assert!(png.len() > 10_000, "{plot}.png is only {} bytes", png.len());
             let svg = std::fs::read_to_string(dir.join(format!("{plot}.svg"))).unwrap();
-            assert!(svg.contains("<svg") && svg.contains("selfcast") && svg.contains("source-only"));
+            assert!(
+                svg.contains("<svg") && svg.contains("selfcast") && svg.contains("source-only")
+            );
         }
 
         let csv = std::fs::read_to_string(dir.join("timeseries.csv")).unwrap();
         let lines: Vec<&str> = csv.lines().collect();
-        assert_eq!(lines[0], "run,t_s,viewers,continuity,source_offload,source_mbps,p2p_mbps,latency_p50_ms");
+        assert_eq!(
+            lines[0],
+            "run,t_s,viewers,continuity,source_offload,source_mbps,p2p_mbps,latency_p50_ms"
+        );
         assert_eq!(lines.len(), 1 + 600 + 600);
         assert!(lines[1].starts_with("selfcast,1,0,1,"));
         assert!(lines[601].starts_with("source-only,1,"));
         assert!(lines[1..].iter().all(|l| l.split(',').count() == 8));
 
         let json: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap())
+                .unwrap();
         assert_eq!(json["scenario"], "flash-crowd");
         assert_eq!(json["seed"], 42);
         assert_eq!(json["runs"]["selfcast"]["continuity"], 0.995);
@@ -817,12 +967,24 @@ mod tests {
     #[test]
     fn summary_json_is_byte_identical() {
         let runs = runs();
-        let report = Report { scenario_name: "det", scenario_toml: TOML, seed: 7, runs: &runs };
+        let report = Report {
+            scenario_name: "det",
+            scenario_toml: TOML,
+            seed: 7,
+            runs: &runs,
+        };
         let (a, b) = (scratch("det-a"), scratch("det-b"));
         write(&report, &a).unwrap();
         // A clone, written to another directory: nothing may depend on addresses or time.
         let again = runs.clone();
-        write(&Report { runs: &again, ..report }, &b).unwrap();
+        write(
+            &Report {
+                runs: &again,
+                ..report
+            },
+            &b,
+        )
+        .unwrap();
         let ja = std::fs::read(a.join("summary.json")).unwrap();
         let jb = std::fs::read(b.join("summary.json")).unwrap();
         assert_eq!(ja, jb);
@@ -857,7 +1019,12 @@ mod tests {
     #[test]
     fn duplicate_labels_are_rejected() {
         let runs = vec![run("selfcast", 0.9, 3, 10), run("selfcast", 0.8, 3, 10)];
-        let report = Report { scenario_name: "dup", scenario_toml: "", seed: 0, runs: &runs };
+        let report = Report {
+            scenario_name: "dup",
+            scenario_toml: "",
+            seed: 0,
+            runs: &runs,
+        };
         let dir = scratch("dup");
         let err = write(&report, &dir).unwrap_err();
         assert!(matches!(err, ReportError::DuplicateRun { ref label } if label == "selfcast"));
@@ -870,7 +1037,12 @@ mod tests {
         empty.startups_ms.clear();
         empty.summary = Summary::default();
         let runs = vec![empty];
-        let report = Report { scenario_name: "empty", scenario_toml: "", seed: 0, runs: &runs };
+        let report = Report {
+            scenario_name: "empty",
+            scenario_toml: "",
+            seed: 0,
+            runs: &runs,
+        };
         let dir = scratch("empty");
         let written = write(&report, &dir).unwrap();
         assert_eq!(written.files.len(), 13);
@@ -889,6 +1061,39 @@ mod tests {
         assert!(pts.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1));
         assert_eq!(pts, cdf_points(&sorted));
         assert_eq!(cdf_points(&[3.0, 5.0]), vec![(3.0, 0.5), (5.0, 1.0)]);
+    }
+
+    #[test]
+    fn missing_font_says_what_to_install() {
+        let err = read_font(Path::new("/nonexistent/DejaVuSans.ttf")).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("/nonexistent/DejaVuSans.ttf"), "{message}");
+        assert!(message.contains("fonts-dejavu-core"), "{message}");
+    }
+
+    #[test]
+    fn continuity_axis_zooms_only_when_all_high() {
+        let high = vec![
+            run("selfcast", 0.995, 100, 10),
+            run("source-only", 0.98, 100, 10),
+        ];
+        let report = Report {
+            scenario_name: "z",
+            scenario_toml: "",
+            seed: 0,
+            runs: &high,
+        };
+        let (lo, hi) = charts(&report)[0].y_range;
+        assert!(
+            (97.0..98.0).contains(&lo) && hi > 100.0 && hi < 100.2,
+            "{lo}..{hi}"
+        );
+        let mixed = vec![high[0].clone(), run("source-only", 0.5, 100, 10)];
+        let report = Report {
+            runs: &mixed,
+            ..report
+        };
+        assert_eq!(charts(&report)[0].y_range.0, 0.0);
     }
 
     #[test]

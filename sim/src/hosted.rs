@@ -1,0 +1,199 @@
+//! The real segment exchange (`peer::exchange::Exchange`) as a simulated host's core.
+//!
+//! [`ExchangeCore`] translates between the exchange's world (peer ids, socket addresses,
+//! frames) and the engine's (host ids, messages with sizes), exactly as the QUIC driver in
+//! `peer::node` does: control frames on the ordered control connection, each segment as bulk
+//! data, and a segment stream accepted only when the exchange expects it from that peer and no
+//! longer than the broadcaster signed.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::rc::Rc;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use bytes::Bytes;
+use peer::exchange::{self, Exchange};
+use peer::identity::PeerId;
+use peer::segment::{ChannelRecord, IntegrityError, SegmentId, SegmentMeta, SignedSegment, Strict, Verifier};
+use peer::wire::{Frame, PeerAddr, SegmentHeader};
+
+use crate::engine::{Core, Input, Output};
+use crate::net::HostId;
+
+/// The simulated address of a host: 10.x.y.z:4433 encodes its index.
+pub fn host_addr(host: HostId) -> SocketAddr {
+    let [_, a, b, c] = host.0.to_be_bytes();
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, a, b, c), 4433))
+}
+
+/// The host behind a simulated address.
+pub fn addr_host(addr: SocketAddr) -> Option<HostId> {
+    match addr {
+        SocketAddr::V4(v4) => {
+            let [ten, a, b, c] = v4.ip().octets();
+            (ten == 10).then(|| HostId(u32::from_be_bytes([0, a, b, c])))
+        }
+        SocketAddr::V6(_) => None,
+    }
+}
+
+/// Which peer id runs on which host, both ways; shared by every core of a run.
+#[derive(Debug, Default)]
+pub struct Directory {
+    hosts: HashMap<PeerId, HostId>,
+    peers: HashMap<HostId, PeerId>,
+}
+
+impl Directory {
+    /// Records that `peer` runs on `host`.
+    pub fn insert(&mut self, peer: PeerId, host: HostId) {
+        self.hosts.insert(peer, host);
+        self.peers.insert(host, peer);
+    }
+
+    /// The host of `peer`.
+    pub fn host(&self, peer: &PeerId) -> Option<HostId> {
+        self.hosts.get(peer).copied()
+    }
+
+    /// The peer on `host`.
+    pub fn peer(&self, host: HostId) -> Option<PeerId> {
+        self.peers.get(&host).copied()
+    }
+}
+
+/// What travels between simulated exchanges.
+#[derive(Debug)]
+pub enum Wire {
+    /// A control frame.
+    Frame(Frame),
+    /// A segment stream's content.
+    Segment {
+        /// The segment.
+        id: SegmentId,
+        /// Its bytes.
+        bytes: Bytes,
+    },
+}
+
+/// An exchange hosted by the engine.
+pub struct ExchangeCore {
+    exchange: Exchange,
+    directory: Rc<RefCell<Directory>>,
+}
+
+impl ExchangeCore {
+    /// Wraps an exchange; `directory` maps peer ids to hosts.
+    pub fn new(exchange: Exchange, directory: Rc<RefCell<Directory>>) -> Self {
+        Self { exchange, directory }
+    }
+
+    /// The exchange, e.g. to publish at the source.
+    pub fn exchange(&mut self) -> &mut Exchange {
+        &mut self.exchange
+    }
+
+    /// The exchange, read-only.
+    pub fn exchange_ref(&self) -> &Exchange {
+        &self.exchange
+    }
+}
+
+impl Core for ExchangeCore {
+    type Msg = Wire;
+    type Event = exchange::Event;
+
+    fn handle(&mut self, now: Instant, input: Input<Wire>) {
+        let peer_of = |h: HostId| self.directory.borrow().peer(h);
+        let input = match input {
+            Input::Timeout => {
+                self.exchange.handle_timeout(now);
+                return;
+            }
+            Input::Connected(h) => {
+                let Some(peer) = peer_of(h) else { return };
+                exchange::Input::Connected { peer }
+            }
+            Input::Disconnected(h) => {
+                let Some(peer) = peer_of(h) else { return };
+                exchange::Input::Disconnected { peer }
+            }
+            Input::Message { from, msg: Wire::Frame(frame) } => {
+                let Some(peer) = peer_of(from) else { return };
+                exchange::Input::Frame { peer, frame }
+            }
+            Input::Message { from, msg: Wire::Segment { id, bytes } } => {
+                let Some(peer) = peer_of(from) else { return };
+                match self.exchange.expected_len(&peer, id) {
+                    Some(limit) if bytes.len() <= limit => exchange::Input::Segment { peer, id, bytes },
+                    // The real driver stops such a stream; the exchange never hears of it.
+                    _ => return,
+                }
+            }
+        };
+        self.exchange.handle_input(now, input);
+    }
+
+    fn poll(&mut self) -> Option<Output<Wire, exchange::Event>> {
+        loop {
+            let out = self.exchange.poll_output()?;
+            let host_of = |p: &PeerId| self.directory.borrow().host(p);
+            let mapped = match out {
+                exchange::Output::Send { to, frame } => {
+                    let Some(to) = host_of(&to) else { continue };
+                    let kind = frame.kind();
+                    let bytes = frame.encode().len() as u64;
+                    Output::Send { to, msg: Wire::Frame(frame), bytes, bulk: false, kind }
+                }
+                exchange::Output::SendSegment { to, id, bytes } => {
+                    let Some(to) = host_of(&to) else { continue };
+                    let size = (bytes.len() + SegmentHeader { id }.encode().len()) as u64;
+                    let msg = Wire::Segment { id, bytes };
+                    Output::Send { to, msg, bytes: size, bulk: true, kind: "segment" }
+                }
+                exchange::Output::Dial(PeerAddr { addr, .. }) => match addr_host(addr) {
+                    Some(h) => Output::Dial(h),
+                    None => continue,
+                },
+                exchange::Output::Close { peer, .. } => {
+                    let Some(h) = host_of(&peer) else { continue };
+                    Output::Close(h)
+                }
+                exchange::Output::Event(e) => Output::Event(e),
+            };
+            return Some(mapped);
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.exchange.poll_timeout()
+    }
+}
+
+/// A verifier for simulations: the real checks, each distinct input checked once.
+///
+/// Ten thousand simulated viewers verify the same statement and hash the same segment; the
+/// answer is the same every time, so it is computed once and remembered. A forged statement or
+/// a tampered copy is a different input and is checked for real. Payloads are remembered by
+/// allocation (the cache keeps each checked buffer alive, so an address is never reused for
+/// other bytes while it is cached).
+#[derive(Debug, Default)]
+pub struct MemoVerifier {
+    statements: Mutex<HashMap<[u8; 64], Result<(), IntegrityError>>>,
+    payloads: Mutex<HashMap<(usize, usize, [u8; 32]), (Bytes, Result<(), IntegrityError>)>>,
+}
+
+impl Verifier for MemoVerifier {
+    fn verify_statement(&self, channel: &ChannelRecord, statement: &SignedSegment) -> Result<(), IntegrityError> {
+        let Ok(mut memo) = self.statements.lock() else { return Strict.verify_statement(channel, statement) };
+        memo.entry(statement.signature.0).or_insert_with(|| Strict.verify_statement(channel, statement)).clone()
+    }
+
+    fn check_payload(&self, meta: &SegmentMeta, bytes: &Bytes) -> Result<(), IntegrityError> {
+        let Ok(mut memo) = self.payloads.lock() else { return Strict.check_payload(meta, bytes) };
+        let key = (bytes.as_ptr() as usize, bytes.len(), meta.hash);
+        memo.entry(key).or_insert_with(|| (bytes.clone(), Strict.check_payload(meta, bytes))).1.clone()
+    }
+}

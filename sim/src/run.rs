@@ -1,0 +1,514 @@
+//! One simulated run of a scenario: the workload drives the engine, the engine hosts the real
+//! exchange on every host, and the QoS definitions of `peer::qos` measure what viewers got.
+//!
+//! Two modes share everything but the protocol's freedom: [`Mode::Selfcast`] lets viewers find
+//! and use each other; [`Mode::SourceOnly`] is the baseline where every viewer is served by the
+//! source alone, as a CDN would serve them (the source's upload is then unlimited).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use peer::exchange::{Event, Exchange, ExchangeConfig};
+use peer::identity::{Keypair, PeerId};
+use peer::qos::{source_offload, ViewerQos};
+use peer::segment::{ChannelRecord, SegmentId, SignedChannel, StreamKind as PeerStreamKind};
+use peer::wire::PeerAddr;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Exp, Pareto, Weibull};
+
+use crate::engine::{Engine, Step};
+use crate::hosted::{host_addr, Directory, ExchangeCore, MemoVerifier};
+use crate::metrics::{percentiles, RunSeries, Sample, Summary, Traffic};
+use crate::net::{HostId, HostNet, NatType, SimTime};
+use crate::scenario::{Scenario, SessionLength, StreamKind};
+
+/// The Unix time (ms) that simulated time 0 stands for; fixed so that runs are reproducible.
+const EPOCH_UNIX_MS: u64 = 1_700_000_000_000;
+/// Size of the simulated init segment.
+const INIT_BYTES: usize = 1200;
+
+/// Which protocol the viewers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Selfcast: viewers exchange segments among themselves.
+    Selfcast,
+    /// The baseline: every viewer fetches everything from the source.
+    SourceOnly,
+}
+
+impl Mode {
+    /// The label used in reports.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Selfcast => "selfcast",
+            Self::SourceOnly => "source-only",
+        }
+    }
+}
+
+/// The driver's own events.
+#[derive(Debug, Clone, Copy)]
+enum Ext {
+    Publish(u64),
+    Join,
+    Depart { host: HostId, crash: bool },
+    SourceFail { down: SimTime },
+    SourceReturn,
+    PartitionStart { index: usize },
+    PartitionEnd,
+    Sample,
+}
+
+struct Viewer {
+    qos: ViewerQos,
+}
+
+/// The state of one run.
+struct Runner<'a> {
+    scenario: &'a Scenario,
+    mode: Mode,
+    engine: Engine<ExchangeCore, Ext>,
+    rng: ChaCha8Rng,
+    directory: Rc<RefCell<Directory>>,
+    config: ExchangeConfig,
+    key: Keypair,
+    record: SignedChannel,
+    source: HostId,
+    source_peer: PeerId,
+    source_up: bool,
+    viewers: BTreeMap<HostId, Viewer>,
+    /// Viewers present, in join order (bootstrap samples are drawn from it).
+    present: Vec<HostId>,
+    end: SimTime,
+    // Totals.
+    due: u64,
+    on_time: u64,
+    joined: u64,
+    peak: u64,
+    from_source: u64,
+    received: u64,
+    delivered: u64,
+    latencies_ms: Vec<f64>,
+    startups_ms: Vec<f64>,
+    samples: Vec<Sample>,
+    // Since the last sample.
+    window: Window,
+}
+
+#[derive(Default)]
+struct Window {
+    due: u64,
+    on_time: u64,
+    from_source: u64,
+    received: u64,
+    latencies_ms: Vec<f64>,
+}
+
+/// Runs `scenario` with `seed` in `mode` and returns what it measured.
+pub fn run(scenario: &Scenario, seed: u64, mode: Mode) -> RunSeries {
+    let mut runner = Runner::new(scenario, seed, mode);
+    runner.schedule_workload();
+    runner.drive();
+    runner.finish()
+}
+
+impl<'a> Runner<'a> {
+    fn new(scenario: &'a Scenario, seed: u64, mode: Mode) -> Self {
+        let net = &scenario.network;
+        let mut engine = Engine::new(derive_seed(seed, 1), net.traversal, net.jitter, net.loss);
+        let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, 2));
+        let key = Keypair::from_seed(rng.gen());
+        let kind = match scenario.stream.kind {
+            StreamKind::Live => PeerStreamKind::Live,
+            StreamKind::Vod => PeerStreamKind::Vod,
+        };
+        let record = ChannelRecord {
+            broadcaster: key.public(),
+            name: scenario.name.clone(),
+            kind,
+            segment_target_ms: scenario.stream.segment_ms as u32,
+            started_unix_ms: EPOCH_UNIX_MS,
+        }
+        .sign(&key);
+        let protocol = &scenario.protocol;
+        let config = ExchangeConfig {
+            max_partners: match mode {
+                Mode::Selfcast => protocol.max_partners,
+                Mode::SourceOnly => 1,
+            },
+            source_grace: Duration::from_millis(protocol.source_grace_ms),
+            live_start_behind: protocol.live_start_behind,
+            verifier: Arc::new(MemoVerifier::default()),
+            ..ExchangeConfig::default()
+        };
+        let up_bps = match mode {
+            Mode::Selfcast => scenario.source.up_mbps * 1e6,
+            Mode::SourceOnly => f64::INFINITY,
+        };
+        let pos = (rng.gen_range(0.0..=net.area_ms), rng.gen_range(0.0..=net.area_ms));
+        let source = engine.add_host(HostNet::new(pos, net.access_ms[0], up_bps, 1e9, NatType::Open));
+        let directory = Rc::new(RefCell::new(Directory::default()));
+        let source_peer = key.peer_id();
+        directory.borrow_mut().insert(source_peer, source);
+        let end = secs(scenario.duration_s);
+        let mut runner = Self {
+            scenario,
+            mode,
+            engine,
+            rng,
+            directory,
+            config,
+            key,
+            record,
+            source,
+            source_peer,
+            source_up: false,
+            viewers: BTreeMap::new(),
+            present: Vec::new(),
+            end,
+            due: 0,
+            on_time: 0,
+            joined: 0,
+            peak: 0,
+            from_source: 0,
+            received: 0,
+            delivered: 0,
+            latencies_ms: Vec::new(),
+            startups_ms: Vec::new(),
+            samples: Vec::new(),
+            window: Window::default(),
+        };
+        runner.start_source();
+        runner
+    }
+
+    fn start_source(&mut self) {
+        let now = self.engine.instant(self.engine.now());
+        let exchange = Exchange::source(
+            now,
+            self.config.clone(),
+            self.key.clone(),
+            self.record.clone(),
+            Some(host_addr(self.source)),
+        );
+        self.engine.start(self.source, ExchangeCore::new(exchange, self.directory.clone()));
+        self.source_up = true;
+    }
+
+    fn schedule_workload(&mut self) {
+        let s = self.scenario;
+        // The init segment, and for VOD the whole film, exist from the start.
+        self.publish(SegmentId::Init, Duration::ZERO, Bytes::from(vec![0u8; INIT_BYTES]), false);
+        match s.stream.kind {
+            StreamKind::Live => self.engine.schedule(segment_ns(s), Ext::Publish(0)),
+            StreamKind::Vod => {
+                let length = s.stream.vod_length_s.unwrap_or(0.0);
+                let count = (length * 1000.0 / s.stream.segment_ms as f64).ceil() as u64;
+                for seq in 0..count {
+                    let bytes = self.segment_payload(seq);
+                    self.publish(SegmentId::Media(seq), s.segment(), bytes, false);
+                }
+                self.publish(SegmentId::Media(count), Duration::ZERO, Bytes::new(), true);
+            }
+        }
+        let v = &s.viewers;
+        for i in 0..v.initial {
+            let at = if v.initial > 1 { v.join_over_s * f64::from(i) / f64::from(v.initial) } else { 0.0 };
+            self.engine.schedule(secs(at), Ext::Join);
+        }
+        for crowd in &v.flash_crowds {
+            for i in 0..crowd.peers {
+                let at = crowd.at_s + crowd.over_s * f64::from(i) / f64::from(crowd.peers.max(1));
+                self.engine.schedule(secs(at), Ext::Join);
+            }
+        }
+        for outage in &s.source.failures {
+            self.engine.schedule(secs(outage.at_s), Ext::SourceFail { down: secs(outage.down_s) });
+        }
+        for (index, p) in s.network.partitions.iter().enumerate() {
+            self.engine.schedule(secs(p.at_s), Ext::PartitionStart { index });
+            self.engine.schedule(secs(p.at_s + p.duration_s), Ext::PartitionEnd);
+        }
+        self.engine.schedule(secs(s.sample_every_s), Ext::Sample);
+    }
+
+    fn drive(&mut self) {
+        loop {
+            match self.engine.step(self.end) {
+                Step::External(ext) => self.on_ext(ext),
+                Step::Events(events) => {
+                    for (host, event) in events {
+                        self.on_event(host, event);
+                    }
+                }
+                Step::Idle => return,
+            }
+        }
+    }
+
+    fn on_ext(&mut self, ext: Ext) {
+        let now = self.engine.now();
+        match ext {
+            Ext::Publish(seq) => {
+                if self.source_up {
+                    let bytes = self.segment_payload(seq);
+                    self.publish(SegmentId::Media(seq), self.scenario.segment(), bytes, false);
+                }
+                let next = now + segment_ns(self.scenario);
+                if next <= self.end {
+                    self.engine.schedule(next, Ext::Publish(seq + 1));
+                }
+            }
+            Ext::Join => self.join(),
+            Ext::Depart { host, crash } => self.depart(host, crash),
+            Ext::SourceFail { down } => {
+                self.engine.crash(self.source);
+                self.source_up = false;
+                self.engine.schedule(now + down, Ext::SourceReturn);
+            }
+            Ext::SourceReturn => self.start_source(),
+            Ext::PartitionStart { index } => {
+                let fraction = self.scenario.network.partitions[index].fraction;
+                let cut: std::collections::BTreeSet<HostId> = self
+                    .present
+                    .iter()
+                    .copied()
+                    .filter(|_| self.rng.gen_bool(fraction))
+                    .collect();
+                self.engine.partition(|h| cut.contains(&h));
+            }
+            Ext::PartitionEnd => self.engine.heal(),
+            Ext::Sample => {
+                self.sample();
+                let next = now + secs(self.scenario.sample_every_s);
+                if next <= self.end {
+                    self.engine.schedule(next, Ext::Sample);
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, host: HostId, event: Event) {
+        let Event::Stored { id, meta, bytes, from: Some(from) } = event else { return };
+        let now = self.engine.now();
+        let Some(viewer) = self.viewers.get_mut(&host) else { return };
+        let instant = self.engine.instant(now);
+        let len = bytes.len() as u64;
+        self.received += len;
+        self.window.received += len;
+        if from == self.source_peer {
+            self.from_source += len;
+            self.window.from_source += len;
+        }
+        match id {
+            SegmentId::Init => {
+                if let Some(startup) = viewer.qos.on_init(instant) {
+                    self.startups_ms.push(startup.as_secs_f64() * 1000.0);
+                }
+            }
+            SegmentId::Media(seq) => {
+                self.delivered += 1;
+                let now_ms = EPOCH_UNIX_MS + now / 1_000_000;
+                let latency = Duration::from_millis(now_ms.saturating_sub(meta.created_unix_ms));
+                let latency_ms = latency.as_secs_f64() * 1000.0;
+                self.latencies_ms.push(latency_ms);
+                self.window.latencies_ms.push(latency_ms);
+                if let Some(startup) = viewer.qos.on_segment(instant, seq, latency) {
+                    self.startups_ms.push(startup.as_secs_f64() * 1000.0);
+                }
+            }
+        }
+    }
+
+    fn join(&mut self) {
+        let s = self.scenario;
+        let net = &s.network;
+        let class = pick(&mut self.rng, s.viewers.classes.iter().map(|c| c.share))
+            .and_then(|i| s.viewers.classes.get(i));
+        let Some(class) = class else { return };
+        let nat = match pick(
+            &mut self.rng,
+            [net.nat.open, net.nat.full_cone, net.nat.port_restricted, net.nat.symmetric],
+        ) {
+            Some(1) => NatType::FullCone,
+            Some(2) => NatType::PortRestricted,
+            Some(3) => NatType::Symmetric,
+            _ => NatType::Open,
+        };
+        let pos = (self.rng.gen_range(0.0..=net.area_ms), self.rng.gen_range(0.0..=net.area_ms));
+        let access = self.rng.gen_range(net.access_ms[0]..=net.access_ms[1]);
+        let host = self.engine.add_host(HostNet::new(pos, access, class.up_mbps * 1e6, class.down_mbps * 1e6, nat));
+        let peer = PeerId(*blake3::hash(format!("sim viewer {}", host.0).as_bytes()).as_bytes());
+        self.directory.borrow_mut().insert(peer, host);
+
+        let now = self.engine.instant(self.engine.now());
+        let exchange = Exchange::viewer(now, self.config.clone(), peer, self.record.record.channel_id(), Some(host_addr(host)));
+        let mut candidates = vec![PeerAddr { id: self.source_peer, addr: host_addr(self.source) }];
+        if self.mode == Mode::Selfcast {
+            let others: Vec<HostId> =
+                self.present.choose_multiple(&mut self.rng, s.protocol.bootstrap_peers).copied().collect();
+            let directory = self.directory.borrow();
+            candidates.extend(others.into_iter().filter_map(|h| {
+                directory.peer(h).map(|id| PeerAddr { id, addr: host_addr(h) })
+            }));
+        }
+        self.engine.start(host, ExchangeCore::new(exchange, self.directory.clone()));
+        self.engine.with_core(host, |core, now| core.exchange().add_candidates(now, candidates));
+        self.viewers.insert(host, Viewer { qos: ViewerQos::new(now, s.segment()) });
+        self.present.push(host);
+        self.joined += 1;
+        self.peak = self.peak.max(self.present.len() as u64);
+
+        if let Some(churn) = &s.viewers.churn {
+            let length = session_length(&mut self.rng, churn.session);
+            let crash = self.rng.gen_bool(churn.crash_fraction);
+            let at = self.engine.now() + secs(length);
+            if at <= self.end {
+                self.engine.schedule(at, Ext::Depart { host, crash });
+            }
+        }
+    }
+
+    fn depart(&mut self, host: HostId, crash: bool) {
+        let instant = self.engine.instant(self.engine.now());
+        if let Some(mut viewer) = self.viewers.remove(&host) {
+            let judged = viewer.qos.advance(instant);
+            self.window.due += judged.due;
+            self.window.on_time += judged.on_time;
+            let totals = viewer.qos.totals();
+            self.due += totals.due;
+            self.on_time += totals.on_time;
+        }
+        self.present.retain(|h| *h != host);
+        if crash {
+            self.engine.crash(host);
+        } else {
+            self.engine.leave(host);
+        }
+        if self.scenario.viewers.churn.as_ref().is_some_and(|c| c.replace) {
+            self.join();
+        }
+    }
+
+    fn sample(&mut self) {
+        let now = self.engine.now();
+        let instant = self.engine.instant(now);
+        for viewer in self.viewers.values_mut() {
+            let judged = viewer.qos.advance(instant);
+            self.window.due += judged.due;
+            self.window.on_time += judged.on_time;
+        }
+        let w = std::mem::take(&mut self.window);
+        let interval = self.scenario.sample_every_s;
+        let mbps = |bytes: u64| bytes as f64 * 8.0 / 1e6 / interval;
+        self.samples.push(Sample {
+            t_s: now as f64 / 1e9,
+            viewers: self.present.len() as u64,
+            continuity: if w.due > 0 { w.on_time as f64 / w.due as f64 } else { 1.0 },
+            source_offload: source_offload(w.from_source, w.received),
+            source_mbps: mbps(w.from_source),
+            p2p_mbps: mbps(w.received - w.from_source),
+            latency_p50_ms: percentiles(&w.latencies_ms).p50,
+        });
+    }
+
+    fn finish(mut self) -> RunSeries {
+        let instant = self.engine.instant(self.engine.now());
+        for viewer in self.viewers.values_mut() {
+            viewer.qos.advance(instant);
+            let totals = viewer.qos.totals();
+            self.due += totals.due;
+            self.on_time += totals.on_time;
+        }
+        let messages = self
+            .engine
+            .traffic()
+            .iter()
+            .map(|(kind, t)| ((*kind).to_owned(), Traffic { count: t.count, bytes: t.bytes }))
+            .collect();
+        let summary = Summary {
+            continuity: if self.due > 0 { self.on_time as f64 / self.due as f64 } else { 0.0 },
+            source_offload: source_offload(self.from_source, self.received),
+            latency_ms: percentiles(&self.latencies_ms),
+            startup_ms: percentiles(&self.startups_ms),
+            viewers_joined: self.joined,
+            viewers_started: self.startups_ms.len() as u64,
+            peak_viewers: self.peak,
+            source_bytes: self.from_source,
+            viewer_bytes: self.received,
+            segments_delivered: self.delivered,
+            messages,
+            events: self.engine.processed(),
+        };
+        RunSeries {
+            label: self.mode.label().to_owned(),
+            summary,
+            samples: self.samples,
+            latencies_ms: self.latencies_ms,
+            startups_ms: self.startups_ms,
+        }
+    }
+
+    fn publish(&mut self, id: SegmentId, duration: Duration, bytes: Bytes, last: bool) {
+        let created = EPOCH_UNIX_MS + self.engine.now() / 1_000_000;
+        self.engine.with_core(self.source, |core, now| {
+            // Publishing our own well-formed segment at the source cannot fail.
+            let _ = core.exchange().publish(now, id, duration, created, bytes, last);
+        });
+    }
+
+    /// A segment's bytes: its number, then zeros up to the stream's segment size.
+    fn segment_payload(&self, seq: u64) -> Bytes {
+        let mut bytes = vec![0u8; self.scenario.segment_bytes().max(8)];
+        bytes[..8].copy_from_slice(&seq.to_le_bytes());
+        Bytes::from(bytes)
+    }
+}
+
+/// An index drawn with the given weights.
+fn pick(rng: &mut impl Rng, weights: impl IntoIterator<Item = f64>) -> Option<usize> {
+    let weights: Vec<f64> = weights.into_iter().collect();
+    let total: f64 = weights.iter().sum();
+    let mut x = rng.gen_range(0.0..total.max(f64::MIN_POSITIVE));
+    for (i, w) in weights.iter().enumerate() {
+        if x < *w {
+            return Some(i);
+        }
+        x -= w;
+    }
+    weights.iter().rposition(|w| *w > 0.0)
+}
+
+/// A session length in seconds.
+fn session_length(rng: &mut impl Rng, dist: SessionLength) -> f64 {
+    match dist {
+        SessionLength::Exponential { mean_s } => Exp::new(1.0 / mean_s).map_or(mean_s, |d| d.sample(rng)),
+        SessionLength::Weibull { shape, scale_s } => {
+            Weibull::new(scale_s, shape).map_or(scale_s, |d| d.sample(rng))
+        }
+        SessionLength::Pareto { alpha, min_s } => Pareto::new(min_s, alpha).map_or(min_s, |d| d.sample(rng)),
+    }
+}
+
+fn secs(s: f64) -> SimTime {
+    (s * 1e9).round() as SimTime
+}
+
+fn segment_ns(s: &Scenario) -> SimTime {
+    s.stream.segment_ms * 1_000_000
+}
+
+/// Independent streams of randomness for the engine and the workload.
+fn derive_seed(seed: u64, stream: u64) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(&seed.to_le_bytes());
+    h.update(&stream.to_le_bytes());
+    let bytes = h.finalize();
+    u64::from_le_bytes(bytes.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+}
