@@ -26,12 +26,13 @@
 //! or bytes that fail verification gets a strike; at [`ExchangeConfig::max_strikes`] it is
 //! disconnected. Nothing unverified is ever stored, served or forwarded.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use tracing::{debug, warn};
 
 use crate::identity::{ChannelId, Keypair, PeerId};
@@ -285,6 +286,8 @@ pub struct Exchange {
     start: Option<u64>,
     /// VOD: the segment the player asked for last; fetching continues from there.
     playhead: Option<u64>,
+    /// No media segment before this one (from the start or the playhead) is missing.
+    cursor: u64,
     last: Option<u64>,
     /// Live: media segments before this one were evicted and are not wanted again.
     floor: u64,
@@ -332,15 +335,16 @@ impl Exchange {
             key: None,
             record: None,
             statements: BTreeMap::new(),
-            seen: HashMap::new(),
+            seen: HashMap::default(),
             next_schedule: None,
             store: BTreeMap::new(),
             partners: BTreeMap::new(),
-            candidates: HashMap::new(),
-            dialing: HashSet::new(),
-            pending: HashMap::new(),
+            candidates: HashMap::default(),
+            dialing: HashSet::default(),
+            pending: HashMap::default(),
             start: None,
             playhead: None,
+            cursor: 0,
             last: None,
             floor: 0,
             outputs: VecDeque::new(),
@@ -408,6 +412,7 @@ impl Exchange {
             return;
         }
         self.playhead = Some(seq);
+        self.cursor = seq;
         self.schedule(now);
     }
 
@@ -533,7 +538,7 @@ impl Exchange {
             Partner {
                 listen: None,
                 greeted: false,
-                have: HashSet::new(),
+                have: HashSet::default(),
                 inflight: 0,
                 strikes: 0,
             },
@@ -854,14 +859,13 @@ impl Exchange {
     fn source_due(&self, id: SegmentId) -> Instant {
         let seen = self.seen.get(&id).copied();
         let grace = self.config.source_grace;
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(&self.me.0);
-        hasher.update(&postcard::to_allocvec(&id).unwrap_or_default());
-        let draw = u64::from_le_bytes(
-            hasher.finalize().as_bytes()[..8]
-                .try_into()
-                .unwrap_or([0; 8]),
-        );
+        let n = match id {
+            SegmentId::Init => u64::MAX,
+            SegmentId::Media(n) => n,
+        };
+        let mut me = [0u8; 8];
+        me.copy_from_slice(&self.me.0[..8]);
+        let draw = splitmix64(u64::from_le_bytes(me) ^ n);
         let jitter = grace.mul_f64((draw % 1000) as f64 / 1000.0);
         seen.map_or_else(|| self.next_maintenance, |seen| seen + grace + jitter)
     }
@@ -894,9 +898,11 @@ impl Exchange {
             self.playhead.or(self.start)
         };
         if let (Some(start), Some(newest)) = (from, newest) {
-            let first_missing = (start..=newest)
-                .find(|n| !self.store.contains_key(&SegmentId::Media(*n)))
-                .unwrap_or(newest + 1);
+            self.cursor = self.cursor.max(start).max(self.floor);
+            while self.cursor <= newest && self.store.contains_key(&SegmentId::Media(self.cursor)) {
+                self.cursor += 1;
+            }
+            let first_missing = self.cursor;
             let end = if live {
                 newest
             } else {
@@ -983,6 +989,15 @@ impl Exchange {
             self.send(peer, frame.clone());
         }
     }
+}
+
+/// A well-mixed 64-bit function of `x` (SplitMix64's finaliser), for per-viewer jitter that is
+/// the same in every run.
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 /// Why [`Exchange::publish`] failed.

@@ -13,11 +13,12 @@
 //! closes its connections, and its partners notice one delay later.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::metrics::Traffic;
 use crate::net::{FlowDeadline, HostId, HostNet, Net, SimTime};
@@ -84,10 +85,11 @@ pub enum Output<M, E> {
     Event(E),
 }
 
-/// Things the engine schedules.
+/// Things the engine schedules. Kept small (messages wait in a slab), because the queue moves
+/// its entries around on every push and pop.
 #[derive(Debug)]
-enum Ev<M, X> {
-    Deliver { to: HostId, from: HostId, msg: M },
+enum Ev<X> {
+    Deliver { to: HostId, from: HostId, slot: u32 },
     Flow(FlowDeadline),
     Timer { host: HostId, at: SimTime },
     DialerReady { dialer: HostId, target: HostId },
@@ -100,24 +102,24 @@ enum Ev<M, X> {
     External(X),
 }
 
-struct Queued<M, X> {
+struct Queued<X> {
     at: SimTime,
     seq: u64,
-    ev: Ev<M, X>,
+    ev: Ev<X>,
 }
 
-impl<M, X> PartialEq for Queued<M, X> {
+impl<X> PartialEq for Queued<X> {
     fn eq(&self, other: &Self) -> bool {
         (self.at, self.seq) == (other.at, other.seq)
     }
 }
-impl<M, X> Eq for Queued<M, X> {}
-impl<M, X> PartialOrd for Queued<M, X> {
+impl<X> Eq for Queued<X> {}
+impl<X> PartialOrd for Queued<X> {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
 }
-impl<M, X> Ord for Queued<M, X> {
+impl<X> Ord for Queued<X> {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         (self.at, self.seq).cmp(&(other.at, other.seq))
     }
@@ -154,7 +156,10 @@ pub struct Engine<C: Core, X> {
     base: Instant,
     now: SimTime,
     seq: u64,
-    queue: BinaryHeap<Reverse<Queued<C::Msg, X>>>,
+    queue: BinaryHeap<Reverse<Queued<X>>>,
+    /// Messages on their way, referred to by `Ev::Deliver`.
+    msgs: Vec<Option<C::Msg>>,
+    free_msgs: Vec<u32>,
     hosts: Vec<Host<C>>,
     net: Net<(HostId, C::Msg)>,
     conns: BTreeMap<(HostId, HostId), Conn>,
@@ -174,10 +179,12 @@ impl<C: Core, X> Engine<C, X> {
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
+            msgs: Vec::new(),
+            free_msgs: Vec::new(),
             hosts: Vec::new(),
             net: Net::new(traversal, jitter, loss),
             conns: BTreeMap::new(),
-            last_arrival: HashMap::new(),
+            last_arrival: HashMap::default(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             events: Vec::new(),
             traffic: BTreeMap::new(),
@@ -308,9 +315,12 @@ impl<C: Core, X> Engine<C, X> {
         }
     }
 
-    fn process(&mut self, ev: Ev<C::Msg, X>) {
+    fn process(&mut self, ev: Ev<X>) {
         match ev {
-            Ev::Deliver { to, from, msg } => {
+            Ev::Deliver { to, from, slot } => {
+                let msg = self.msgs[slot as usize].take();
+                self.free_msgs.push(slot);
+                let Some(msg) = msg else { return };
                 if self.conns.contains_key(&key(to, from)) && self.net.same_side(to, from) {
                     self.input(to, Input::Message { from, msg });
                 }
@@ -321,14 +331,23 @@ impl<C: Core, X> Engine<C, X> {
                     self.reschedule(changed);
                     let delay = self.net.base_delay(from, to);
                     let at = now + delay.as_nanos() as u64;
-                    self.push(at, Ev::Deliver { to, from, msg });
+                    self.deliver(at, to, from, msg);
                 }
             }
             Ev::Timer { host, at } => {
+                let now = self.now;
                 let h = &mut self.hosts[host.0 as usize];
-                if h.timer == Some(at) && h.core.is_some() {
-                    h.timer = None;
+                if h.timer != Some(at) {
+                    return;
+                }
+                h.timer = None;
+                let Some(core) = h.core.as_ref() else { return };
+                // The core may have moved its deadline later since this timer was queued.
+                let due = core.poll_timeout().is_some_and(|t| self.sim_time(t) <= now);
+                if due {
                     self.input(host, Input::Timeout);
+                } else {
+                    self.after_input(host);
                 }
             }
             Ev::DialerReady { dialer, target } => {
@@ -379,13 +398,15 @@ impl<C: Core, X> Engine<C, X> {
             self.carry_out(host, output);
         }
         let Some(core) = self.hosts[host.0 as usize].core.as_ref() else { return };
-        let wanted = core.poll_timeout().map(|at| self.sim_time(at));
+        let Some(wanted) = core.poll_timeout().map(|at| self.sim_time(at).max(self.now)) else {
+            return;
+        };
+        // A timer already queued for no later than `wanted` will re-arm when it fires, so a
+        // deadline that moves later costs no queue entry.
         let h = &mut self.hosts[host.0 as usize];
-        if wanted != h.timer {
-            h.timer = wanted;
-            if let Some(at) = wanted {
-                self.push(at.max(self.now), Ev::Timer { host, at });
-            }
+        if h.timer.is_none_or(|queued| wanted < queued) {
+            h.timer = Some(wanted);
+            self.push(wanted, Ev::Timer { host, at: wanted });
         }
     }
 
@@ -416,7 +437,7 @@ impl<C: Core, X> Engine<C, X> {
                     let earliest = self.last_arrival.get(&(host, to)).copied().unwrap_or(0);
                     let at = (self.now + delay).max(earliest);
                     self.last_arrival.insert((host, to), at);
-                    self.push(at, Ev::Deliver { to, from: host, msg });
+                    self.deliver(at, to, host, msg);
                 }
             }
             Output::Event(e) => self.events.push((host, e)),
@@ -475,7 +496,21 @@ impl<C: Core, X> Engine<C, X> {
         }
     }
 
-    fn push(&mut self, at: SimTime, ev: Ev<C::Msg, X>) {
+    fn deliver(&mut self, at: SimTime, to: HostId, from: HostId, msg: C::Msg) {
+        let slot = match self.free_msgs.pop() {
+            Some(slot) => {
+                self.msgs[slot as usize] = Some(msg);
+                slot
+            }
+            None => {
+                self.msgs.push(Some(msg));
+                self.msgs.len() as u32 - 1
+            }
+        };
+        self.push(at, Ev::Deliver { to, from, slot });
+    }
+
+    fn push(&mut self, at: SimTime, ev: Ev<X>) {
         self.seq += 1;
         self.queue.push(Reverse(Queued { at, seq: self.seq, ev }));
     }

@@ -7,13 +7,13 @@
 //! longer than the broadcaster signed.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::rc::Rc;
 use std::sync::Mutex;
 use std::time::Instant;
 
 use bytes::Bytes;
+use rustc_hash::FxHashMap as HashMap;
 use peer::exchange::{self, Exchange};
 use peer::identity::PeerId;
 use peer::segment::{ChannelRecord, IntegrityError, SegmentId, SegmentMeta, SignedSegment, Strict, Verifier};

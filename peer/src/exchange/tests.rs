@@ -42,12 +42,12 @@ impl Harness {
         let mut h = Self {
             now,
             key,
-            nodes: HashMap::new(),
-            addrs: HashMap::new(),
-            links: HashSet::new(),
+            nodes: HashMap::default(),
+            addrs: HashMap::default(),
+            links: HashSet::default(),
             events: Vec::new(),
-            tamper: HashMap::new(),
-            mute: HashSet::new(),
+            tamper: HashMap::default(),
+            mute: HashSet::default(),
             next_seq: 0,
         };
         h.nodes.insert(source_id, source);
