@@ -5,5 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build -p peer
-exec target/debug/peer demo "$@"
+exec cargo run --quiet -p peer -- demo "$@"

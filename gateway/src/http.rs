@@ -119,7 +119,49 @@ pub fn router(state: AppState) -> Router {
         .route("/seg/{file}", get(segment))
         .route("/api/status", get(status))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(check_host))
         .with_state(state)
+}
+
+/// Refuses requests whose `Host` is a DNS name other than `localhost`.
+///
+/// A web page on another site can point a DNS name it controls at 127.0.0.1 ("DNS
+/// rebinding") and then read this gateway's pages as same-origin. Browsers send that name in
+/// `Host`, so only IP literals and `localhost` are served.
+async fn check_host(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    match host {
+        Some(host) if !is_local_host(host) => (
+            StatusCode::FORBIDDEN,
+            no_cache(),
+            "forbidden: unexpected Host header\n",
+        )
+            .into_response(),
+        _ => next.run(request).await,
+    }
+}
+
+/// `localhost` or an IP literal, with or without a port.
+fn is_local_host(host: &str) -> bool {
+    if host.parse::<std::net::SocketAddr>().is_ok() || host.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let name = host.rsplit_once(':').map_or(host, |(name, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            name
+        } else {
+            host
+        }
+    });
+    name.eq_ignore_ascii_case("localhost")
+        || (name.starts_with('[')
+            && name.ends_with(']')
+            && name[1..name.len() - 1]
+                .parse::<std::net::Ipv6Addr>()
+                .is_ok())
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets in-flight requests finish.
@@ -219,6 +261,10 @@ async fn not_found() -> AppError {
 fn parse_segment_name(file: &str) -> Option<u64> {
     let digits = file.strip_suffix(".m4s")?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // One name per segment: `/seg/007.m4s` is not segment 7.
+    if digits.len() > 1 && digits.starts_with('0') {
         return None;
     }
     digits.parse().ok()
@@ -478,7 +524,7 @@ mod tests {
         let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         stream
-            .write_all(b"GET /init.mp4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .write_all(b"GET /init.mp4 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             .await
             .expect("write");
         let mut reply = Vec::new();
@@ -492,5 +538,53 @@ mod tests {
             .expect("server stopped")
             .expect("task")
             .expect("serve");
+    }
+
+    #[test]
+    fn only_local_hosts_are_served() {
+        for ok in [
+            "127.0.0.1:8080",
+            "localhost",
+            "LOCALHOST:80",
+            "[::1]:8080",
+            "192.0.2.7",
+            "[::1]",
+        ] {
+            assert!(is_local_host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8080",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+        ] {
+            assert!(!is_local_host(bad), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rebound_dns_name_is_forbidden() {
+        let app = app(live_store(), web_root("host", true));
+        let request = Request::builder()
+            .uri("/api/status")
+            .header(header::HOST, "attacker.example:8080")
+            .body(Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        let request = Request::builder()
+            .uri("/api/status")
+            .header(header::HOST, "127.0.0.1:8080")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(app.oneshot(request).await.unwrap().status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn segment_names_have_no_leading_zeros() {
+        assert_eq!(parse_segment_name("0.m4s"), Some(0));
+        assert_eq!(parse_segment_name("70.m4s"), Some(70));
+        assert_eq!(parse_segment_name("07.m4s"), None);
+        assert_eq!(parse_segment_name("00.m4s"), None);
     }
 }

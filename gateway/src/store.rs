@@ -141,6 +141,23 @@ impl MediaStore {
         inner.advance_live();
     }
 
+    /// Forgets the stream (the broadcaster restarted: a new session numbers its segments from
+    /// 0 again) and starts over in `mode`.
+    pub fn reset(&self, mode: StreamMode) {
+        {
+            let mut inner = self.lock();
+            inner.mode = mode;
+            inner.init = None;
+            inner.segments.clear();
+            inner.max_duration = Duration::ZERO;
+            inner.ended = false;
+            inner.live_start = 0;
+            inner.live_window = None;
+        }
+        self.playhead.send_replace(None);
+        self.changed.send_modify(|v| *v += 1);
+    }
+
     /// Stores the (verified) init segment.
     pub fn set_init(&self, bytes: Bytes) {
         self.lock().init = Some(bytes);

@@ -27,8 +27,8 @@
 //! disconnected. Nothing unverified is ever stored, served or forwarded.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -37,7 +37,7 @@ use tracing::{debug, warn};
 
 use crate::identity::{ChannelId, Keypair, PeerId};
 use crate::segment::{
-    IntegrityError, SegmentId, SegmentMeta, SignedChannel, SignedSegment, Strict, StreamKind,
+    IntegrityError, SegmentId, SegmentMeta, SignedChannel, SignedSegment, StreamKind, Strict,
     Verifier,
 };
 use crate::wire::{Frame, PeerAddr, MAX_LIST_LEN};
@@ -392,7 +392,9 @@ impl Exchange {
         last: bool,
     ) -> Result<(), PublishError> {
         let key = self.key.as_ref().ok_or(PublishError::NotTheSource)?;
-        let mut meta = SegmentMeta::describe(self.channel, id, duration, created_unix_ms, &bytes)?;
+        let session = self.record.as_ref().map_or(0, |r| r.record.started_unix_ms);
+        let mut meta =
+            SegmentMeta::describe(self.channel, session, id, duration, created_unix_ms, &bytes)?;
         meta.last = last;
         let signed = meta.sign(key);
         self.accept_statement(now, signed);
@@ -642,13 +644,28 @@ impl Exchange {
     }
 
     fn on_channel(&mut self, peer: PeerId, record: SignedChannel) {
-        if self.record.is_some() {
+        if self.is_source() {
             return;
         }
+        let restarted = match &self.record {
+            // The same session again, or an older one: nothing new.
+            Some(current) if record.record.started_unix_ms <= current.record.started_unix_ms => {
+                return
+            }
+            Some(_) => true,
+            None => false,
+        };
         match record.verify(self.channel) {
             Ok(()) => {
-                debug!(peer = %peer.short(), name = %record.record.name, "channel record verified");
+                debug!(peer = %peer.short(), name = %record.record.name, restarted, "channel record verified");
+                if restarted {
+                    self.reset_session();
+                }
                 self.record = Some(record.clone());
+                if restarted {
+                    // Partners may still be in the old session; tell them.
+                    self.broadcast(Some(peer), Frame::Channel(Box::new(record.clone())));
+                }
                 self.outputs
                     .push_back(Output::Event(Event::ChannelVerified(Box::new(record))));
             }
@@ -673,6 +690,11 @@ impl Exchange {
         let mut fresh = Vec::new();
         for statement in statements {
             let id = statement.meta.id;
+            if statement.meta.session != record.started_unix_ms {
+                // Another session's statement (a partner not caught up yet, or behind us):
+                // not ours to judge.
+                continue;
+            }
             if self.statements.contains_key(&id) || self.is_evicted(id) {
                 continue;
             }
@@ -739,6 +761,27 @@ impl Exchange {
         }
         self.store_segment(id, statement.meta, bytes, Some(peer));
         self.broadcast(None, Frame::Have(vec![id]));
+    }
+
+    /// Forgets everything of the current session (the broadcaster restarted).
+    fn reset_session(&mut self) {
+        self.statements.clear();
+        self.seen.clear();
+        self.store.clear();
+        for (_, pending) in self.pending.drain() {
+            if let Some(partner) = self.partners.get_mut(&pending.peer) {
+                partner.inflight = partner.inflight.saturating_sub(1);
+            }
+        }
+        for partner in self.partners.values_mut() {
+            partner.have.clear();
+        }
+        self.start = None;
+        self.playhead = None;
+        self.cursor = 0;
+        self.floor = 0;
+        self.last = None;
+        self.next_schedule = None;
     }
 
     fn accept_statement(&mut self, now: Instant, statement: SignedSegment) {

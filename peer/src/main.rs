@@ -62,12 +62,14 @@ struct SourceArgs {
 
 #[derive(Debug, Args)]
 struct NetArgs {
-    /// UDP address to accept peers on.
-    #[arg(long, default_value = "0.0.0.0:4433")]
-    listen: SocketAddr,
-    /// HTTP address of the local gateway (player page, HLS, status API).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    http: SocketAddr,
+    /// UDP address to accept peers on [broadcaster: 0.0.0.0:4433; viewer: 0.0.0.0 on any
+    /// free port].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// HTTP address of the local gateway (player page, HLS, status API) [broadcaster:
+    /// 127.0.0.1 on any free port; viewer: 127.0.0.1:8080].
+    #[arg(long)]
+    http: Option<SocketAddr>,
     /// The web-player directory (defaults to the one in the source tree, or $SELFCAST_WEB_ROOT).
     #[arg(long, value_name = "DIR")]
     web_root: Option<PathBuf>,
@@ -126,6 +128,7 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,quinn=warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -159,10 +162,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn node_config(net: &NetArgs) -> NodeConfig {
+/// Who runs the node, for the defaults of its addresses.
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    Broadcaster,
+    Viewer,
+}
+
+fn node_config(net: &NetArgs, role: Role) -> NodeConfig {
+    let (listen, http) = match role {
+        Role::Broadcaster => (([0, 0, 0, 0], 4433), ([127, 0, 0, 1], 0)),
+        Role::Viewer => (([0, 0, 0, 0], 0), ([127, 0, 0, 1], 8080)),
+    };
     NodeConfig {
-        listen: net.listen,
-        http: Some(net.http),
+        listen: net.listen.unwrap_or_else(|| listen.into()),
+        http: Some(net.http.unwrap_or_else(|| http.into())),
         web_root: net
             .web_root
             .clone()
@@ -199,7 +213,7 @@ async fn run_source(args: SourceArgs, input: String) -> anyhow::Result<()> {
         name,
         segment_target: Duration::from_millis(args.segment_ms),
         progress: args.vod,
-        node: node_config(&args.net),
+        node: node_config(&args.net, Role::Broadcaster),
     };
     let mut broadcast = Broadcast::start(options, key).await?;
     let node = broadcast.node().clone();
@@ -222,7 +236,12 @@ async fn run_source(args: SourceArgs, input: String) -> anyhow::Result<()> {
             );
             tokio::signal::ctrl_c().await?;
         }
-        r = tokio::signal::ctrl_c() => r?,
+        r = tokio::signal::ctrl_c() => {
+            r?;
+            if args.vod && !broadcast.ingest_finished() {
+                eprintln!("import interrupted: the channel holds only the segments imported so far");
+            }
+        }
     }
     broadcast.shutdown().await;
     Ok(())
@@ -232,7 +251,7 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
     let node = watch(
         args.channel,
         args.bootstrap,
-        node_config(&args.net),
+        node_config(&args.net, Role::Viewer),
         Keypair::generate(),
     )
     .await?;

@@ -77,7 +77,9 @@ impl ViewerQos {
 
     /// Judges every segment whose deadline is at or before `now`.
     pub fn advance(&mut self, now: Instant) -> Judged {
-        let Some((first, started)) = self.start else { return Judged::default() };
+        let Some((first, started)) = self.start else {
+            return Judged::default();
+        };
         let mut judged = Judged::default();
         loop {
             let deadline = started + self.segment * (self.next_due - first) as u32;
@@ -104,7 +106,10 @@ impl ViewerQos {
 
     /// Segments due and on time so far.
     pub fn totals(&self) -> Judged {
-        Judged { due: self.due, on_time: self.on_time }
+        Judged {
+            due: self.due,
+            on_time: self.on_time,
+        }
     }
 
     /// The startup delay, once playback started.
@@ -151,10 +156,20 @@ mod tests {
         let startup = q.on_segment(t0 + Duration::from_millis(300), 10, Duration::from_secs(2));
         assert_eq!(startup, Some(Duration::from_millis(300)));
         for k in 1..10u64 {
-            q.on_segment(t0 + Duration::from_millis(300) + SEG * k as u32 - Duration::from_millis(500), 10 + k, SEG);
+            q.on_segment(
+                t0 + Duration::from_millis(300) + SEG * k as u32 - Duration::from_millis(500),
+                10 + k,
+                SEG,
+            );
         }
         let judged = q.advance(t0 + Duration::from_millis(300) + SEG * 9);
-        assert_eq!(judged, Judged { due: 10, on_time: 10 });
+        assert_eq!(
+            judged,
+            Judged {
+                due: 10,
+                on_time: 10
+            }
+        );
         assert_eq!(q.continuity(), Some(1.0));
     }
 
@@ -165,7 +180,7 @@ mod tests {
         q.on_init(t0);
         q.on_segment(t0, 0, SEG); // playback starts at t0 with segment 0
         q.on_segment(t0 + Duration::from_millis(500), 1, SEG); // due at 1 s: on time
-        // segment 2 (due at 2 s) never arrives; segment 3 (due at 3 s) arrives at 3.5 s.
+                                                               // segment 2 (due at 2 s) never arrives; segment 3 (due at 3 s) arrives at 3.5 s.
         q.advance(t0 + Duration::from_secs(3));
         q.on_segment(t0 + Duration::from_millis(3500), 3, SEG);
         let judged = q.advance(t0 + Duration::from_secs(4));

@@ -54,7 +54,9 @@ pub struct ChannelRecord {
     pub kind: StreamKind,
     /// The target segment duration in milliseconds.
     pub segment_target_ms: u32,
-    /// When this broadcast started, in milliseconds since the Unix epoch.
+    /// When this broadcast started, in milliseconds since the Unix epoch. It also names the
+    /// session: a broadcaster that restarts with the same key starts a new session, and
+    /// viewers drop everything of the old one (segment numbers start again at 0).
     pub started_unix_ms: u64,
 }
 
@@ -102,6 +104,8 @@ impl SignedChannel {
 pub struct SegmentMeta {
     /// The channel the segment belongs to.
     pub channel: ChannelId,
+    /// The session (the channel record's `started_unix_ms`) the segment belongs to.
+    pub session: u64,
     /// Which segment.
     pub id: SegmentId,
     /// Playback duration in microseconds (0 for the init segment).
@@ -121,6 +125,7 @@ impl SegmentMeta {
     /// Describes `bytes` as segment `id` of `channel`.
     pub fn describe(
         channel: ChannelId,
+        session: u64,
         id: SegmentId,
         duration: Duration,
         created_unix_ms: u64,
@@ -129,6 +134,7 @@ impl SegmentMeta {
         let len = u32::try_from(bytes.len()).map_err(|_| IntegrityError::TooLarge)?;
         Ok(Self {
             channel,
+            session,
             id,
             duration_us: u64::try_from(duration.as_micros()).unwrap_or(u64::MAX),
             created_unix_ms,
@@ -207,7 +213,8 @@ pub trait Verifier: std::fmt::Debug + Send + Sync {
     ) -> Result<(), IntegrityError>;
 
     /// Checks that `bytes` are the segment `meta` describes.
-    fn check_payload(&self, meta: &SegmentMeta, bytes: &bytes::Bytes) -> Result<(), IntegrityError>;
+    fn check_payload(&self, meta: &SegmentMeta, bytes: &bytes::Bytes)
+        -> Result<(), IntegrityError>;
 }
 
 /// Full verification: Ed25519 signatures and BLAKE3 hashes, every time.
@@ -223,7 +230,11 @@ impl Verifier for Strict {
         statement.verify(channel)
     }
 
-    fn check_payload(&self, meta: &SegmentMeta, bytes: &bytes::Bytes) -> Result<(), IntegrityError> {
+    fn check_payload(
+        &self,
+        meta: &SegmentMeta,
+        bytes: &bytes::Bytes,
+    ) -> Result<(), IntegrityError> {
         meta.check_payload(bytes)
     }
 }
@@ -284,6 +295,7 @@ mod tests {
         let bytes = b"moof mdat".to_vec();
         let meta = SegmentMeta::describe(
             record.channel_id(),
+            record.started_unix_ms,
             SegmentId::Media(4),
             Duration::from_secs(1),
             10,
@@ -310,6 +322,7 @@ mod tests {
         let record = channel(&key);
         let meta = SegmentMeta::describe(
             record.channel_id(),
+            record.started_unix_ms,
             SegmentId::Media(0),
             Duration::from_secs(1),
             10,

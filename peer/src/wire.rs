@@ -245,6 +245,7 @@ mod tests {
         let channel = record.channel_id();
         let meta = SegmentMeta::describe(
             channel,
+            1,
             SegmentId::Media(1),
             std::time::Duration::from_millis(1001),
             5,

@@ -89,16 +89,38 @@ pub enum Output<M, E> {
 /// its entries around on every push and pop.
 #[derive(Debug)]
 enum Ev<X> {
-    Deliver { to: HostId, from: HostId, slot: u32 },
+    Deliver {
+        to: HostId,
+        from: HostId,
+        slot: u32,
+    },
     Flow(FlowDeadline),
-    Timer { host: HostId, at: SimTime },
-    DialerReady { dialer: HostId, target: HostId },
-    AcceptorReady { dialer: HostId, target: HostId },
-    DialFailed { dialer: HostId, target: HostId },
+    Timer {
+        host: HostId,
+        at: SimTime,
+    },
+    DialerReady {
+        dialer: HostId,
+        target: HostId,
+    },
+    AcceptorReady {
+        dialer: HostId,
+        target: HostId,
+    },
+    DialFailed {
+        dialer: HostId,
+        target: HostId,
+    },
     /// `host` learns that its connection to `peer` is gone.
-    Closed { host: HostId, peer: HostId },
+    Closed {
+        host: HostId,
+        peer: HostId,
+    },
     /// A connection across a partition times out, unless the partition healed first.
-    Broken { a: HostId, b: HostId },
+    Broken {
+        a: HostId,
+        b: HostId,
+    },
     External(X),
 }
 
@@ -230,7 +252,9 @@ impl<C: Core, X> Engine<C, X> {
 
     /// Whether the host runs a core now.
     pub fn is_alive(&self, host: HostId) -> bool {
-        self.hosts.get(host.0 as usize).is_some_and(|h| h.core.is_some())
+        self.hosts
+            .get(host.0 as usize)
+            .is_some_and(|h| h.core.is_some())
     }
 
     /// The host's core, if alive.
@@ -241,7 +265,12 @@ impl<C: Core, X> Engine<C, X> {
     /// Adds a host to the network (without a core yet).
     pub fn add_host(&mut self, net: HostNet) -> HostId {
         let id = self.net.add_host(net);
-        self.hosts.push(Host { core: None, timer: None, uploaded: 0, received: 0 });
+        self.hosts.push(Host {
+            core: None,
+            timer: None,
+            uploaded: 0,
+            received: 0,
+        });
         id
     }
 
@@ -255,7 +284,9 @@ impl<C: Core, X> Engine<C, X> {
     /// Runs `f` on the host's core at the current time and carries out its outputs.
     pub fn with_core(&mut self, host: HostId, f: impl FnOnce(&mut C, Instant)) {
         let now = self.instant(self.now);
-        let Some(core) = self.hosts[host.0 as usize].core.as_mut() else { return };
+        let Some(core) = self.hosts[host.0 as usize].core.as_mut() else {
+            return;
+        };
         f(core, now);
         self.after_input(host);
     }
@@ -281,8 +312,12 @@ impl<C: Core, X> Engine<C, X> {
     /// idle timeout.
     pub fn partition(&mut self, cut_off: impl FnMut(HostId) -> bool) {
         self.net.partition(cut_off);
-        let cut: Vec<(HostId, HostId)> =
-            self.conns.keys().copied().filter(|(a, b)| !self.net.same_side(*a, *b)).collect();
+        let cut: Vec<(HostId, HostId)> = self
+            .conns
+            .keys()
+            .copied()
+            .filter(|(a, b)| !self.net.same_side(*a, *b))
+            .collect();
         let at = self.now + IDLE_TIMEOUT.as_nanos() as u64;
         for (a, b) in cut {
             self.push(at, Ev::Broken { a, b });
@@ -297,12 +332,16 @@ impl<C: Core, X> Engine<C, X> {
     /// Processes events until one is external, some core events came out, or `horizon` passes.
     pub fn step(&mut self, horizon: SimTime) -> Step<X, C::Event> {
         loop {
-            let Some(Reverse(next)) = self.queue.peek() else { return Step::Idle };
+            let Some(Reverse(next)) = self.queue.peek() else {
+                return Step::Idle;
+            };
             if next.at > horizon {
                 self.now = horizon;
                 return Step::Idle;
             }
-            let Some(Reverse(Queued { at, ev, .. })) = self.queue.pop() else { return Step::Idle };
+            let Some(Reverse(Queued { at, ev, .. })) = self.queue.pop() else {
+                return Step::Idle;
+            };
             self.now = at;
             self.processed += 1;
             if let Ev::External(x) = ev {
@@ -352,7 +391,9 @@ impl<C: Core, X> Engine<C, X> {
             }
             Ev::DialerReady { dialer, target } => {
                 let k = key(dialer, target);
-                let ok = self.is_alive(dialer) && self.is_alive(target) && self.net.same_side(dialer, target);
+                let ok = self.is_alive(dialer)
+                    && self.is_alive(target)
+                    && self.net.same_side(dialer, target);
                 if ok && self.conns.get(&k) == Some(&Conn::Dialling) {
                     self.conns.insert(k, Conn::Established);
                     self.input(dialer, Input::Connected(target));
@@ -385,7 +426,9 @@ impl<C: Core, X> Engine<C, X> {
 
     fn input(&mut self, host: HostId, input: Input<C::Msg>) {
         let now = self.instant(self.now);
-        let Some(core) = self.hosts[host.0 as usize].core.as_mut() else { return };
+        let Some(core) = self.hosts[host.0 as usize].core.as_mut() else {
+            return;
+        };
         core.handle(now, input);
         self.after_input(host);
     }
@@ -393,12 +436,19 @@ impl<C: Core, X> Engine<C, X> {
     /// Carries out a core's outputs and re-arms its timer.
     fn after_input(&mut self, host: HostId) {
         loop {
-            let Some(core) = self.hosts[host.0 as usize].core.as_mut() else { return };
+            let Some(core) = self.hosts[host.0 as usize].core.as_mut() else {
+                return;
+            };
             let Some(output) = core.poll() else { break };
             self.carry_out(host, output);
         }
-        let Some(core) = self.hosts[host.0 as usize].core.as_ref() else { return };
-        let Some(wanted) = core.poll_timeout().map(|at| self.sim_time(at).max(self.now)) else {
+        let Some(core) = self.hosts[host.0 as usize].core.as_ref() else {
+            return;
+        };
+        let Some(wanted) = core
+            .poll_timeout()
+            .map(|at| self.sim_time(at).max(self.now))
+        else {
             return;
         };
         // A timer already queued for no later than `wanted` will re-arm when it fires, so a
@@ -416,15 +466,29 @@ impl<C: Core, X> Engine<C, X> {
             Output::Close(peer) => {
                 if self.conns.remove(&key(host, peer)).is_some() {
                     let delay = self.net.base_delay(host, peer).as_nanos() as u64;
-                    self.push(self.now + delay, Ev::Closed { host: peer, peer: host });
+                    self.push(
+                        self.now + delay,
+                        Ev::Closed {
+                            host: peer,
+                            peer: host,
+                        },
+                    );
                     self.push(self.now, Ev::Closed { host, peer });
                 }
             }
-            Output::Send { to, msg, bytes, bulk, kind } => {
+            Output::Send {
+                to,
+                msg,
+                bytes,
+                bulk,
+                kind,
+            } => {
                 let t = self.traffic.entry(kind).or_default();
                 t.count += 1;
                 t.bytes += bytes;
-                if self.conns.get(&key(host, to)) != Some(&Conn::Established) || !self.net.same_side(host, to) {
+                if self.conns.get(&key(host, to)) != Some(&Conn::Established)
+                    || !self.net.same_side(host, to)
+                {
                     return;
                 }
                 if bulk {
@@ -448,7 +512,13 @@ impl<C: Core, X> Engine<C, X> {
         let k = key(dialer, target);
         if self.conns.contains_key(&k) {
             if self.conns.get(&k) == Some(&Conn::Established) {
-                self.push(self.now, Ev::AcceptorReady { dialer: target, target: dialer });
+                self.push(
+                    self.now,
+                    Ev::AcceptorReady {
+                        dialer: target,
+                        target: dialer,
+                    },
+                );
             }
             return;
         }
@@ -464,7 +534,8 @@ impl<C: Core, X> Engine<C, X> {
         self.push(accepted, Ev::AcceptorReady { dialer, target });
         // The dialler's first messages cannot overtake the handshake.
         self.last_arrival.insert((dialer, target), accepted);
-        self.last_arrival.insert((target, dialer), self.now + 2 * one_way);
+        self.last_arrival
+            .insert((target, dialer), self.now + 2 * one_way);
     }
 
     fn remove(&mut self, host: HostId, notice: Duration) {
@@ -483,9 +554,16 @@ impl<C: Core, X> Engine<C, X> {
             self.conns.remove(&key(host, peer));
             let delay = notice.max(self.net.base_delay(host, peer));
             let at = self.now + delay.as_nanos() as u64;
-            self.push(at, Ev::Closed { host: peer, peer: host });
+            self.push(
+                at,
+                Ev::Closed {
+                    host: peer,
+                    peer: host,
+                },
+            );
         }
-        self.last_arrival.retain(|(a, b), _| *a != host && *b != host);
+        self.last_arrival
+            .retain(|(a, b), _| *a != host && *b != host);
     }
 
     fn reschedule(&mut self, changed: Vec<FlowDeadline>) {
@@ -512,7 +590,11 @@ impl<C: Core, X> Engine<C, X> {
 
     fn push(&mut self, at: SimTime, ev: Ev<X>) {
         self.seq += 1;
-        self.queue.push(Reverse(Queued { at, seq: self.seq, ev }));
+        self.queue.push(Reverse(Queued {
+            at,
+            seq: self.seq,
+            ev,
+        }));
     }
 
     fn sim_time(&self, at: Instant) -> SimTime {
@@ -544,8 +626,20 @@ mod tests {
             match input {
                 Input::Connected(p) => {
                     self.log.push(format!("up {}", p.0));
-                    self.out.push(Output::Send { to: p, msg: 1, bytes: 100, bulk: false, kind: "ping" });
-                    self.out.push(Output::Send { to: p, msg: 2, bytes: 250_000, bulk: true, kind: "seg" });
+                    self.out.push(Output::Send {
+                        to: p,
+                        msg: 1,
+                        bytes: 100,
+                        bulk: false,
+                        kind: "ping",
+                    });
+                    self.out.push(Output::Send {
+                        to: p,
+                        msg: 2,
+                        bytes: 250_000,
+                        bulk: true,
+                        kind: "seg",
+                    });
                 }
                 Input::Disconnected(p) => self.log.push(format!("down {}", p.0)),
                 Input::Message { from, msg } => {
@@ -588,7 +682,13 @@ mod tests {
     fn a_dial_connects_both_sides_and_messages_take_latency_and_bandwidth() {
         let (mut e, a, b) = engine();
         e.start(b, Probe::default());
-        e.start(a, Probe { dial: vec![b], ..Probe::default() });
+        e.start(
+            a,
+            Probe {
+                dial: vec![b],
+                ..Probe::default()
+            },
+        );
         let events = run(&mut e, 5_000_000_000);
         // One-way 20 ms: a is up at 40 ms, b at 60 ms. a's ping reaches b at 60 ms; a's
         // 250 kB segment at 10 Mbit/s takes 200 ms plus 20 ms of delay.
@@ -603,16 +703,31 @@ mod tests {
     fn a_crash_is_noticed_after_the_idle_timeout_and_a_leave_at_once() {
         let (mut e, a, b) = engine();
         e.start(b, Probe::default());
-        e.start(a, Probe { dial: vec![b], ..Probe::default() });
+        e.start(
+            a,
+            Probe {
+                dial: vec![b],
+                ..Probe::default()
+            },
+        );
         run(&mut e, 1_000_000_000);
         e.crash(b);
         run(&mut e, 10_000_000_000);
-        assert!(!e.core(a).unwrap().log.iter().any(|l| l == "down 1"), "not before the timeout");
+        assert!(
+            !e.core(a).unwrap().log.iter().any(|l| l == "down 1"),
+            "not before the timeout"
+        );
         run(&mut e, 11_100_000_000);
         assert!(e.core(a).unwrap().log.iter().any(|l| l == "down 1"));
 
         let c = e.add_host(HostNet::new((0.0, 10.0), 5.0, 10e6, 100e6, NatType::Open));
-        e.start(c, Probe { dial: vec![a], ..Probe::default() });
+        e.start(
+            c,
+            Probe {
+                dial: vec![a],
+                ..Probe::default()
+            },
+        );
         run(&mut e, 12_000_000_000);
         e.leave(c);
         run(&mut e, 12_100_000_000);
@@ -623,32 +738,69 @@ mod tests {
     fn a_partition_breaks_connections_and_blocks_dials_until_it_heals() {
         let (mut e, a, b) = engine();
         e.start(b, Probe::default());
-        e.start(a, Probe { dial: vec![b], ..Probe::default() });
+        e.start(
+            a,
+            Probe {
+                dial: vec![b],
+                ..Probe::default()
+            },
+        );
         run(&mut e, 1_000_000_000);
         e.partition(|h| h == b);
         run(&mut e, 12_000_000_000);
         assert!(e.core(a).unwrap().log.iter().any(|l| l == "down 1"));
         e.with_core(a, |p, _| p.dial.push(b));
         run(&mut e, 23_000_000_000);
-        assert_eq!(e.core(a).unwrap().log.iter().filter(|l| *l == "down 1").count(), 2, "dial failed");
+        assert_eq!(
+            e.core(a)
+                .unwrap()
+                .log
+                .iter()
+                .filter(|l| *l == "down 1")
+                .count(),
+            2,
+            "dial failed"
+        );
         e.heal();
         e.with_core(a, |p, _| p.dial.push(b));
         run(&mut e, 24_000_000_000);
-        assert_eq!(e.core(a).unwrap().log.iter().filter(|l| *l == "up 1").count(), 2);
+        assert_eq!(
+            e.core(a)
+                .unwrap()
+                .log
+                .iter()
+                .filter(|l| *l == "up 1")
+                .count(),
+            2
+        );
     }
 
     #[test]
     fn a_nat_without_traversal_refuses_inbound_dials() {
         let mut e: Engine<Probe, ()> = Engine::new(1, Traversal::None, 0.0, 0.0);
         let a = e.add_host(HostNet::new((0.0, 0.0), 5.0, 1e6, 1e6, NatType::Open));
-        let natted = e.add_host(HostNet::new((0.0, 0.0), 5.0, 1e6, 1e6, NatType::PortRestricted));
+        let natted = e.add_host(HostNet::new(
+            (0.0, 0.0),
+            5.0,
+            1e6,
+            1e6,
+            NatType::PortRestricted,
+        ));
         e.start(natted, Probe::default());
         e.start(a, Probe::default());
         e.with_core(a, |p, _| p.dial.push(natted));
         run(&mut e, 20_000_000_000);
-        assert_eq!(e.core(a).unwrap().log, ["down 1"], "an inbound dial to a NAT fails");
+        assert_eq!(
+            e.core(a).unwrap().log,
+            ["down 1"],
+            "an inbound dial to a NAT fails"
+        );
         e.with_core(natted, |p, _| p.dial.push(a));
         run(&mut e, 21_000_000_000);
-        assert_eq!(e.core(a).unwrap().log[1], "up 1", "an outbound dial from a NAT works");
+        assert_eq!(
+            e.core(a).unwrap().log[1],
+            "up 1",
+            "an outbound dial from a NAT works"
+        );
     }
 }

@@ -13,11 +13,13 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use bytes::Bytes;
-use rustc_hash::FxHashMap as HashMap;
 use peer::exchange::{self, Exchange};
 use peer::identity::PeerId;
-use peer::segment::{ChannelRecord, IntegrityError, SegmentId, SegmentMeta, SignedSegment, Strict, Verifier};
+use peer::segment::{
+    ChannelRecord, IntegrityError, SegmentId, SegmentMeta, SignedSegment, Strict, Verifier,
+};
 use peer::wire::{Frame, PeerAddr, SegmentHeader};
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::engine::{Core, Input, Output};
 use crate::net::HostId;
@@ -87,7 +89,10 @@ pub struct ExchangeCore {
 impl ExchangeCore {
     /// Wraps an exchange; `directory` maps peer ids to hosts.
     pub fn new(exchange: Exchange, directory: Rc<RefCell<Directory>>) -> Self {
-        Self { exchange, directory }
+        Self {
+            exchange,
+            directory,
+        }
     }
 
     /// The exchange, e.g. to publish at the source.
@@ -120,14 +125,22 @@ impl Core for ExchangeCore {
                 let Some(peer) = peer_of(h) else { return };
                 exchange::Input::Disconnected { peer }
             }
-            Input::Message { from, msg: Wire::Frame(frame) } => {
+            Input::Message {
+                from,
+                msg: Wire::Frame(frame),
+            } => {
                 let Some(peer) = peer_of(from) else { return };
                 exchange::Input::Frame { peer, frame }
             }
-            Input::Message { from, msg: Wire::Segment { id, bytes } } => {
+            Input::Message {
+                from,
+                msg: Wire::Segment { id, bytes },
+            } => {
                 let Some(peer) = peer_of(from) else { return };
                 match self.exchange.expected_len(&peer, id) {
-                    Some(limit) if bytes.len() <= limit => exchange::Input::Segment { peer, id, bytes },
+                    Some(limit) if bytes.len() <= limit => {
+                        exchange::Input::Segment { peer, id, bytes }
+                    }
                     // The real driver stops such a stream; the exchange never hears of it.
                     _ => return,
                 }
@@ -145,13 +158,25 @@ impl Core for ExchangeCore {
                     let Some(to) = host_of(&to) else { continue };
                     let kind = frame.kind();
                     let bytes = frame.encode().len() as u64;
-                    Output::Send { to, msg: Wire::Frame(frame), bytes, bulk: false, kind }
+                    Output::Send {
+                        to,
+                        msg: Wire::Frame(frame),
+                        bytes,
+                        bulk: false,
+                        kind,
+                    }
                 }
                 exchange::Output::SendSegment { to, id, bytes } => {
                     let Some(to) = host_of(&to) else { continue };
                     let size = (bytes.len() + SegmentHeader { id }.encode().len()) as u64;
                     let msg = Wire::Segment { id, bytes };
-                    Output::Send { to, msg, bytes: size, bulk: true, kind: "segment" }
+                    Output::Send {
+                        to,
+                        msg,
+                        bytes: size,
+                        bulk: true,
+                        kind: "segment",
+                    }
                 }
                 exchange::Output::Dial(PeerAddr { addr, .. }) => match addr_host(addr) {
                     Some(h) => Output::Dial(h),
@@ -172,6 +197,11 @@ impl Core for ExchangeCore {
     }
 }
 
+/// A checked payload: its allocation, its length and the hash it was checked against.
+type PayloadKey = (usize, usize, [u8; 32]);
+/// The checked buffer (kept alive so its address is not reused) and the verdict.
+type CheckedPayload = (Bytes, Result<(), IntegrityError>);
+
 /// A verifier for simulations: the real checks, each distinct input checked once.
 ///
 /// Ten thousand simulated viewers verify the same statement and hash the same segment; the
@@ -182,18 +212,31 @@ impl Core for ExchangeCore {
 #[derive(Debug, Default)]
 pub struct MemoVerifier {
     statements: Mutex<HashMap<[u8; 64], Result<(), IntegrityError>>>,
-    payloads: Mutex<HashMap<(usize, usize, [u8; 32]), (Bytes, Result<(), IntegrityError>)>>,
+    payloads: Mutex<HashMap<PayloadKey, CheckedPayload>>,
 }
 
 impl Verifier for MemoVerifier {
-    fn verify_statement(&self, channel: &ChannelRecord, statement: &SignedSegment) -> Result<(), IntegrityError> {
-        let Ok(mut memo) = self.statements.lock() else { return Strict.verify_statement(channel, statement) };
-        memo.entry(statement.signature.0).or_insert_with(|| Strict.verify_statement(channel, statement)).clone()
+    fn verify_statement(
+        &self,
+        channel: &ChannelRecord,
+        statement: &SignedSegment,
+    ) -> Result<(), IntegrityError> {
+        let Ok(mut memo) = self.statements.lock() else {
+            return Strict.verify_statement(channel, statement);
+        };
+        memo.entry(statement.signature.0)
+            .or_insert_with(|| Strict.verify_statement(channel, statement))
+            .clone()
     }
 
     fn check_payload(&self, meta: &SegmentMeta, bytes: &Bytes) -> Result<(), IntegrityError> {
-        let Ok(mut memo) = self.payloads.lock() else { return Strict.check_payload(meta, bytes) };
+        let Ok(mut memo) = self.payloads.lock() else {
+            return Strict.check_payload(meta, bytes);
+        };
         let key = (bytes.as_ptr() as usize, bytes.len(), meta.hash);
-        memo.entry(key).or_insert_with(|| (bytes.clone(), Strict.check_payload(meta, bytes))).1.clone()
+        memo.entry(key)
+            .or_insert_with(|| (bytes.clone(), Strict.check_payload(meta, bytes)))
+            .1
+            .clone()
     }
 }

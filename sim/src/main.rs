@@ -53,6 +53,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "error".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match real_main(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -65,13 +66,20 @@ fn main() -> ExitCode {
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { scenario, seed, out } => {
+        Command::Run {
+            scenario,
+            seed,
+            out,
+        } => {
             let text = std::fs::read_to_string(&scenario)
                 .map_err(|e| anyhow::anyhow!("cannot read scenario {}: {e}", scenario.display()))?;
             let parsed = Scenario::parse(&text, &scenario.display().to_string())?;
             let seed = seed.unwrap_or(parsed.seed);
             let started = Instant::now();
-            let runs = vec![run(&parsed, seed, Mode::Selfcast), run(&parsed, seed, Mode::SourceOnly)];
+            let runs = vec![
+                run(&parsed, seed, Mode::Selfcast),
+                run(&parsed, seed, Mode::SourceOnly),
+            ];
             let wall = started.elapsed();
             let report = sim::report::Report {
                 scenario_name: &parsed.name,
@@ -103,7 +111,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Bench { peers, minutes, seed } => {
+        Command::Bench {
+            peers,
+            minutes,
+            seed,
+        } => {
             let result = sim::bench::run(peers, minutes, seed)?;
             println!("{result}");
             Ok(())

@@ -106,7 +106,11 @@ pub fn percentiles(values: &[f64]) -> Percentiles {
         let i = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
         sorted[i]
     };
-    Percentiles { p50: rank(0.50), p95: rank(0.95), p99: rank(0.99) }
+    Percentiles {
+        p50: rank(0.50),
+        p95: rank(0.95),
+        p99: rank(0.99),
+    }
 }
 
 #[cfg(test)]

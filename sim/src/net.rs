@@ -81,7 +81,16 @@ pub struct HostNet {
 impl HostNet {
     /// A host at `pos` with the given access delay, capacities and NAT.
     pub fn new(pos: (f64, f64), access_ms: f64, up_bps: f64, down_bps: f64, nat: NatType) -> Self {
-        Self { pos, access_ms, up_bps, down_bps, nat, side: 0, up_flows: Vec::new(), down_flows: Vec::new() }
+        Self {
+            pos,
+            access_ms,
+            up_bps,
+            down_bps,
+            nat,
+            side: 0,
+            up_flows: Vec::new(),
+            down_flows: Vec::new(),
+        }
     }
 }
 
@@ -127,7 +136,15 @@ pub struct Net<P> {
 impl<P> Net<P> {
     /// An empty network.
     pub fn new(traversal: Traversal, jitter: f64, loss: f64) -> Self {
-        Self { hosts: Vec::new(), flows: Vec::new(), free: Vec::new(), traversal, jitter, loss, partitioned: false }
+        Self {
+            hosts: Vec::new(),
+            flows: Vec::new(),
+            free: Vec::new(),
+            traversal,
+            jitter,
+            loss,
+            partitioned: false,
+        }
     }
 
     /// Adds a host; its id is the next index.
@@ -195,7 +212,14 @@ impl<P> Net<P> {
 
     /// Starts a bulk transfer of `bytes` from `from` to `to`. Returns the new deadlines of every
     /// flow whose rate changed, the new one included.
-    pub fn start_flow(&mut self, now: SimTime, from: HostId, to: HostId, bytes: u64, payload: P) -> Vec<FlowDeadline> {
+    pub fn start_flow(
+        &mut self,
+        now: SimTime,
+        from: HostId,
+        to: HostId,
+        bytes: u64,
+        payload: P,
+    ) -> Vec<FlowDeadline> {
         let flow = Flow {
             from,
             to,
@@ -222,7 +246,11 @@ impl<P> Net<P> {
 
     /// Completes a flow if `deadline` is current; returns its endpoints and payload, and the new
     /// deadlines of the flows that now go faster.
-    pub fn finish_flow(&mut self, now: SimTime, deadline: FlowDeadline) -> Option<(HostId, HostId, P, Vec<FlowDeadline>)> {
+    pub fn finish_flow(
+        &mut self,
+        now: SimTime,
+        deadline: FlowDeadline,
+    ) -> Option<(HostId, HostId, P, Vec<FlowDeadline>)> {
         let current = self.flows.get(deadline.flow.0 as usize)?.as_ref()?;
         if current.version != deadline.version {
             return None;
@@ -234,9 +262,18 @@ impl<P> Net<P> {
 
     /// Aborts every flow to or from `host` (it crashed or left). Returns the aborted flows'
     /// endpoints and payloads, and the new deadlines of flows that sped up.
-    pub fn drop_host_flows(&mut self, now: SimTime, host: HostId) -> (Vec<(HostId, HostId, P)>, Vec<FlowDeadline>) {
+    pub fn drop_host_flows(
+        &mut self,
+        now: SimTime,
+        host: HostId,
+    ) -> (Vec<(HostId, HostId, P)>, Vec<FlowDeadline>) {
         let h = &mut self.hosts[host.0 as usize];
-        let ids: Vec<FlowId> = h.up_flows.iter().chain(h.down_flows.iter()).copied().collect();
+        let ids: Vec<FlowId> = h
+            .up_flows
+            .iter()
+            .chain(h.down_flows.iter())
+            .copied()
+            .collect();
         let mut aborted = Vec::new();
         let (mut senders, mut receivers) = (Vec::new(), Vec::new());
         for id in ids {
@@ -274,7 +311,12 @@ impl<P> Net<P> {
     }
 
     /// Recomputes the rate of every flow leaving `senders` or entering `receivers`.
-    fn rebalance(&mut self, now: SimTime, senders: &[HostId], receivers: &[HostId]) -> Vec<FlowDeadline> {
+    fn rebalance(
+        &mut self,
+        now: SimTime,
+        senders: &[HostId],
+        receivers: &[HostId],
+    ) -> Vec<FlowDeadline> {
         let mut affected: Vec<FlowId> = Vec::new();
         for s in senders {
             affected.extend_from_slice(&self.hosts[s.0 as usize].up_flows);
@@ -287,11 +329,15 @@ impl<P> Net<P> {
         let mut changed = Vec::with_capacity(affected.len());
         for id in affected {
             let rate = {
-                let Some(flow) = self.flows[id.0 as usize].as_ref() else { continue };
+                let Some(flow) = self.flows[id.0 as usize].as_ref() else {
+                    continue;
+                };
                 let (s, r) = (self.host(flow.from), self.host(flow.to));
                 (s.up_bps / s.up_flows.len() as f64).min(r.down_bps / r.down_flows.len() as f64)
             };
-            let Some(flow) = self.flows[id.0 as usize].as_mut() else { continue };
+            let Some(flow) = self.flows[id.0 as usize].as_mut() else {
+                continue;
+            };
             let elapsed = (now - flow.updated) as f64 / 1e9;
             flow.remaining_bits = (flow.remaining_bits - flow.rate_bps * elapsed).max(0.0);
             flow.updated = now;
@@ -300,9 +346,21 @@ impl<P> Net<P> {
             }
             flow.rate_bps = rate;
             flow.version += 1;
-            let secs = if rate > 0.0 { flow.remaining_bits / rate } else { f64::INFINITY };
-            let at = if secs.is_finite() { now + (secs * 1e9).ceil() as u64 } else { SimTime::MAX };
-            changed.push(FlowDeadline { flow: id, version: flow.version, at });
+            let secs = if rate > 0.0 {
+                flow.remaining_bits / rate
+            } else {
+                f64::INFINITY
+            };
+            let at = if secs.is_finite() {
+                now + (secs * 1e9).ceil() as u64
+            } else {
+                SimTime::MAX
+            };
+            changed.push(FlowDeadline {
+                flow: id,
+                version: flow.version,
+                at,
+            });
         }
         changed
     }
@@ -317,7 +375,13 @@ mod tests {
     fn net_with(hosts: &[(f64, f64)]) -> Net<u32> {
         let mut net = Net::new(Traversal::None, 0.0, 0.0);
         for (i, (up, down)) in hosts.iter().enumerate() {
-            net.add_host(HostNet::new((i as f64 * 10.0, 0.0), 5.0, *up, *down, NatType::Open));
+            net.add_host(HostNet::new(
+                (i as f64 * 10.0, 0.0),
+                5.0,
+                *up,
+                *down,
+                NatType::Open,
+            ));
         }
         net
     }
@@ -327,7 +391,9 @@ mod tests {
         let mut done = Vec::new();
         loop {
             deadlines.sort_by_key(|d| d.at);
-            let Some(next) = deadlines.first().copied() else { return done };
+            let Some(next) = deadlines.first().copied() else {
+                return done;
+            };
             deadlines.remove(0);
             if let Some((_, _, payload, changed)) = net.finish_flow(next.at, next) {
                 done.push((payload, next.at));
@@ -344,12 +410,21 @@ mod tests {
         let done = drain(&mut net, d);
         assert_eq!(done, vec![(7, 200_000_000)]);
         // Latency is separate: distance 10 ms plus 2 × 5 ms access.
-        assert_eq!(net.base_delay(HostId(0), HostId(1)), Duration::from_millis(20));
+        assert_eq!(
+            net.base_delay(HostId(0), HostId(1)),
+            Duration::from_millis(20)
+        );
     }
 
     #[test]
     fn concurrent_flows_share_an_upload_fairly() {
-        let mut net = net_with(&[(8.0 * MBIT, 100.0 * MBIT), (1.0, 100.0 * MBIT), (1.0, 100.0 * MBIT), (1.0, 100.0 * MBIT), (1.0, 100.0 * MBIT)]);
+        let mut net = net_with(&[
+            (8.0 * MBIT, 100.0 * MBIT),
+            (1.0, 100.0 * MBIT),
+            (1.0, 100.0 * MBIT),
+            (1.0, 100.0 * MBIT),
+            (1.0, 100.0 * MBIT),
+        ]);
         let mut deadlines = Vec::new();
         for i in 1..=4 {
             // 1 MB each; alone 1 s, four at once 4 s each.
@@ -364,7 +439,11 @@ mod tests {
 
     #[test]
     fn a_flow_speeds_up_when_a_neighbour_finishes() {
-        let mut net = net_with(&[(8.0 * MBIT, 100.0 * MBIT), (1.0, 100.0 * MBIT), (1.0, 100.0 * MBIT)]);
+        let mut net = net_with(&[
+            (8.0 * MBIT, 100.0 * MBIT),
+            (1.0, 100.0 * MBIT),
+            (1.0, 100.0 * MBIT),
+        ]);
         let mut d = net.start_flow(0, HostId(0), HostId(1), 500_000, 1);
         d.extend(net.start_flow(0, HostId(0), HostId(2), 1_500_000, 2));
         let done = drain(&mut net, d);
@@ -381,7 +460,11 @@ mod tests {
         d.extend(net.start_flow(0, HostId(1), HostId(2), 250_000, 2));
         let done = drain(&mut net, d);
         // Two flows into a 2 Mbit/s download: 1 Mbit/s each, 2 Mbit each: 2 s.
-        assert!(done.iter().all(|(_, at)| (*at as f64 / 1e9 - 2.0).abs() < 1e-6), "{done:?}");
+        assert!(
+            done.iter()
+                .all(|(_, at)| (*at as f64 / 1e9 - 2.0).abs() < 1e-6),
+            "{done:?}"
+        );
     }
 
     #[test]
@@ -404,11 +487,31 @@ mod tests {
             assert!(!NatType::can_connect(d, PortRestricted, Traversal::None));
             assert!(!NatType::can_connect(d, Symmetric, Traversal::None));
         }
-        assert!(NatType::can_connect(PortRestricted, PortRestricted, Traversal::Punching));
-        assert!(NatType::can_connect(Symmetric, FullCone, Traversal::Punching));
+        assert!(NatType::can_connect(
+            PortRestricted,
+            PortRestricted,
+            Traversal::Punching
+        ));
+        assert!(NatType::can_connect(
+            Symmetric,
+            FullCone,
+            Traversal::Punching
+        ));
         assert!(NatType::can_connect(Open, Symmetric, Traversal::Punching));
-        assert!(!NatType::can_connect(Symmetric, PortRestricted, Traversal::Punching));
-        assert!(!NatType::can_connect(PortRestricted, Symmetric, Traversal::Punching));
-        assert!(!NatType::can_connect(Symmetric, Symmetric, Traversal::Punching));
+        assert!(!NatType::can_connect(
+            Symmetric,
+            PortRestricted,
+            Traversal::Punching
+        ));
+        assert!(!NatType::can_connect(
+            PortRestricted,
+            Symmetric,
+            Traversal::Punching
+        ));
+        assert!(!NatType::can_connect(
+            Symmetric,
+            Symmetric,
+            Traversal::Punching
+        ));
     }
 }

@@ -151,8 +151,17 @@ impl<'a> Runner<'a> {
             Mode::Selfcast => scenario.source.up_mbps * 1e6,
             Mode::SourceOnly => f64::INFINITY,
         };
-        let pos = (rng.gen_range(0.0..=net.area_ms), rng.gen_range(0.0..=net.area_ms));
-        let source = engine.add_host(HostNet::new(pos, net.access_ms[0], up_bps, 1e9, NatType::Open));
+        let pos = (
+            rng.gen_range(0.0..=net.area_ms),
+            rng.gen_range(0.0..=net.area_ms),
+        );
+        let source = engine.add_host(HostNet::new(
+            pos,
+            net.access_ms[0],
+            up_bps,
+            1e9,
+            NatType::Open,
+        ));
         let directory = Rc::new(RefCell::new(Directory::default()));
         let source_peer = key.peer_id();
         directory.borrow_mut().insert(source_peer, source);
@@ -197,14 +206,22 @@ impl<'a> Runner<'a> {
             self.record.clone(),
             Some(host_addr(self.source)),
         );
-        self.engine.start(self.source, ExchangeCore::new(exchange, self.directory.clone()));
+        self.engine.start(
+            self.source,
+            ExchangeCore::new(exchange, self.directory.clone()),
+        );
         self.source_up = true;
     }
 
     fn schedule_workload(&mut self) {
         let s = self.scenario;
         // The init segment, and for VOD the whole film, exist from the start.
-        self.publish(SegmentId::Init, Duration::ZERO, Bytes::from(vec![0u8; INIT_BYTES]), false);
+        self.publish(
+            SegmentId::Init,
+            Duration::ZERO,
+            Bytes::from(vec![0u8; INIT_BYTES]),
+            false,
+        );
         match s.stream.kind {
             StreamKind::Live => self.engine.schedule(segment_ns(s), Ext::Publish(0)),
             StreamKind::Vod => {
@@ -219,7 +236,11 @@ impl<'a> Runner<'a> {
         }
         let v = &s.viewers;
         for i in 0..v.initial {
-            let at = if v.initial > 1 { v.join_over_s * f64::from(i) / f64::from(v.initial) } else { 0.0 };
+            let at = if v.initial > 1 {
+                v.join_over_s * f64::from(i) / f64::from(v.initial)
+            } else {
+                0.0
+            };
             self.engine.schedule(secs(at), Ext::Join);
         }
         for crowd in &v.flash_crowds {
@@ -229,11 +250,18 @@ impl<'a> Runner<'a> {
             }
         }
         for outage in &s.source.failures {
-            self.engine.schedule(secs(outage.at_s), Ext::SourceFail { down: secs(outage.down_s) });
+            self.engine.schedule(
+                secs(outage.at_s),
+                Ext::SourceFail {
+                    down: secs(outage.down_s),
+                },
+            );
         }
         for (index, p) in s.network.partitions.iter().enumerate() {
-            self.engine.schedule(secs(p.at_s), Ext::PartitionStart { index });
-            self.engine.schedule(secs(p.at_s + p.duration_s), Ext::PartitionEnd);
+            self.engine
+                .schedule(secs(p.at_s), Ext::PartitionStart { index });
+            self.engine
+                .schedule(secs(p.at_s + p.duration_s), Ext::PartitionEnd);
         }
         self.engine.schedule(secs(s.sample_every_s), Ext::Sample);
     }
@@ -295,9 +323,19 @@ impl<'a> Runner<'a> {
     }
 
     fn on_event(&mut self, host: HostId, event: Event) {
-        let Event::Stored { id, meta, bytes, from: Some(from) } = event else { return };
+        let Event::Stored {
+            id,
+            meta,
+            bytes,
+            from: Some(from),
+        } = event
+        else {
+            return;
+        };
         let now = self.engine.now();
-        let Some(viewer) = self.viewers.get_mut(&host) else { return };
+        let Some(viewer) = self.viewers.get_mut(&host) else {
+            return;
+        };
         let instant = self.engine.instant(now);
         let len = bytes.len() as u64;
         self.received += len;
@@ -334,33 +372,70 @@ impl<'a> Runner<'a> {
         let Some(class) = class else { return };
         let nat = match pick(
             &mut self.rng,
-            [net.nat.open, net.nat.full_cone, net.nat.port_restricted, net.nat.symmetric],
+            [
+                net.nat.open,
+                net.nat.full_cone,
+                net.nat.port_restricted,
+                net.nat.symmetric,
+            ],
         ) {
             Some(1) => NatType::FullCone,
             Some(2) => NatType::PortRestricted,
             Some(3) => NatType::Symmetric,
             _ => NatType::Open,
         };
-        let pos = (self.rng.gen_range(0.0..=net.area_ms), self.rng.gen_range(0.0..=net.area_ms));
+        let pos = (
+            self.rng.gen_range(0.0..=net.area_ms),
+            self.rng.gen_range(0.0..=net.area_ms),
+        );
         let access = self.rng.gen_range(net.access_ms[0]..=net.access_ms[1]);
-        let host = self.engine.add_host(HostNet::new(pos, access, class.up_mbps * 1e6, class.down_mbps * 1e6, nat));
+        let host = self.engine.add_host(HostNet::new(
+            pos,
+            access,
+            class.up_mbps * 1e6,
+            class.down_mbps * 1e6,
+            nat,
+        ));
         let peer = PeerId(*blake3::hash(format!("sim viewer {}", host.0).as_bytes()).as_bytes());
         self.directory.borrow_mut().insert(peer, host);
 
         let now = self.engine.instant(self.engine.now());
-        let exchange = Exchange::viewer(now, self.config.clone(), peer, self.record.record.channel_id(), Some(host_addr(host)));
-        let mut candidates = vec![PeerAddr { id: self.source_peer, addr: host_addr(self.source) }];
+        let exchange = Exchange::viewer(
+            now,
+            self.config.clone(),
+            peer,
+            self.record.record.channel_id(),
+            Some(host_addr(host)),
+        );
+        let mut candidates = vec![PeerAddr {
+            id: self.source_peer,
+            addr: host_addr(self.source),
+        }];
         if self.mode == Mode::Selfcast {
-            let others: Vec<HostId> =
-                self.present.choose_multiple(&mut self.rng, s.protocol.bootstrap_peers).copied().collect();
+            let others: Vec<HostId> = self
+                .present
+                .choose_multiple(&mut self.rng, s.protocol.bootstrap_peers)
+                .copied()
+                .collect();
             let directory = self.directory.borrow();
             candidates.extend(others.into_iter().filter_map(|h| {
-                directory.peer(h).map(|id| PeerAddr { id, addr: host_addr(h) })
+                directory.peer(h).map(|id| PeerAddr {
+                    id,
+                    addr: host_addr(h),
+                })
             }));
         }
-        self.engine.start(host, ExchangeCore::new(exchange, self.directory.clone()));
-        self.engine.with_core(host, |core, now| core.exchange().add_candidates(now, candidates));
-        self.viewers.insert(host, Viewer { qos: ViewerQos::new(now, s.segment()) });
+        self.engine
+            .start(host, ExchangeCore::new(exchange, self.directory.clone()));
+        self.engine.with_core(host, |core, now| {
+            core.exchange().add_candidates(now, candidates)
+        });
+        self.viewers.insert(
+            host,
+            Viewer {
+                qos: ViewerQos::new(now, s.segment()),
+            },
+        );
         self.present.push(host);
         self.joined += 1;
         self.peak = self.peak.max(self.present.len() as u64);
@@ -391,7 +466,13 @@ impl<'a> Runner<'a> {
         } else {
             self.engine.leave(host);
         }
-        if self.scenario.viewers.churn.as_ref().is_some_and(|c| c.replace) {
+        if self
+            .scenario
+            .viewers
+            .churn
+            .as_ref()
+            .is_some_and(|c| c.replace)
+        {
             self.join();
         }
     }
@@ -410,7 +491,11 @@ impl<'a> Runner<'a> {
         self.samples.push(Sample {
             t_s: now as f64 / 1e9,
             viewers: self.present.len() as u64,
-            continuity: if w.due > 0 { w.on_time as f64 / w.due as f64 } else { 1.0 },
+            continuity: if w.due > 0 {
+                w.on_time as f64 / w.due as f64
+            } else {
+                1.0
+            },
             source_offload: source_offload(w.from_source, w.received),
             source_mbps: mbps(w.from_source),
             p2p_mbps: mbps(w.received - w.from_source),
@@ -430,10 +515,22 @@ impl<'a> Runner<'a> {
             .engine
             .traffic()
             .iter()
-            .map(|(kind, t)| ((*kind).to_owned(), Traffic { count: t.count, bytes: t.bytes }))
+            .map(|(kind, t)| {
+                (
+                    (*kind).to_owned(),
+                    Traffic {
+                        count: t.count,
+                        bytes: t.bytes,
+                    },
+                )
+            })
             .collect();
         let summary = Summary {
-            continuity: if self.due > 0 { self.on_time as f64 / self.due as f64 } else { 0.0 },
+            continuity: if self.due > 0 {
+                self.on_time as f64 / self.due as f64
+            } else {
+                0.0
+            },
             source_offload: source_offload(self.from_source, self.received),
             latency_ms: percentiles(&self.latencies_ms),
             startup_ms: percentiles(&self.startups_ms),
@@ -459,7 +556,9 @@ impl<'a> Runner<'a> {
         let created = EPOCH_UNIX_MS + self.engine.now() / 1_000_000;
         self.engine.with_core(self.source, |core, now| {
             // Publishing our own well-formed segment at the source cannot fail.
-            let _ = core.exchange().publish(now, id, duration, created, bytes, last);
+            let _ = core
+                .exchange()
+                .publish(now, id, duration, created, bytes, last);
         });
     }
 
@@ -488,11 +587,15 @@ fn pick(rng: &mut impl Rng, weights: impl IntoIterator<Item = f64>) -> Option<us
 /// A session length in seconds.
 fn session_length(rng: &mut impl Rng, dist: SessionLength) -> f64 {
     match dist {
-        SessionLength::Exponential { mean_s } => Exp::new(1.0 / mean_s).map_or(mean_s, |d| d.sample(rng)),
+        SessionLength::Exponential { mean_s } => {
+            Exp::new(1.0 / mean_s).map_or(mean_s, |d| d.sample(rng))
+        }
         SessionLength::Weibull { shape, scale_s } => {
             Weibull::new(scale_s, shape).map_or(scale_s, |d| d.sample(rng))
         }
-        SessionLength::Pareto { alpha, min_s } => Pareto::new(min_s, alpha).map_or(min_s, |d| d.sample(rng)),
+        SessionLength::Pareto { alpha, min_s } => {
+            Pareto::new(min_s, alpha).map_or(min_s, |d| d.sample(rng))
+        }
     }
 }
 

@@ -274,7 +274,12 @@ impl Default for Network {
 
 impl Default for NatMix {
     fn default() -> Self {
-        Self { open: 1.0, full_cone: 0.0, port_restricted: 0.0, symmetric: 0.0 }
+        Self {
+            open: 1.0,
+            full_cone: 0.0,
+            port_restricted: 0.0,
+            symmetric: 0.0,
+        }
     }
 }
 
@@ -364,20 +369,26 @@ impl Scenario {
     /// Reads and validates a scenario file.
     pub fn load(path: &Path) -> Result<Self, ScenarioError> {
         let label = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ScenarioError::Read { path: label.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: label.clone(),
+            source,
+        })?;
         Self::parse(&text, &label)
     }
 
     /// Parses and validates scenario text; `label` names it in errors.
     pub fn parse(text: &str, label: &str) -> Result<Self, ScenarioError> {
-        let scenario: Self = toml::from_str(text)
-            .map_err(|e| ScenarioError::Parse { path: label.to_owned(), message: e.to_string() })?;
-        scenario.validate().map_err(|(key, problem)| ScenarioError::Invalid {
+        let scenario: Self = toml::from_str(text).map_err(|e| ScenarioError::Parse {
             path: label.to_owned(),
-            key: key.to_owned(),
-            problem,
+            message: e.to_string(),
         })?;
+        scenario
+            .validate()
+            .map_err(|(key, problem)| ScenarioError::Invalid {
+                path: label.to_owned(),
+                key: key.to_owned(),
+                problem,
+            })?;
         Ok(scenario)
     }
 
@@ -404,7 +415,10 @@ impl Scenario {
             }
             (StreamKind::Vod, Some(len)) => positive("stream.vod_length_s", len)?,
             (StreamKind::Live, Some(_)) => {
-                return Err(("stream.vod_length_s", "only applies to kind = \"vod\"".into()))
+                return Err((
+                    "stream.vod_length_s",
+                    "only applies to kind = \"vod\"".into(),
+                ))
             }
             (StreamKind::Live, None) => {}
         }
@@ -416,7 +430,10 @@ impl Scenario {
         let net = &self.network;
         non_negative("network.area_ms", net.area_ms)?;
         if !(net.access_ms[0] >= 0.0 && net.access_ms[0] <= net.access_ms[1]) {
-            return Err(("network.access_ms", "must be [low, high] with 0 ≤ low ≤ high".into()));
+            return Err((
+                "network.access_ms",
+                "must be [low, high] with 0 ≤ low ≤ high".into(),
+            ));
         }
         fraction("network.jitter", net.jitter)?;
         if !(0.0..0.5).contains(&net.loss) {
@@ -431,29 +448,43 @@ impl Scenario {
         ] {
             fraction(key, v)?;
         }
-        sums_to_one("network.nat", nat.open + nat.full_cone + nat.port_restricted + nat.symmetric)?;
+        sums_to_one(
+            "network.nat",
+            nat.open + nat.full_cone + nat.port_restricted + nat.symmetric,
+        )?;
         for p in &net.partitions {
             non_negative("network.partitions.at_s", p.at_s)?;
             positive("network.partitions.duration_s", p.duration_s)?;
             if !(p.fraction > 0.0 && p.fraction < 1.0) {
-                return Err(("network.partitions.fraction", "must be strictly between 0 and 1".into()));
+                return Err((
+                    "network.partitions.fraction",
+                    "must be strictly between 0 and 1".into(),
+                ));
             }
         }
         let v = &self.viewers;
         non_negative("viewers.join_over_s", v.join_over_s)?;
         if v.classes.is_empty() {
-            return Err(("viewers.classes", "needs at least one capacity class".into()));
+            return Err((
+                "viewers.classes",
+                "needs at least one capacity class".into(),
+            ));
         }
         for c in &v.classes {
             fraction("viewers.classes.share", c.share)?;
             non_negative("viewers.classes.up_mbps", c.up_mbps)?;
             positive("viewers.classes.down_mbps", c.down_mbps)?;
         }
-        sums_to_one("viewers.classes.share", v.classes.iter().map(|c| c.share).sum())?;
+        sums_to_one(
+            "viewers.classes.share",
+            v.classes.iter().map(|c| c.share).sum(),
+        )?;
         if let Some(churn) = &v.churn {
             fraction("viewers.churn.crash_fraction", churn.crash_fraction)?;
             match churn.session {
-                SessionLength::Exponential { mean_s } => positive("viewers.churn.session.mean_s", mean_s)?,
+                SessionLength::Exponential { mean_s } => {
+                    positive("viewers.churn.session.mean_s", mean_s)?
+                }
                 SessionLength::Weibull { shape, scale_s } => {
                     positive("viewers.churn.session.shape", shape)?;
                     positive("viewers.churn.session.scale_s", scale_s)?;
@@ -544,24 +575,34 @@ mod tests {
     fn bad_values_are_named_in_the_error() {
         let text = MINIMAL.replace("share = 1.0", "share = 0.7");
         let err = Scenario::parse(&text, "t.toml").unwrap_err().to_string();
-        assert!(err.contains("viewers.classes.share") && err.contains("sum to 1"), "{err}");
+        assert!(
+            err.contains("viewers.classes.share") && err.contains("sum to 1"),
+            "{err}"
+        );
 
         let text = MINIMAL.replace("duration_s = 60", "duration_s = -5");
         let err = Scenario::parse(&text, "t.toml").unwrap_err().to_string();
-        assert!(err.contains("`duration_s` must be a positive number"), "{err}");
+        assert!(
+            err.contains("`duration_s` must be a positive number"),
+            "{err}"
+        );
 
         let text = MINIMAL.replace("bitrate_kbps = 2000", "bitrate_kbps = \"fast\"");
         let err = Scenario::parse(&text, "t.toml").unwrap_err().to_string();
         assert!(err.contains("bitrate_kbps"), "{err}");
 
-        let text = format!("{MINIMAL}\n[viewers.churn]\nsession = {{ dist = \"lognormal\", mean_s = 3 }}\n");
+        let text = format!(
+            "{MINIMAL}\n[viewers.churn]\nsession = {{ dist = \"lognormal\", mean_s = 3 }}\n"
+        );
         let err = Scenario::parse(&text, "t.toml").unwrap_err().to_string();
         assert!(err.contains("lognormal"), "{err}");
     }
 
     #[test]
     fn a_missing_file_is_a_clear_error() {
-        let err = Scenario::load(Path::new("/no/such/scenario.toml")).unwrap_err().to_string();
+        let err = Scenario::load(Path::new("/no/such/scenario.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/no/such/scenario.toml"), "{err}");
     }
 }

@@ -340,7 +340,7 @@ fn forged_statements_are_dropped_never_forwarded_and_cost_a_strike() {
     let a = h.add_viewer(1, source);
     let b = h.add_viewer(2, a);
     let forger = Keypair::from_seed([66; 32]);
-    let forged = SegmentMeta::describe(h.channel(), SegmentId::Media(0), SEGMENT, 0, b"evil")
+    let forged = SegmentMeta::describe(h.channel(), 0, SegmentId::Media(0), SEGMENT, 0, b"evil")
         .unwrap()
         .sign(&forger);
     let now = h.now;
@@ -498,4 +498,58 @@ fn a_vod_viewer_that_seeks_fetches_from_the_new_position_first() {
         "nothing before the playhead yet: {media:?}"
     );
     assert!(media.contains(&39));
+}
+
+#[test]
+fn a_restarted_broadcaster_starts_a_new_session_and_viewers_drop_the_old_one() {
+    let (mut h, source) = Harness::new(StreamKind::Live);
+    h.publish(source, b"init one");
+    h.publish(source, &payload(0));
+    h.publish(source, &payload(1));
+    let a = h.add_viewer(1, source);
+    let b = h.add_viewer(2, a);
+    h.advance(Duration::from_secs(2));
+    assert_eq!(
+        h.nodes[&b].segment(SegmentId::Init).unwrap().as_ref(),
+        b"init one"
+    );
+
+    // The broadcaster restarts with the same key: a new record, numbering from 0 again.
+    h.remove(source);
+    let record = ChannelRecord {
+        broadcaster: h.key.public(),
+        name: "harness, take two".into(),
+        kind: StreamKind::Live,
+        segment_target_ms: 1000,
+        started_unix_ms: 10,
+    }
+    .sign(&h.key);
+    let addr: SocketAddr = "10.0.0.1:1".parse().unwrap();
+    let restarted = Exchange::source(h.now, config(), h.key.clone(), record, Some(addr));
+    h.nodes.insert(source, restarted);
+    h.addrs.insert(addr, source);
+    h.next_seq = 0;
+    h.publish(source, b"init two");
+    h.publish(source, &payload(7));
+    // Only `a` reconnects to the source; `b` hears of the new session from `a`.
+    let now = h.now;
+    h.nodes
+        .get_mut(&a)
+        .unwrap()
+        .add_candidates(now, [PeerAddr { id: source, addr }]);
+    h.run();
+    h.advance(Duration::from_secs(3));
+    for viewer in [a, b] {
+        let node = &h.nodes[&viewer];
+        assert_eq!(node.record().unwrap().record.name, "harness, take two");
+        assert_eq!(node.segment(SegmentId::Init).unwrap().as_ref(), b"init two");
+        assert_eq!(
+            node.segment(SegmentId::Media(0)).unwrap().as_ref(),
+            &payload(7)[..]
+        );
+        assert!(
+            node.segment(SegmentId::Media(1)).is_none(),
+            "old session's segment kept"
+        );
+    }
 }

@@ -46,6 +46,9 @@ mod close_code {
 
 /// The largest segment stream accepted before its header is checked against a statement.
 const MAX_SEGMENT_HEADER: usize = 1024;
+/// First wait before bootstrap peers are dialled again, and the longest.
+const FIRST_RETRY: Duration = Duration::from_secs(2);
+const MAX_RETRY: Duration = Duration::from_secs(30);
 /// Control frames queued for one peer before it is considered too slow and dropped.
 const CONTROL_QUEUE: usize = 4096;
 
@@ -92,16 +95,27 @@ pub enum Bootstrap {
 impl FromStr for Bootstrap {
     type Err = String;
 
+    /// `ADDR` or `PEER_ID@ADDR`, where `ADDR` is `ip:port` or `host:port` (resolved now).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad_addr = |a: &str| format!("`{a}` is not an address like 192.0.2.7:4433");
         match s.split_once('@') {
             Some((id, addr)) => Ok(Self::Peer(PeerAddr {
                 id: id.parse().map_err(|e| format!("{e}"))?,
-                addr: addr.parse().map_err(|_| bad_addr(addr))?,
+                addr: resolve(addr)?,
             })),
-            None => Ok(Self::Addr(s.parse().map_err(|_| bad_addr(s))?)),
+            None => Ok(Self::Addr(resolve(s)?)),
         }
     }
+}
+
+/// Resolves `host:port` (or an `ip:port` literal) to its first address.
+fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let bad =
+        |why: String| format!("`{addr}` is not a reachable address like 192.0.2.7:4433 ({why})");
+    addr.to_socket_addrs()
+        .map_err(|e| bad(e.to_string()))?
+        .next()
+        .ok_or_else(|| bad("the name has no address".into()))
 }
 
 /// Why a node could not start or act.
@@ -109,8 +123,10 @@ impl FromStr for Bootstrap {
 #[non_exhaustive]
 pub enum NodeError {
     /// Binding a socket failed.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} for {what}")]
     Bind {
+        /// What the socket is for, and the option that sets its address.
+        what: &'static str,
         /// The address.
         addr: SocketAddr,
         /// The cause.
@@ -293,6 +309,11 @@ struct Conn {
     gen: u64,
 }
 
+/// What the UDP socket is for, in errors.
+const UDP_PURPOSE: &str = "peers (UDP, --listen)";
+/// What the TCP socket is for, in errors.
+const HTTP_PURPOSE: &str = "the player gateway (TCP, --http)";
+
 async fn start(
     config: NodeConfig,
     key: Keypair,
@@ -304,6 +325,7 @@ async fn start(
     let server = tls::server_config(&key)?;
     let mut endpoint =
         Endpoint::server(server, config.listen).map_err(|source| NodeError::Bind {
+            what: UDP_PURPOSE,
             addr: config.listen,
             source,
         })?;
@@ -315,6 +337,7 @@ async fn start(
     let transport = Arc::new(transport);
     endpoint.set_default_client_config(with_transport(tls::client_config(&key, None)?, &transport));
     let local_addr = endpoint.local_addr().map_err(|source| NodeError::Bind {
+        what: UDP_PURPOSE,
         addr: config.listen,
         source,
     })?;
@@ -354,10 +377,16 @@ async fn start(
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(|source| NodeError::Bind { addr, source })?;
-            let http_addr = listener
-                .local_addr()
-                .map_err(|source| NodeError::Bind { addr, source })?;
+                .map_err(|source| NodeError::Bind {
+                    what: HTTP_PURPOSE,
+                    addr,
+                    source,
+                })?;
+            let http_addr = listener.local_addr().map_err(|source| NodeError::Bind {
+                what: HTTP_PURPOSE,
+                addr,
+                source,
+            })?;
             let status_fn: gateway::StatusFn = {
                 let status = status.clone();
                 Arc::new(move || status.lock().map(|s| s.clone()).unwrap_or_default())
@@ -419,6 +448,17 @@ async fn start(
         status: status.clone(),
         started: now,
         stop: stop_tx,
+        session: None,
+        playlist_window: config.playlist_window,
+        bootstrap: bootstrap
+            .iter()
+            .filter_map(|b| match b {
+                Bootstrap::Addr(addr) => Some(*addr),
+                Bootstrap::Peer(_) => None,
+            })
+            .collect(),
+        retry_at: now + FIRST_RETRY,
+        retry_backoff: FIRST_RETRY,
     };
     tasks.spawn(actor.run(rx).instrument(span));
     info!(peer = %peer_id, %local_addr, http = ?http_addr, "node started");
@@ -454,6 +494,13 @@ struct Actor {
     status: Arc<Mutex<serde_json::Value>>,
     started: Instant,
     stop: tokio::sync::watch::Sender<bool>,
+    /// The channel session being received (the record's start time), once known.
+    session: Option<u64>,
+    playlist_window: usize,
+    /// Bootstrap addresses given without a peer id; dialled again while we have no partner.
+    bootstrap: Vec<SocketAddr>,
+    retry_at: Instant,
+    retry_backoff: Duration,
 }
 
 impl Actor {
@@ -468,12 +515,20 @@ impl Actor {
                     None => std::future::pending().await,
                 }
             };
+            let retry_at = (!self.bootstrap.is_empty()).then_some(self.retry_at);
+            let retry = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(Msg::Shutdown) | None => break,
                     Some(msg) => self.on_msg(msg),
                 },
                 () = sleep => self.exchange.handle_timeout(Instant::now()),
+                () = retry => self.retry_bootstrap(),
                 Ok(()) = playhead.changed() => {
                     let seq = *playhead.borrow_and_update();
                     if let Some(seq) = seq {
@@ -492,6 +547,32 @@ impl Actor {
         let _ = self.stop.send(true);
         // Give close frames a moment to leave.
         let _ = tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle()).await;
+    }
+
+    /// Dials the address-only bootstrap peers again while we have no partner, backing off.
+    fn retry_bootstrap(&mut self) {
+        if self.conns.is_empty() {
+            info!(
+                again_in_s = self.retry_backoff.as_secs(),
+                "no partner yet; dialling the bootstrap peers again"
+            );
+            let me = self.exchange.me();
+            for addr in self.bootstrap.clone() {
+                spawn_dial(
+                    &self.endpoint,
+                    &self.key,
+                    &self.transport,
+                    None,
+                    addr,
+                    self.tx.clone(),
+                    me,
+                );
+            }
+            self.retry_backoff = (self.retry_backoff * 2).min(MAX_RETRY);
+        } else {
+            self.retry_backoff = FIRST_RETRY;
+        }
+        self.retry_at = Instant::now() + self.retry_backoff;
     }
 
     fn on_msg(&mut self, msg: Msg) {
@@ -668,9 +749,19 @@ impl Actor {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::ChannelVerified(record) => {
-                info!(name = %record.record.name, kind = ?record.record.kind, "channel verified");
-                if record.record.kind == StreamKind::Vod {
-                    self.store.set_mode(StreamMode::Vod);
+                let r = &record.record;
+                let mode = match r.kind {
+                    StreamKind::Vod => StreamMode::Vod,
+                    StreamKind::Live => StreamMode::Live {
+                        window: self.playlist_window,
+                    },
+                };
+                if self.session.replace(r.started_unix_ms).is_some() {
+                    info!(name = %r.name, kind = ?r.kind, "the broadcaster restarted: new session");
+                    self.store.reset(mode);
+                } else {
+                    info!(name = %r.name, kind = ?r.kind, "channel verified");
+                    self.store.set_mode(mode);
                 }
             }
             Event::Announced { seq, duration } => self.store.declare(seq, duration),
