@@ -47,16 +47,25 @@ use crate::wire::{Frame, PeerAddr, MAX_LIST_LEN};
 pub struct ExchangeConfig {
     /// Viewers dial peers until they have this many partners.
     pub max_partners: usize,
+    /// The most partners a peer keeps, inbound ones included. A peer that is full answers a
+    /// newcomer with other peers to try and closes the connection.
+    pub partner_limit: usize,
+    /// How many partners hear of a newcomer (introductions are bounded so that a peer with
+    /// many partners does not send a message to all of them per arrival).
+    pub introductions: usize,
     /// Requests outstanding at one partner at a time.
     pub max_inflight_per_peer: usize,
     /// A request not answered within this time is sent elsewhere.
     pub request_timeout: Duration,
     /// A live viewer starts this many segments behind the newest one announced.
     pub live_start_behind: u64,
+    /// A live viewer that falls further behind the newest segment than this skips ahead, as a
+    /// live player does: segments that old are past their playback deadline anyway.
+    pub live_max_lag: u64,
     /// Media segments a live peer keeps in memory (older ones are evicted).
     pub live_window: u64,
-    /// How far past the earliest missing segment a VOD viewer requests.
-    pub vod_lookahead: u64,
+    /// How far past the earliest missing segment a viewer requests (live or VOD).
+    pub lookahead: u64,
     /// Protocol violations tolerated from one partner before it is disconnected.
     pub max_strikes: u32,
     /// A viewer asks the source for a segment only when no other partner offered it within
@@ -73,11 +82,14 @@ impl Default for ExchangeConfig {
     fn default() -> Self {
         Self {
             max_partners: 4,
+            partner_limit: 24,
+            introductions: 6,
             max_inflight_per_peer: 4,
             request_timeout: Duration::from_secs(3),
             live_start_behind: 3,
+            live_max_lag: 6,
             live_window: 120,
-            vod_lookahead: 12,
+            lookahead: 12,
             max_strikes: 3,
             source_grace: Duration::from_millis(300),
             maintenance_interval: Duration::from_secs(1),
@@ -145,15 +157,37 @@ pub enum Output {
     },
     /// Open a connection to a peer.
     Dial(PeerAddr),
-    /// Close the connection to a peer.
+    /// Close the connection to a peer, after the frames already sent to it.
     Close {
         /// The peer.
         peer: PeerId,
-        /// Why, for the log and the close frame.
-        reason: &'static str,
+        /// Why.
+        reason: CloseReason,
     },
     /// Something the application may want to know.
     Event(Event),
+}
+
+/// Why the exchange closes a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// This peer has as many partners as it takes; it sent the newcomer others to try.
+    Full,
+    /// The peer follows another channel.
+    WrongChannel,
+    /// The peer broke the protocol too often (forged statements, corrupt segments, …).
+    Misbehaved,
+}
+
+impl CloseReason {
+    /// A short text for logs and close frames.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full: try the peers sent",
+            Self::WrongChannel => "wrong channel",
+            Self::Misbehaved => "too many protocol violations",
+        }
+    }
 }
 
 /// What the exchange reports to its application.
@@ -281,6 +315,8 @@ pub struct Exchange {
     /// Peers we heard of and may dial, with their listening addresses.
     candidates: HashMap<PeerId, SocketAddr>,
     dialing: HashSet<PeerId>,
+    /// Candidates not to dial again before the given instant (they just failed or left us).
+    backoff: HashMap<PeerId, Instant>,
     pending: HashMap<SegmentId, Pending>,
     /// The first media segment this viewer wants.
     start: Option<u64>,
@@ -341,6 +377,7 @@ impl Exchange {
             partners: BTreeMap::new(),
             candidates: HashMap::default(),
             dialing: HashSet::default(),
+            backoff: HashMap::default(),
             pending: HashMap::default(),
             start: None,
             playhead: None,
@@ -357,6 +394,8 @@ impl Exchange {
         for peer in peers {
             if peer.id != self.me {
                 self.candidates.insert(peer.id, peer.addr);
+                // Asked for explicitly: worth a dial now, whatever happened before.
+                self.backoff.remove(&peer.id);
             }
         }
         self.maintain(now);
@@ -535,6 +574,25 @@ impl Exchange {
         if self.partners.contains_key(&peer) {
             return;
         }
+        if self.partners.len() >= self.config.partner_limit {
+            // Full: point the newcomer elsewhere, then let it go.
+            self.send(
+                peer,
+                Frame::Hello {
+                    channel: self.channel,
+                    listen: self.listen,
+                },
+            );
+            let others = self.partner_sample(peer, 16);
+            if !others.is_empty() {
+                self.send(peer, Frame::Peers(others));
+            }
+            self.outputs.push_back(Output::Close {
+                peer,
+                reason: CloseReason::Full,
+            });
+            return;
+        }
         self.partners.insert(
             peer,
             Partner {
@@ -553,13 +611,7 @@ impl Exchange {
             },
         );
         // Other peers first, so that a newcomer can dial them before it decides whom to ask.
-        let others: Vec<PeerAddr> = self
-            .partners
-            .iter()
-            .filter(|(id, _)| **id != peer)
-            .filter_map(|(id, p)| p.listen.map(|addr| PeerAddr { id: *id, addr }))
-            .take(32)
-            .collect();
+        let others = self.partner_sample(peer, 16);
         if !others.is_empty() {
             self.send(peer, Frame::Peers(others));
         }
@@ -579,6 +631,7 @@ impl Exchange {
 
     fn on_disconnected(&mut self, now: Instant, peer: PeerId) {
         self.dialing.remove(&peer);
+        self.backoff.insert(peer, now + REDIAL_BACKOFF);
         if self.partners.remove(&peer).is_none() {
             return;
         }
@@ -602,7 +655,7 @@ impl Exchange {
         match frame {
             Frame::Hello { channel, listen } => {
                 if channel != self.channel {
-                    self.close(peer, "wrong channel");
+                    self.close(peer, CloseReason::WrongChannel);
                     return;
                 }
                 if let Some(partner) = self.partners.get_mut(&peer) {
@@ -611,9 +664,17 @@ impl Exchange {
                 }
                 if let Some(addr) = listen {
                     self.candidates.insert(peer, addr);
-                    // Introduce the newcomer to the others, so the mesh forms without the
+                    // Introduce the newcomer to a few others, so the mesh forms without the
                     // source in the middle.
-                    self.broadcast(Some(peer), Frame::Peers(vec![PeerAddr { id: peer, addr }]));
+                    let intro = Frame::Peers(vec![PeerAddr { id: peer, addr }]);
+                    let hearers: Vec<PeerId> = self
+                        .partner_sample(peer, self.config.introductions)
+                        .into_iter()
+                        .map(|p| p.id)
+                        .collect();
+                    for hearer in hearers {
+                        self.send(hearer, intro.clone());
+                    }
                 }
             }
             Frame::Channel(record) => self.on_channel(peer, *record),
@@ -854,6 +915,15 @@ impl Exchange {
         if self.is_source() || self.record.is_none() {
             return;
         }
+        // Nothing to do while every partner is busy (the common case under load).
+        let max = self.config.max_inflight_per_peer;
+        if !self
+            .partners
+            .values()
+            .any(|p| p.greeted && p.inflight < max)
+        {
+            return;
+        }
         let Some(wanted) = self.wanted() else { return };
         let source = self.source_peer();
         // While dials are in flight, a newcomer may soon have partners other than the source.
@@ -942,15 +1012,16 @@ impl Exchange {
         };
         if let (Some(start), Some(newest)) = (from, newest) {
             self.cursor = self.cursor.max(start).max(self.floor);
+            if live {
+                self.cursor = self
+                    .cursor
+                    .max(newest.saturating_sub(self.config.live_max_lag));
+            }
             while self.cursor <= newest && self.store.contains_key(&SegmentId::Media(self.cursor)) {
                 self.cursor += 1;
             }
             let first_missing = self.cursor;
-            let end = if live {
-                newest
-            } else {
-                newest.min(first_missing + self.config.vod_lookahead)
-            };
+            let end = newest.min(first_missing + self.config.lookahead);
             wanted.extend((first_missing..=end).map(SegmentId::Media).filter(|id| {
                 self.statements
                     .get(id)
@@ -961,7 +1032,8 @@ impl Exchange {
     }
 
     /// Dials candidates while this viewer has fewer partners than it wants.
-    fn maintain(&mut self, _now: Instant) {
+    fn maintain(&mut self, now: Instant) {
+        self.backoff.retain(|_, until| *until > now);
         if self.is_source() {
             return;
         }
@@ -975,7 +1047,11 @@ impl Exchange {
         let mut candidates: Vec<(PeerId, SocketAddr)> = self
             .candidates
             .iter()
-            .filter(|(id, _)| !self.partners.contains_key(id) && !self.dialing.contains(id))
+            .filter(|(id, _)| {
+                !self.partners.contains_key(id)
+                    && !self.dialing.contains(id)
+                    && !self.backoff.contains_key(id)
+            })
             .map(|(id, addr)| (*id, *addr))
             .collect();
         candidates.sort();
@@ -987,6 +1063,18 @@ impl Exchange {
             self.dialing.insert(id);
             self.outputs.push_back(Output::Dial(PeerAddr { id, addr }));
         }
+    }
+
+    /// Up to `n` partners with known addresses, other than `around`: those that follow
+    /// `around` in id order, wrapping, so that different newcomers get different samples.
+    fn partner_sample(&self, around: PeerId, n: usize) -> Vec<PeerAddr> {
+        self.partners
+            .range(around..)
+            .chain(self.partners.range(..around))
+            .filter(|(id, _)| **id != around)
+            .filter_map(|(id, p)| p.listen.map(|addr| PeerAddr { id: *id, addr }))
+            .take(n)
+            .collect()
     }
 
     fn take_pending(&mut self, peer: PeerId, id: SegmentId) -> bool {
@@ -1008,12 +1096,14 @@ impl Exchange {
         };
         partner.strikes += 1;
         if partner.strikes >= self.config.max_strikes {
-            self.close(peer, "too many protocol violations");
+            self.close(peer, CloseReason::Misbehaved);
         }
     }
 
-    fn close(&mut self, peer: PeerId, reason: &'static str) {
-        self.candidates.remove(&peer);
+    fn close(&mut self, peer: PeerId, reason: CloseReason) {
+        if reason != CloseReason::Full {
+            self.candidates.remove(&peer);
+        }
         self.outputs.push_back(Output::Close { peer, reason });
     }
 
@@ -1033,6 +1123,9 @@ impl Exchange {
         }
     }
 }
+
+/// How long a peer that failed a dial or dropped us is left alone before being dialled again.
+const REDIAL_BACKOFF: Duration = Duration::from_secs(10);
 
 /// A well-mixed 64-bit function of `x` (SplitMix64's finaliser), for per-viewer jitter that is
 /// the same in every run.

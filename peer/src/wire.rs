@@ -104,6 +104,13 @@ impl Frame {
         encode_prefixed(self)
     }
 
+    /// The encoded length with its prefix, computed without encoding.
+    pub fn encoded_len(&self) -> usize {
+        let body = postcard::serialize_with_flavor(self, postcard::ser_flavors::Size::default());
+        // Measuring our own plain types cannot fail.
+        5 + body.unwrap_or(0)
+    }
+
     /// The frame's kind, for protocol counters.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -283,6 +290,9 @@ mod tests {
         }
         assert_eq!(out, frames);
         assert_eq!(decoder.buffered(), 0);
+        for frame in &frames {
+            assert_eq!(frame.encoded_len(), frame.encode().len());
+        }
     }
 
     #[test]

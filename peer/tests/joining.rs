@@ -17,7 +17,10 @@ use peer::node::{Bootstrap, NodeConfig};
 use common::{init_tracing, make_clip, wait_until};
 
 fn free_udp_port() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 async fn broadcast_on(listen: SocketAddr, clip: &std::path::Path, key: Keypair) -> Broadcast {
@@ -27,7 +30,10 @@ async fn broadcast_on(listen: SocketAddr, clip: &std::path::Path, key: Keypair) 
         name: "late".into(),
         segment_target: Duration::from_secs(1),
         progress: false,
-        node: NodeConfig { listen, ..NodeConfig::default() },
+        node: NodeConfig {
+            listen,
+            ..NodeConfig::default()
+        },
     };
     Broadcast::start(options, key).await.unwrap()
 }
@@ -52,9 +58,11 @@ async fn a_viewer_started_before_its_broadcaster_joins_when_it_appears_and_follo
 
     let mut broadcast = broadcast_on(addr, &first, key.clone()).await;
     let summary = broadcast.wait_ingest().await.unwrap();
-    wait_until(Duration::from_secs(30), "the viewer to find the late broadcaster", || {
-        viewer.status()["segments_stored"].as_u64() == Some(summary.segments + 1)
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "the viewer to find the late broadcaster",
+        || viewer.status()["segments_stored"].as_u64() == Some(summary.segments + 1),
+    )
     .await;
     let old_init = viewer.store().init().unwrap();
     broadcast.shutdown().await;
@@ -65,16 +73,23 @@ async fn a_viewer_started_before_its_broadcaster_joins_when_it_appears_and_follo
     tokio::time::sleep(Duration::from_millis(50)).await; // a later start time
     let mut broadcast = broadcast_on(addr, &second, key).await;
     let summary = broadcast.wait_ingest().await.unwrap();
-    wait_until(Duration::from_secs(40), "the viewer to switch to the new session", || {
-        viewer.store().segment(summary.segments - 1).is_some()
-            && viewer.status()["name"] == "late"
-            && viewer.store().init().is_some_and(|init| init != old_init)
-    })
+    wait_until(
+        Duration::from_secs(40),
+        "the viewer to switch to the new session",
+        || {
+            viewer.store().segment(summary.segments - 1).is_some()
+                && viewer.status()["name"] == "late"
+                && viewer.store().init().is_some_and(|init| init != old_init)
+        },
+    )
     .await;
     let source = broadcast.node().store();
     assert_eq!(viewer.store().init(), source.init());
     for seq in 0..summary.segments {
-        assert!(viewer.store().segment(seq) == source.segment(seq), "segment #{seq} differs");
+        assert!(
+            viewer.store().segment(seq) == source.segment(seq),
+            "segment #{seq} differs"
+        );
     }
     viewer.shutdown().await;
     broadcast.shutdown().await;

@@ -13,7 +13,9 @@
 //! closes its connections, and its partners notice one delay later.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use dary_heap::QuaternaryHeap;
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
@@ -116,6 +118,11 @@ enum Ev<X> {
         host: HostId,
         peer: HostId,
     },
+    /// A connection closes (gracefully, after the closer's last message arrived).
+    CloseAt {
+        a: HostId,
+        b: HostId,
+    },
     /// A connection across a partition times out, unless the partition healed first.
     Broken {
         a: HostId,
@@ -178,7 +185,7 @@ pub struct Engine<C: Core, X> {
     base: Instant,
     now: SimTime,
     seq: u64,
-    queue: BinaryHeap<Reverse<Queued<X>>>,
+    queue: QuaternaryHeap<Reverse<Queued<X>>>,
     /// Messages on their way, referred to by `Ev::Deliver`.
     msgs: Vec<Option<C::Msg>>,
     free_msgs: Vec<u32>,
@@ -200,7 +207,7 @@ impl<C: Core, X> Engine<C, X> {
             base: Instant::now(),
             now: 0,
             seq: 0,
-            queue: BinaryHeap::new(),
+            queue: QuaternaryHeap::new(),
             msgs: Vec::new(),
             free_msgs: Vec::new(),
             hosts: Vec::new(),
@@ -414,6 +421,12 @@ impl<C: Core, X> Engine<C, X> {
                 self.input(dialer, Input::Disconnected(target));
             }
             Ev::Closed { host, peer } => self.input(host, Input::Disconnected(peer)),
+            Ev::CloseAt { a, b } => {
+                if self.conns.remove(&key(a, b)).is_some() {
+                    self.input(a, Input::Disconnected(b));
+                    self.input(b, Input::Disconnected(a));
+                }
+            }
             Ev::Broken { a, b } => {
                 if !self.net.same_side(a, b) && self.conns.remove(&key(a, b)).is_some() {
                     self.input(a, Input::Disconnected(b));
@@ -464,16 +477,10 @@ impl<C: Core, X> Engine<C, X> {
         match output {
             Output::Dial(target) => self.dial(host, target),
             Output::Close(peer) => {
-                if self.conns.remove(&key(host, peer)).is_some() {
-                    let delay = self.net.base_delay(host, peer).as_nanos() as u64;
-                    self.push(
-                        self.now + delay,
-                        Ev::Closed {
-                            host: peer,
-                            peer: host,
-                        },
-                    );
-                    self.push(self.now, Ev::Closed { host, peer });
+                // Graceful: what was sent before the close arrives first.
+                if self.conns.contains_key(&key(host, peer)) {
+                    let sent = self.last_arrival.get(&(host, peer)).copied().unwrap_or(0);
+                    self.push(sent.max(self.now), Ev::CloseAt { a: host, b: peer });
                 }
             }
             Output::Send {

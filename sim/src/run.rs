@@ -199,9 +199,14 @@ impl<'a> Runner<'a> {
 
     fn start_source(&mut self) {
         let now = self.engine.instant(self.engine.now());
+        let mut config = self.config.clone();
+        if self.mode == Mode::SourceOnly {
+            // A CDN takes every viewer.
+            config.partner_limit = usize::MAX;
+        }
         let exchange = Exchange::source(
             now,
-            self.config.clone(),
+            config,
             self.key.clone(),
             self.record.clone(),
             Some(host_addr(self.source)),

@@ -29,7 +29,7 @@ pub struct TransferBenchArgs {
 pub async fn run(args: TransferBenchArgs) -> anyhow::Result<serde_json::Value> {
     let exchange = ExchangeConfig {
         max_inflight_per_peer: 16,
-        vod_lookahead: 32,
+        lookahead: 32,
         ..ExchangeConfig::default()
     };
     let config = NodeConfig {

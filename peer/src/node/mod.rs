@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::exchange::{Event, Exchange, ExchangeConfig, Input, Output, PublishError};
+use crate::exchange::{CloseReason, Event, Exchange, ExchangeConfig, Input, Output, PublishError};
 use crate::identity::{ChannelId, Keypair, PeerId};
 use crate::segment::{SegmentId, SignedChannel, StreamKind};
 use crate::wire::{Frame, FrameDecoder, FrameError, PeerAddr, SegmentHeader};
@@ -42,6 +42,7 @@ mod close_code {
     pub const PROTOCOL: u32 = 0x02;
     pub const SLOW: u32 = 0x03;
     pub const SHUTDOWN: u32 = 0x04;
+    pub const FULL: u32 = 0x05;
 }
 
 /// The largest segment stream accepted before its header is checked against a statement.
@@ -734,11 +735,24 @@ impl Actor {
                     );
                 }
                 Output::Close { peer, reason } => {
-                    if let Some(c) = self.conns.get(&peer) {
-                        warn!(peer = %peer.short(), reason, "closing connection");
-                        c.conn
-                            .close(VarInt::from_u32(close_code::PROTOCOL), reason.as_bytes());
+                    let Some(c) = self.conns.get(&peer) else {
+                        continue;
+                    };
+                    let code = match reason {
+                        CloseReason::Full => close_code::FULL,
+                        CloseReason::WrongChannel | CloseReason::Misbehaved => close_code::PROTOCOL,
+                    };
+                    if reason == CloseReason::Full {
+                        debug!(peer = %peer.short(), "full: redirecting a newcomer");
+                    } else {
+                        warn!(peer = %peer.short(), reason = reason.as_str(), "closing connection");
                     }
+                    // Let the frames already queued (the peers to try) leave first.
+                    let conn = c.conn.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        conn.close(VarInt::from_u32(code), reason.as_str().as_bytes());
+                    });
                 }
                 Output::Event(event) => self.on_event(event),
             }

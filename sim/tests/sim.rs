@@ -1,0 +1,177 @@
+//! The simulator end to end: determinism, the workload's schedule, and bad scenario files.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is a failed test with its location
+
+use std::process::Command;
+
+use sim::report::{summary_json, Report};
+use sim::run::{run, Mode};
+use sim::scenario::Scenario;
+
+const BASE: &str = r#"
+name = "test"
+duration_s = 60
+sample_every_s = 1
+[stream]
+bitrate_kbps = 1000
+[source]
+up_mbps = 20
+[network]
+jitter = 0.2
+loss = 0.01
+nat = { open = 0.5, full_cone = 0.2, port_restricted = 0.2, symmetric = 0.1 }
+traversal = "punching"
+[viewers]
+initial = 30
+join_over_s = 5
+classes = [
+  { name = "dsl", share = 0.5, up_mbps = 2, down_mbps = 20 },
+  { name = "fibre", share = 0.5, up_mbps = 10, down_mbps = 100 },
+]
+"#;
+
+fn scenario(extra: &str) -> Scenario {
+    Scenario::parse(&format!("{BASE}{extra}"), "test.toml").unwrap()
+}
+
+fn summary(scenario: &Scenario, seed: u64) -> String {
+    let runs = vec![
+        run(scenario, seed, Mode::Selfcast),
+        run(scenario, seed, Mode::SourceOnly),
+    ];
+    let report = Report {
+        scenario_name: &scenario.name,
+        scenario_toml: "",
+        seed,
+        runs: &runs,
+    };
+    summary_json(&report).unwrap()
+}
+
+const CHURN: &str = r#"
+[viewers.churn]
+session = { dist = "exponential", mean_s = 20 }
+crash_fraction = 0.5
+"#;
+
+#[test]
+fn the_same_scenario_and_seed_give_a_byte_identical_summary() {
+    let s = scenario(CHURN);
+    let first = summary(&s, 42);
+    assert_eq!(first, summary(&s, 42));
+    assert_ne!(first, summary(&s, 43), "the seed must matter");
+}
+
+#[test]
+fn churn_replaces_viewers_on_schedule() {
+    let s = scenario(CHURN);
+    let series = run(&s, 1, Mode::Selfcast);
+    // Mean session 20 s over 60 s: every viewer leaves about three times, and is replaced.
+    let joined = series.summary.viewers_joined;
+    assert!((90..=200).contains(&joined), "{joined} joins");
+    for sample in series.samples.iter().filter(|s| s.t_s >= 6.0) {
+        assert_eq!(
+            sample.viewers, 30,
+            "a steady population at {} s",
+            sample.t_s
+        );
+    }
+
+    let without_replacement = scenario(&CHURN.replace(
+        "crash_fraction = 0.5",
+        "crash_fraction = 0.5\nreplace = false",
+    ));
+    let series = run(&without_replacement, 1, Mode::Selfcast);
+    assert_eq!(series.summary.viewers_joined, 30);
+    let last = series.samples.last().unwrap().viewers;
+    assert!(last < 15, "{last} viewers left after three mean sessions");
+}
+
+#[test]
+fn a_flash_crowd_arrives_within_its_window() {
+    let s = scenario("flash_crowds = [{ at_s = 10, peers = 100, over_s = 10 }]\n").clone();
+    let s = Scenario {
+        viewers: sim::scenario::Viewers {
+            initial: 0,
+            ..s.viewers
+        },
+        ..s
+    };
+    let series = run(&s, 1, Mode::Selfcast);
+    for sample in &series.samples {
+        let v = sample.viewers;
+        match sample.t_s {
+            t if t < 10.0 => assert_eq!(v, 0, "at {t} s"),
+            t if t >= 20.0 => assert_eq!(v, 100, "at {t} s"),
+            t => assert!(v > 0 && v <= 100, "{v} at {t} s"),
+        }
+    }
+    assert_eq!(series.summary.peak_viewers, 100);
+}
+
+#[test]
+fn a_malformed_scenario_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        BASE.replace("bitrate_kbps = 1000", "bitrate_kbps = 1000\nbitrat = 5"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sim"))
+        .args(["run", path.to_str().unwrap(), "--out"])
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad.toml") && stderr.contains("unknown field `bitrat`"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("out").exists(),
+        "nothing written for a bad scenario"
+    );
+}
+
+#[test]
+fn sim_run_writes_the_report_with_the_baseline_beside_selfcast() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("small.toml");
+    std::fs::write(&path, BASE.replace("duration_s = 60", "duration_s = 20")).unwrap();
+    let out_dir = dir.path().join("out");
+    let out = Command::new(env!("CARGO_BIN_EXE_sim"))
+        .args(["run", path.to_str().unwrap(), "--seed", "3", "--out"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for file in [
+        "summary.json",
+        "timeseries.csv",
+        "report.html",
+        "continuity.svg",
+        "continuity.png",
+        "offload.svg",
+        "latency_cdf.png",
+        "viewers.svg",
+        "source_upload.png",
+    ] {
+        assert!(out_dir.join(file).exists(), "{file} missing");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["seed"], 3);
+    let runs = summary["runs"].as_object().unwrap();
+    assert!(runs.contains_key("selfcast") && runs.contains_key("source-only"));
+    // The baseline serves everything from the source: no offload.
+    assert_eq!(runs["source-only"]["source_offload"], 0.0);
+    let html = std::fs::read_to_string(out_dir.join("report.html")).unwrap();
+    assert!(html.contains("source-only") && html.contains("continuity.svg"));
+}
