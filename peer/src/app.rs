@@ -243,8 +243,10 @@ impl Demo {
     /// One line on the swarm's health: segments, P2P share (source offload) and rejects.
     pub fn status_line(&self) -> String {
         let (mut from_source, mut from_peers, mut stored, mut rejected) = (0u64, 0u64, 0u64, 0u64);
+        let mut continuity = Vec::new();
         for v in &self.viewers {
             let s = v.status();
+            continuity.extend(s["qos"]["continuity"].as_f64());
             from_source += s["bytes_from_source"].as_u64().unwrap_or(0);
             from_peers += s["bytes_from_peers"].as_u64().unwrap_or(0);
             stored += s["segments_stored"].as_u64().unwrap_or(0);
@@ -257,8 +259,16 @@ impl Demo {
             0.0
         };
         let newest = self.broadcast.node().status()["newest_segment"].as_u64();
+        let continuity = if continuity.is_empty() {
+            "-".to_owned()
+        } else {
+            format!(
+                "{:.1}%",
+                100.0 * continuity.iter().sum::<f64>() / continuity.len() as f64
+            )
+        };
         format!(
-            "live edge #{} | viewers {} | segments received {stored} | from peers {:.1} MB, from source {:.1} MB (source offload {offload:.0}%) | rejected {rejected}",
+            "live edge #{} | viewers {} | continuity {continuity} | segments received {stored} | from peers {:.1} MB, from source {:.1} MB (source offload {offload:.0}%) | rejected {rejected}",
             newest.map_or("-".into(), |n| n.to_string()),
             self.viewers.len(),
             from_peers as f64 / 1e6,

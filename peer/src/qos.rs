@@ -8,10 +8,13 @@
 //! | live latency | segment created at the source until it is available at the viewer |
 //! | source offload | 1 − bytes uploaded by source and origin / bytes received by all viewers |
 //!
-//! A [`ViewerQos`] follows one viewer. Playback is modelled as a player that starts as soon as
-//! the init segment and one media segment are here, then needs segment `s0 + k` at
+//! A [`ViewerQos`] follows one viewer. Playback is modelled as a player that starts with the
+//! first media segment `s0` it holds (and the init segment), then needs segment `s0 + k` at
 //! `start + k × segment duration`; a segment that is not here by then counts as missed (a real
-//! player would stall or skip). Time comes in from the caller, like everywhere in the cores.
+//! player would stall or skip). A live player starts no earlier than `s0`'s creation plus its
+//! target latency (hls.js keeps about three segments behind the live edge), so live deadlines
+//! sit a target latency after each segment's creation. Time comes in from the caller, like
+//! everywhere in the cores.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -21,6 +24,10 @@ use std::time::{Duration, Instant};
 pub struct ViewerQos {
     joined: Instant,
     segment: Duration,
+    /// Live: how far behind a segment's creation the player plays it.
+    live_target: Option<Duration>,
+    /// When each buffered segment was created at the source (arrival − live latency).
+    first_created: Option<(u64, Instant)>,
     has_init: bool,
     /// Media segments here that playback has not passed yet.
     buffered: BTreeSet<u64>,
@@ -44,11 +51,14 @@ pub struct Judged {
 
 impl ViewerQos {
     /// Starts following a viewer that joined (or sought) at `joined`, for a stream of segments
-    /// lasting `segment` each.
-    pub fn new(joined: Instant, segment: Duration) -> Self {
+    /// lasting `segment` each; `live_target` is a live player's target latency (`None` for
+    /// on-demand playback, which starts as soon as it can).
+    pub fn new(joined: Instant, segment: Duration, live_target: Option<Duration>) -> Self {
         Self {
             joined,
             segment,
+            live_target,
+            first_created: None,
             has_init: false,
             buffered: BTreeSet::new(),
             start: None,
@@ -71,6 +81,10 @@ impl ViewerQos {
         self.stored_since_sample.push(latency);
         if self.start.is_none_or(|_| seq >= self.next_due) {
             self.buffered.insert(seq);
+        }
+        let created = now.checked_sub(latency).unwrap_or(now);
+        if self.start.is_none() && self.first_created.is_none_or(|(first, _)| seq < first) {
+            self.first_created = Some((seq, created));
         }
         self.try_start(now)
     }
@@ -127,9 +141,13 @@ impl ViewerQos {
             return None;
         }
         let first = *self.buffered.first()?;
-        self.start = Some((first, now));
+        let start = match (self.live_target, self.first_created) {
+            (Some(target), Some((seq, created))) if seq == first => now.max(created + target),
+            _ => now,
+        };
+        self.start = Some((first, start));
         self.next_due = first;
-        Some(now - self.joined)
+        Some(start - self.joined)
     }
 }
 
@@ -151,7 +169,7 @@ mod tests {
     #[test]
     fn a_viewer_with_everything_in_time_has_full_continuity() {
         let t0 = Instant::now();
-        let mut q = ViewerQos::new(t0, SEG);
+        let mut q = ViewerQos::new(t0, SEG, None);
         q.on_init(t0 + Duration::from_millis(100));
         let startup = q.on_segment(t0 + Duration::from_millis(300), 10, Duration::from_secs(2));
         assert_eq!(startup, Some(Duration::from_millis(300)));
@@ -176,7 +194,7 @@ mod tests {
     #[test]
     fn late_and_missing_segments_count_against_continuity() {
         let t0 = Instant::now();
-        let mut q = ViewerQos::new(t0, SEG);
+        let mut q = ViewerQos::new(t0, SEG, None);
         q.on_init(t0);
         q.on_segment(t0, 0, SEG); // playback starts at t0 with segment 0
         q.on_segment(t0 + Duration::from_millis(500), 1, SEG); // due at 1 s: on time
@@ -192,7 +210,7 @@ mod tests {
     #[test]
     fn nothing_is_due_before_playback_starts() {
         let t0 = Instant::now();
-        let mut q = ViewerQos::new(t0, SEG);
+        let mut q = ViewerQos::new(t0, SEG, None);
         q.on_segment(t0, 5, SEG); // no init yet: not playable
         assert_eq!(q.advance(t0 + Duration::from_secs(10)), Judged::default());
         assert_eq!(q.continuity(), None);
@@ -205,5 +223,23 @@ mod tests {
         assert_eq!(source_offload(0, 0), 0.0);
         assert_eq!(source_offload(25, 100), 0.75);
         assert_eq!(source_offload(100, 100), 0.0);
+    }
+
+    #[test]
+    fn a_live_player_plays_a_target_latency_behind_creation() {
+        let t0 = Instant::now();
+        let target = Duration::from_secs(3);
+        let mut q = ViewerQos::new(t0, SEG, Some(target));
+        q.on_init(t0);
+        // Segment k is created at k + 1 s and arrives 400 ms later.
+        let arrival = |k: u64| t0 + SEG * (k as u32 + 1) + Duration::from_millis(400);
+        let startup = q.on_segment(arrival(0), 0, Duration::from_millis(400));
+        // Playback starts 3 s after segment 0 was created (at 1 s): at 4 s.
+        assert_eq!(startup, Some(Duration::from_secs(4)));
+        for k in 1..8 {
+            q.on_segment(arrival(k), k, Duration::from_millis(400));
+        }
+        q.advance(t0 + Duration::from_secs(11));
+        assert_eq!(q.totals(), Judged { due: 8, on_time: 8 });
     }
 }

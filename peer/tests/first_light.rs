@@ -132,6 +132,17 @@ async fn a_live_clip_reaches_two_viewers_in_real_time_intact() {
     for viewer in [&a, &b] {
         assert_identical(broadcast.node().store(), viewer.store(), summary.segments);
     }
+    // QoS by the same definitions as the simulator: playback started, segments on time.
+    for viewer in [&a, &b] {
+        let qos = &viewer.status()["qos"];
+        assert!(qos["startup_ms"].as_u64().is_some(), "{qos}");
+        assert!(qos["segments_due"].as_u64().unwrap() >= 4, "{qos}");
+        assert!(qos["continuity"].as_f64().unwrap() > 0.8, "{qos}");
+        assert!(
+            qos["live_latency_ms_median_recent"].as_f64().unwrap() < 3000.0,
+            "{qos}"
+        );
+    }
     // The stream's end reached the viewers: their playlists are closed.
     let playlist = a.store().playlist().unwrap();
     assert!(playlist.contains("#EXT-X-ENDLIST"), "{playlist}");

@@ -435,10 +435,12 @@ impl<'a> Runner<'a> {
         self.engine.with_core(host, |core, now| {
             core.exchange().add_candidates(now, candidates)
         });
+        let live_target = (s.stream.kind == StreamKind::Live)
+            .then(|| Duration::from_secs_f64(s.protocol.playback_latency_s));
         self.viewers.insert(
             host,
             Viewer {
-                qos: ViewerQos::new(now, s.segment()),
+                qos: ViewerQos::new(now, s.segment(), live_target),
             },
         );
         self.present.push(host);

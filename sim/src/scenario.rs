@@ -256,6 +256,10 @@ pub struct Protocol {
     /// Segments behind the live edge at which a viewer starts.
     #[serde(default = "defaults::live_start_behind")]
     pub live_start_behind: u64,
+    /// A live player's target latency in seconds: it plays each segment this long after the
+    /// source created it (for the continuity measure).
+    #[serde(default = "defaults::playback_latency_s")]
+    pub playback_latency_s: f64,
 }
 
 impl Default for Network {
@@ -290,6 +294,7 @@ impl Default for Protocol {
             bootstrap_peers: defaults::bootstrap_peers(),
             source_grace_ms: defaults::source_grace_ms(),
             live_start_behind: defaults::live_start_behind(),
+            playback_latency_s: defaults::playback_latency_s(),
         }
     }
 }
@@ -330,6 +335,9 @@ mod defaults {
     }
     pub fn live_start_behind() -> u64 {
         3
+    }
+    pub fn playback_latency_s() -> f64 {
+        3.0
     }
 }
 
@@ -499,6 +507,10 @@ impl Scenario {
             non_negative("viewers.flash_crowds.at_s", f.at_s)?;
             non_negative("viewers.flash_crowds.over_s", f.over_s)?;
         }
+        positive(
+            "protocol.playback_latency_s",
+            self.protocol.playback_latency_s,
+        )?;
         if self.protocol.max_partners == 0 {
             return Err(("protocol.max_partners", "must be at least 1".into()));
         }

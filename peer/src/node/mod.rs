@@ -16,7 +16,7 @@
 
 pub mod tls;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -33,6 +33,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::exchange::{CloseReason, Event, Exchange, ExchangeConfig, Input, Output, PublishError};
 use crate::identity::{ChannelId, Keypair, PeerId};
+use crate::qos::ViewerQos;
 use crate::segment::{SegmentId, SignedChannel, StreamKind};
 use crate::wire::{Frame, FrameDecoder, FrameError, PeerAddr, SegmentHeader};
 
@@ -47,6 +48,8 @@ mod close_code {
 
 /// The largest segment stream accepted before its header is checked against a statement.
 const MAX_SEGMENT_HEADER: usize = 1024;
+/// A live player's target latency in segments (hls.js's default `liveSyncDurationCount`).
+const LIVE_TARGET_SEGMENTS: u32 = 3;
 /// First wait before bootstrap peers are dialled again, and the longest.
 const FIRST_RETRY: Duration = Duration::from_secs(2);
 const MAX_RETRY: Duration = Duration::from_secs(30);
@@ -450,6 +453,7 @@ async fn start(
         started: now,
         stop: stop_tx,
         session: None,
+        qos: NodeQos::default(),
         playlist_window: config.playlist_window,
         bootstrap: bootstrap
             .iter()
@@ -497,6 +501,8 @@ struct Actor {
     stop: tokio::sync::watch::Sender<bool>,
     /// The channel session being received (the record's start time), once known.
     session: Option<u64>,
+    /// This viewer's QoS, by the same definitions as `sim`.
+    qos: NodeQos,
     playlist_window: usize,
     /// Bootstrap addresses given without a peer id; dialled again while we have no partner.
     bootstrap: Vec<SocketAddr>,
@@ -770,6 +776,10 @@ impl Actor {
                         window: self.playlist_window,
                     },
                 };
+                let segment = Duration::from_millis(u64::from(r.segment_target_ms));
+                let live_target =
+                    (r.kind == StreamKind::Live).then(|| segment * LIVE_TARGET_SEGMENTS);
+                self.qos.start(Instant::now(), segment, live_target);
                 if self.session.replace(r.started_unix_ms).is_some() {
                     info!(name = %r.name, kind = ?r.kind, "the broadcaster restarted: new session");
                     self.store.reset(mode);
@@ -786,6 +796,9 @@ impl Actor {
                 from,
             } => {
                 debug!(%id, from = ?from.map(|p| p.short()), len = bytes.len(), "segment stored");
+                if from.is_some() {
+                    self.qos.on_stored(Instant::now(), id, meta.created_unix_ms);
+                }
                 match id {
                     SegmentId::Init => self.store.set_init(bytes),
                     SegmentId::Media(seq) => self.store.insert(seq, meta.duration(), bytes),
@@ -805,7 +818,9 @@ impl Actor {
         }
     }
 
-    fn publish_status(&self) {
+    fn publish_status(&mut self) {
+        self.qos.advance(Instant::now());
+        let qos = self.qos.report();
         let stats = self.exchange.stats();
         let received = stats.bytes_from_source + stats.bytes_from_peers;
         let offload = (received > 0).then(|| stats.bytes_from_peers as f64 / received as f64);
@@ -832,10 +847,69 @@ impl Actor {
             "statements_rejected": stats.statements_rejected,
             "requests_retried": stats.requests_retried,
             "partners": partners,
+            "qos": qos,
         });
         if let Ok(mut status) = self.status.lock() {
             *status = value;
         }
+    }
+}
+
+/// A viewer's QoS in the real node: [`ViewerQos`] fed with wall-clock times, plus the live
+/// latency of recent segments.
+#[derive(Default)]
+struct NodeQos {
+    viewer: Option<ViewerQos>,
+    /// Live latency of the most recent segments, in milliseconds.
+    recent_latency_ms: VecDeque<f64>,
+}
+
+impl NodeQos {
+    /// Starts measuring (the channel is known; a new session starts over).
+    fn start(&mut self, now: Instant, segment: Duration, live_target: Option<Duration>) {
+        self.viewer = Some(ViewerQos::new(now, segment, live_target));
+        self.recent_latency_ms.clear();
+    }
+
+    fn on_stored(&mut self, now: Instant, id: SegmentId, created_unix_ms: u64) {
+        let Some(viewer) = self.viewer.as_mut() else {
+            return;
+        };
+        match id {
+            SegmentId::Init => {
+                viewer.on_init(now);
+            }
+            SegmentId::Media(seq) => {
+                let latency = Duration::from_millis(unix_ms().saturating_sub(created_unix_ms));
+                viewer.on_segment(now, seq, latency);
+                if self.recent_latency_ms.len() == 30 {
+                    self.recent_latency_ms.pop_front();
+                }
+                self.recent_latency_ms
+                    .push_back(latency.as_secs_f64() * 1000.0);
+            }
+        }
+    }
+
+    fn advance(&mut self, now: Instant) {
+        if let Some(viewer) = self.viewer.as_mut() {
+            viewer.advance(now);
+        }
+    }
+
+    fn report(&self) -> serde_json::Value {
+        let Some(viewer) = &self.viewer else {
+            return serde_json::Value::Null;
+        };
+        let mut recent: Vec<f64> = self.recent_latency_ms.iter().copied().collect();
+        recent.sort_by(f64::total_cmp);
+        let median = recent.get(recent.len() / 2).copied();
+        json!({
+            "continuity": viewer.continuity(),
+            "segments_due": viewer.totals().due,
+            "startup_ms": viewer.startup_delay().map(|d| d.as_millis() as u64),
+            "live_latency_ms_median_recent": median,
+        })
     }
 }
 
