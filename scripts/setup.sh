@@ -2,7 +2,8 @@
 # Installs what Selfcast needs on a Debian machine, only where it is missing.
 #
 #   scripts/setup.sh            build and demo needs: FFmpeg dev libraries, clang, pkg-config,
-#                               the ffmpeg CLI, Node.js/npm and the web player's npm packages
+#                               the ffmpeg CLI, a font for the simulator's plots, Node.js/npm
+#                               and the web player's npm packages
 #   scripts/setup.sh --tests    also what the tests need: Chromium
 #
 # As root it installs Debian packages with apt-get; as another user it prints the command to
@@ -14,7 +15,8 @@ want_tests=0
 [ "${1:-}" = "--tests" ] && want_tests=1
 
 packages=(libavcodec-dev libavformat-dev libavutil-dev libavdevice-dev libavfilter-dev
-          libswscale-dev libswresample-dev clang libclang-dev pkg-config ffmpeg)
+          libswscale-dev libswresample-dev clang libclang-dev pkg-config ffmpeg
+          fonts-dejavu-core)
 # Node.js may come from elsewhere than Debian (NodeSource ships npm inside nodejs): only ask
 # Debian for it when the commands are missing.
 command -v node >/dev/null 2>&1 || packages+=(nodejs)

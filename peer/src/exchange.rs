@@ -912,6 +912,8 @@ impl Exchange {
 
     /// Sends requests for missing segments to partners that hold them.
     fn schedule(&mut self, now: Instant) {
+        // Recomputed below; a deadline left over from an earlier round would fire forever.
+        self.next_schedule = None;
         if self.is_source() || self.record.is_none() {
             return;
         }
@@ -929,7 +931,6 @@ impl Exchange {
         // While dials are in flight, a newcomer may soon have partners other than the source.
         let only_source =
             self.dialing.is_empty() && self.partners.keys().all(|p| Some(*p) == source);
-        self.next_schedule = None;
         for id in wanted {
             if self.store.contains_key(&id) || self.pending.contains_key(&id) {
                 continue;

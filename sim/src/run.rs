@@ -359,9 +359,12 @@ impl<'a> Runner<'a> {
                 self.delivered += 1;
                 let now_ms = EPOCH_UNIX_MS + now / 1_000_000;
                 let latency = Duration::from_millis(now_ms.saturating_sub(meta.created_unix_ms));
-                let latency_ms = latency.as_secs_f64() * 1000.0;
-                self.latencies_ms.push(latency_ms);
-                self.window.latencies_ms.push(latency_ms);
+                // Live latency means nothing for a film that exists before anyone watches.
+                if self.scenario.stream.kind == StreamKind::Live {
+                    let latency_ms = latency.as_secs_f64() * 1000.0;
+                    self.latencies_ms.push(latency_ms);
+                    self.window.latencies_ms.push(latency_ms);
+                }
                 if let Some(startup) = viewer.qos.on_segment(instant, seq, latency) {
                     self.startups_ms.push(startup.as_secs_f64() * 1000.0);
                 }

@@ -175,3 +175,22 @@ fn sim_run_writes_the_report_with_the_baseline_beside_selfcast() {
     let html = std::fs::read_to_string(out_dir.join("report.html")).unwrap();
     assert!(html.contains("source-only") && html.contains("continuity.svg"));
 }
+
+#[test]
+fn a_vod_run_delivers_the_film_and_ends() {
+    let text = BASE
+        .replace(
+            "bitrate_kbps = 1000",
+            "kind = \"vod\"\nbitrate_kbps = 1000\nvod_length_s = 120",
+        )
+        .replace("initial = 30", "initial = 10");
+    let vod = Scenario::parse(&text, "vod.toml").unwrap();
+    let series = run(&vod, 5, Mode::Selfcast);
+    assert_eq!(series.summary.viewers_started, 10);
+    assert!(
+        series.summary.segments_delivered > 10 * 30,
+        "{}",
+        series.summary.segments_delivered
+    );
+    assert!(series.latencies_ms.is_empty(), "no live latency for VOD");
+}
