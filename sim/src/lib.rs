@@ -1,17 +1,29 @@
-//! Selfcast's discrete-event simulator (not built yet).
+//! Selfcast's discrete-event simulator: the real protocol cores on thousands of simulated peers,
+//! in virtual time, deterministic from a seed.
 //!
-//! # Map (planned; see `ARCHITECTURE.md`)
+//! # Map
 //!
-//! `sim` hosts the same sans-IO cores as the real node (today `peer::exchange`; the overlay,
-//! swarm and optimizer cores as they land) for thousands of simulated peers, in virtual time,
-//! deterministic from a seed:
+//! ```text
+//!   scenario (TOML, validated) ──▶ run: workload (joins, churn, flash crowds, source outages,
+//!                                        partitions, publishing) + metrics (peer::qos)
+//!                                   │ drives
+//!                                   ▼
+//!   engine: one event queue, virtual time, seeded RNG ──▶ net: latency, jitter, loss, flows
+//!                                   │ hosts, through the `Core` trait      sharing capacity,
+//!                                   ▼                                      NAT matrix, partitions
+//!   hosted: peer::exchange::Exchange (the node's own code) + MemoVerifier
+//!                                   │
+//!                                   ▼
+//!   metrics (RunSeries) ──▶ report: summary.json, timeseries.csv, SVG/PNG plots, report.html
+//! ```
 //!
-//! - `engine`: one event queue, virtual time, a seeded RNG, the host trait the cores plug into.
-//! - `net`: flow-level network model: per-host upload/download capacity shared fairly, latency
-//!   from a synthetic topology, jitter, loss, NAT classes, partitions.
-//! - `workload`: capacity classes, churn, flash crowds, source failures.
-//! - `scenario`: TOML scenario files, validated.
-//! - `report`: `summary.json`, time series, plots and `report.html`.
+//! - [`engine`]: the event loop and the [`engine::Core`] trait any sans-IO core implements.
+//! - [`net`]: the network model.
+//! - [`hosted`]: the segment exchange as a simulated host.
+//! - [`scenario`]: scenario files and their validation.
+//! - [`run`]: one run of a scenario, Selfcast or the source-only baseline.
+//! - [`metrics`], [`report`]: what a run measured, and the files made from it.
+//! - [`bench`]: `sim bench`, the simulator's own speed.
 
 pub mod bench;
 pub mod engine;
