@@ -55,6 +55,10 @@ pub struct ExchangeConfig {
     pub introductions: usize,
     /// Requests outstanding at one partner at a time.
     pub max_inflight_per_peer: usize,
+    /// Segments this peer sends at once; a request beyond that is answered `Missing` at once,
+    /// so the requester asks someone else instead of waiting behind a queue that would make
+    /// every transfer late.
+    pub upload_slots: usize,
     /// A request not answered within this time is sent elsewhere.
     pub request_timeout: Duration,
     /// A live viewer starts this many segments behind the newest one announced.
@@ -85,6 +89,7 @@ impl Default for ExchangeConfig {
             partner_limit: 24,
             introductions: 6,
             max_inflight_per_peer: 4,
+            upload_slots: 4,
             request_timeout: Duration::from_secs(3),
             live_start_behind: 3,
             live_max_lag: 6,
@@ -126,6 +131,14 @@ pub enum Input {
         id: SegmentId,
         /// The stream's payload.
         bytes: Bytes,
+    },
+    /// A segment this peer sent (after [`Output::SendSegment`]) was delivered or abandoned:
+    /// its upload slot is free again.
+    SegmentSent {
+        /// The receiver.
+        peer: PeerId,
+        /// The segment.
+        id: SegmentId,
     },
     /// A segment stream from `peer` broke off or was refused before completing.
     SegmentFailed {
@@ -262,6 +275,8 @@ pub struct ExchangeStats {
     pub requests_retried: u64,
     /// Requests answered by `Missing`.
     pub requests_missed: u64,
+    /// Requests this peer turned down because all its upload slots were busy.
+    pub requests_refused: u64,
 }
 
 /// A partner as the application may display it.
@@ -318,6 +333,8 @@ pub struct Exchange {
     /// Candidates not to dial again before the given instant (they just failed or left us).
     backoff: HashMap<PeerId, Instant>,
     pending: HashMap<SegmentId, Pending>,
+    /// Segments being sent, to whom (each holds an upload slot).
+    uploads: HashSet<(PeerId, SegmentId)>,
     /// The first media segment this viewer wants.
     start: Option<u64>,
     /// VOD: the segment the player asked for last; fetching continues from there.
@@ -379,6 +396,7 @@ impl Exchange {
             dialing: HashSet::default(),
             backoff: HashMap::default(),
             pending: HashMap::default(),
+            uploads: HashSet::default(),
             start: None,
             playhead: None,
             cursor: 0,
@@ -408,6 +426,9 @@ impl Exchange {
             Input::Disconnected { peer } => self.on_disconnected(now, peer),
             Input::Frame { peer, frame } => self.on_frame(now, peer, frame),
             Input::Segment { peer, id, bytes } => self.on_segment(now, peer, id, bytes),
+            Input::SegmentSent { peer, id } => {
+                self.uploads.remove(&(peer, id));
+            }
             Input::SegmentFailed { peer, id } => {
                 if self.take_pending(peer, id) {
                     self.stats.requests_retried += 1;
@@ -635,6 +656,7 @@ impl Exchange {
         if self.partners.remove(&peer).is_none() {
             return;
         }
+        self.uploads.retain(|(to, _)| *to != peer);
         let lost: Vec<SegmentId> = self
             .pending
             .iter()
@@ -780,8 +802,14 @@ impl Exchange {
     }
 
     fn on_request(&mut self, peer: PeerId, id: SegmentId) {
+        let busy = self.uploads.len() >= self.config.upload_slots;
         match self.store.get(&id) {
+            Some(_) if busy || self.uploads.contains(&(peer, id)) => {
+                self.stats.requests_refused += 1;
+                self.send(peer, Frame::Missing(id));
+            }
             Some(bytes) => {
+                self.uploads.insert((peer, id));
                 self.stats.bytes_uploaded += bytes.len() as u64;
                 let bytes = bytes.clone();
                 self.outputs.push_back(Output::SendSegment {

@@ -59,6 +59,14 @@ pub enum Input<M> {
         /// The message.
         msg: M,
     },
+    /// A bulk message this host sent was delivered, or abandoned because the receiver went
+    /// away (QUIC tells the sender when a stream was acknowledged or reset).
+    Sent {
+        /// The receiver.
+        to: HostId,
+        /// The tag the send carried.
+        tag: u64,
+    },
     /// The instant from [`Core::poll_timeout`] has come.
     Timeout,
 }
@@ -82,6 +90,8 @@ pub enum Output<M, E> {
         bulk: bool,
         /// The message kind, for the protocol counters.
         kind: &'static str,
+        /// For bulk messages: returned to the sender in [`Input::Sent`].
+        tag: u64,
     },
     /// Something for the scenario's metrics.
     Event(E),
@@ -190,7 +200,7 @@ pub struct Engine<C: Core, X> {
     msgs: Vec<Option<C::Msg>>,
     free_msgs: Vec<u32>,
     hosts: Vec<Host<C>>,
-    net: Net<(HostId, C::Msg)>,
+    net: Net<(u64, C::Msg)>,
     conns: BTreeMap<(HostId, HostId), Conn>,
     /// Per direction: the arrival time of the last control message (they arrive in order).
     last_arrival: HashMap<(HostId, HostId), SimTime>,
@@ -248,12 +258,12 @@ impl<C: Core, X> Engine<C, X> {
     }
 
     /// The network model.
-    pub fn net(&self) -> &Net<(HostId, C::Msg)> {
+    pub fn net(&self) -> &Net<(u64, C::Msg)> {
         &self.net
     }
 
     /// The network model, to change capacities or partitions.
-    pub fn net_mut(&mut self) -> &mut Net<(HostId, C::Msg)> {
+    pub fn net_mut(&mut self) -> &mut Net<(u64, C::Msg)> {
         &mut self.net
     }
 
@@ -373,11 +383,12 @@ impl<C: Core, X> Engine<C, X> {
             }
             Ev::Flow(deadline) => {
                 let now = self.now;
-                if let Some((from, to, (_, msg), changed)) = self.net.finish_flow(now, deadline) {
+                if let Some((from, to, (tag, msg), changed)) = self.net.finish_flow(now, deadline) {
                     self.reschedule(changed);
                     let delay = self.net.base_delay(from, to);
                     let at = now + delay.as_nanos() as u64;
                     self.deliver(at, to, from, msg);
+                    self.input(from, Input::Sent { to, tag });
                 }
             }
             Ev::Timer { host, at } => {
@@ -489,6 +500,7 @@ impl<C: Core, X> Engine<C, X> {
                 bytes,
                 bulk,
                 kind,
+                tag,
             } => {
                 let t = self.traffic.entry(kind).or_default();
                 t.count += 1;
@@ -501,7 +513,7 @@ impl<C: Core, X> Engine<C, X> {
                 if bulk {
                     self.hosts[host.0 as usize].uploaded += bytes;
                     self.hosts[to.0 as usize].received += bytes;
-                    let changed = self.net.start_flow(self.now, host, to, bytes, (host, msg));
+                    let changed = self.net.start_flow(self.now, host, to, bytes, (tag, msg));
                     self.reschedule(changed);
                 } else {
                     let delay = self.net.message_delay(host, to, &mut self.rng).as_nanos() as u64;
@@ -550,8 +562,13 @@ impl<C: Core, X> Engine<C, X> {
             return;
         }
         self.hosts[host.0 as usize].timer = None;
-        let (_, changed) = self.net.drop_host_flows(self.now, host);
+        let (aborted, changed) = self.net.drop_host_flows(self.now, host);
         self.reschedule(changed);
+        for (from, to, (tag, _)) in aborted {
+            if from != host {
+                self.input(from, Input::Sent { to, tag });
+            }
+        }
         let peers: BTreeSet<HostId> = self
             .conns
             .keys()
@@ -639,6 +656,7 @@ mod tests {
                         bytes: 100,
                         bulk: false,
                         kind: "ping",
+                        tag: 0,
                     });
                     self.out.push(Output::Send {
                         to: p,
@@ -646,6 +664,7 @@ mod tests {
                         bytes: 250_000,
                         bulk: true,
                         kind: "seg",
+                        tag: 2,
                     });
                 }
                 Input::Disconnected(p) => self.log.push(format!("down {}", p.0)),
@@ -653,6 +672,7 @@ mod tests {
                     self.log.push(format!("msg {msg} from {}", from.0));
                     self.out.push(Output::Event(format!("got {msg}")));
                 }
+                Input::Sent { to, tag } => self.log.push(format!("sent {tag} to {}", to.0)),
                 Input::Timeout => {}
             }
         }

@@ -128,6 +128,15 @@ impl Core for ExchangeCore {
                 let Some(peer) = peer_of(h) else { return };
                 exchange::Input::Disconnected { peer }
             }
+            Input::Sent { to, tag } => {
+                let Some(peer) = peer_of(to) else { return };
+                let id = if tag == u64::MAX {
+                    SegmentId::Init
+                } else {
+                    SegmentId::Media(tag)
+                };
+                exchange::Input::SegmentSent { peer, id }
+            }
             Input::Message {
                 from,
                 msg: Wire::Frame(frame),
@@ -167,6 +176,7 @@ impl Core for ExchangeCore {
                         bytes,
                         bulk: false,
                         kind,
+                        tag: 0,
                     }
                 }
                 exchange::Output::SendSegment { to, id, bytes } => {
@@ -174,12 +184,17 @@ impl Core for ExchangeCore {
                     // The stream header is a handful of bytes; its exact size does not matter at this scale.
                     let size = (bytes.len() + SEGMENT_HEADER_BYTES) as u64;
                     let msg = Wire::Segment { id, bytes };
+                    let tag = match id {
+                        SegmentId::Init => u64::MAX,
+                        SegmentId::Media(n) => n,
+                    };
                     Output::Send {
                         to,
                         msg,
                         bytes: size,
                         bulk: true,
                         kind: "segment",
+                        tag,
                     }
                 }
                 exchange::Output::Dial(PeerAddr { addr, .. }) => match addr_host(addr) {

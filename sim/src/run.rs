@@ -201,8 +201,9 @@ impl<'a> Runner<'a> {
         let now = self.engine.instant(self.engine.now());
         let mut config = self.config.clone();
         if self.mode == Mode::SourceOnly {
-            // A CDN takes every viewer.
+            // A CDN takes every viewer and serves every request at once.
             config.partner_limit = usize::MAX;
+            config.upload_slots = usize::MAX;
         }
         let exchange = Exchange::source(
             now,

@@ -140,6 +140,11 @@ impl Harness {
                     },
                     None => bytes,
                 };
+                // The stream is done (delivered or refused): the sender's slot is free again.
+                self.nodes
+                    .get_mut(&from)
+                    .unwrap()
+                    .handle_input(now, Input::SegmentSent { peer: to, id });
                 let receiver = self.nodes.get_mut(&to).unwrap();
                 let input = match receiver.expected_len(&from, id) {
                     Some(len) if bytes.len() <= len => Input::Segment {
@@ -560,4 +565,32 @@ fn a_restarted_broadcaster_starts_a_new_session_and_viewers_drop_the_old_one() {
             "old session's segment kept"
         );
     }
+}
+
+#[test]
+fn a_peer_with_busy_upload_slots_turns_requests_away_at_once() {
+    let (mut h, source) = Harness::new(StreamKind::Vod);
+    h.publish(source, b"init");
+    h.publish(source, &payload(0));
+    let now = h.now;
+    let node = h.nodes.get_mut(&source).unwrap();
+    node.config.upload_slots = 1;
+    let (a, b) = (PeerId([1; 32]), PeerId([2; 32]));
+    for peer in [a, b] {
+        node.handle_input(now, Input::Connected { peer });
+    }
+    while node.poll_output().is_some() {}
+    let request = |peer| Input::Frame { peer, frame: Frame::Request(SegmentId::Media(0)) };
+    node.handle_input(now, request(a));
+    node.handle_input(now, request(b));
+    let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
+    assert!(matches!(&outputs[..], [
+        Output::SendSegment { to, .. },
+        Output::Send { to: refused, frame: Frame::Missing(SegmentId::Media(0)) },
+    ] if *to == a && *refused == b), "{outputs:?}");
+    assert_eq!(node.stats().requests_refused, 1);
+    // Once a's transfer is done, the slot serves b.
+    node.handle_input(now, Input::SegmentSent { peer: a, id: SegmentId::Media(0) });
+    node.handle_input(now, request(b));
+    assert!(matches!(node.poll_output(), Some(Output::SendSegment { to, .. }) if to == b));
 }

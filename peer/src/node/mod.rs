@@ -291,6 +291,10 @@ enum Msg {
         id: SegmentId,
         bytes: Bytes,
     },
+    SegmentSent {
+        peer: PeerId,
+        id: SegmentId,
+    },
     SegmentFailed {
         peer: PeerId,
         id: SegmentId,
@@ -634,6 +638,10 @@ impl Actor {
                 self.exchange
                     .handle_input(now, Input::Segment { peer, id, bytes });
             }
+            Msg::SegmentSent { peer, id } => {
+                self.exchange
+                    .handle_input(now, Input::SegmentSent { peer, id });
+            }
             Msg::SegmentFailed { peer, id } => {
                 self.exchange
                     .handle_input(now, Input::SegmentFailed { peer, id });
@@ -724,9 +732,17 @@ impl Actor {
                 }
                 Output::SendSegment { to, id, bytes } => {
                     let Some(c) = self.conns.get(&to) else {
+                        let now = Instant::now();
+                        self.exchange
+                            .handle_input(now, Input::SegmentSent { peer: to, id });
                         continue;
                     };
-                    tokio::spawn(send_segment(c.conn.clone(), id, bytes));
+                    let tx = self.tx.clone();
+                    let conn = c.conn.clone();
+                    tokio::spawn(async move {
+                        send_segment(conn, id, bytes).await;
+                        let _ = tx.send(Msg::SegmentSent { peer: to, id });
+                    });
                 }
                 Output::Dial(target) => {
                     let me = self.exchange.me();
@@ -1141,6 +1157,8 @@ async fn send_segment(conn: Connection, id: SegmentId, bytes: Bytes) {
         stream.write_all(&SegmentHeader { id }.encode()).await?;
         stream.write_chunk(bytes).await?;
         stream.finish()?;
+        // The slot stays taken until the receiver has acknowledged everything (or gave up).
+        let _ = stream.stopped().await;
         Ok::<_, SendError>(())
     }
     .await;
