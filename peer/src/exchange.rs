@@ -298,7 +298,7 @@ pub struct PartnerInfo {
 struct Partner {
     listen: Option<SocketAddr>,
     greeted: bool,
-    have: HashSet<SegmentId>,
+    have: HaveMap,
     inflight: usize,
     strikes: u32,
 }
@@ -421,6 +421,15 @@ impl Exchange {
 
     /// Feeds one input.
     pub fn handle_input(&mut self, now: Instant, input: Input) {
+        // Serving others and hearing of peers cannot make a request of ours possible.
+        let may_request = !matches!(
+            input,
+            Input::SegmentSent { .. }
+                | Input::Frame {
+                    frame: Frame::Request(_) | Frame::Peers(_),
+                    ..
+                }
+        );
         match input {
             Input::Connected { peer } => self.on_connected(peer),
             Input::Disconnected { peer } => self.on_disconnected(now, peer),
@@ -433,12 +442,14 @@ impl Exchange {
                 if self.take_pending(peer, id) {
                     self.stats.requests_retried += 1;
                     if let Some(partner) = self.partners.get_mut(&peer) {
-                        partner.have.remove(&id);
+                        partner.have.remove(id);
                     }
                 }
             }
         }
-        self.schedule(now);
+        if may_request {
+            self.schedule(now);
+        }
     }
 
     /// Publishes a segment (broadcaster only): signs its statement, stores it, announces it.
@@ -493,7 +504,7 @@ impl Exchange {
             self.stats.requests_retried += 1;
             if let Some(partner) = self.partners.get_mut(&peer) {
                 // A partner that did not deliver in time is asked for other segments first.
-                partner.have.remove(&id);
+                partner.have.remove(id);
             }
         }
         if now >= self.next_maintenance {
@@ -619,7 +630,7 @@ impl Exchange {
             Partner {
                 listen: None,
                 greeted: false,
-                have: HashSet::default(),
+                have: HaveMap::default(),
                 inflight: 0,
                 strikes: 0,
             },
@@ -703,7 +714,9 @@ impl Exchange {
             Frame::Announce(statements) => self.on_announce(now, peer, statements),
             Frame::Have(ids) => {
                 if let Some(partner) = self.partners.get_mut(&peer) {
-                    partner.have.extend(ids);
+                    for id in ids {
+                        partner.have.insert(id);
+                    }
                 }
             }
             Frame::Request(id) => self.on_request(peer, id),
@@ -712,7 +725,7 @@ impl Exchange {
                     self.stats.requests_missed += 1;
                 }
                 if let Some(partner) = self.partners.get_mut(&peer) {
-                    partner.have.remove(&id);
+                    partner.have.remove(id);
                 }
             }
             Frame::Peers(peers) => {
@@ -838,7 +851,7 @@ impl Exchange {
             self.outputs
                 .push_back(Output::Event(Event::SegmentRejected { peer, id, error }));
             if let Some(partner) = self.partners.get_mut(&peer) {
-                partner.have.remove(&id);
+                partner.have.remove(id);
             }
             self.strike(peer);
             return;
@@ -915,14 +928,19 @@ impl Exchange {
         if !self.is_live() || keep_from <= self.floor {
             return;
         }
+        let oldest = self.statements.keys().find_map(|id| match id {
+            SegmentId::Media(n) => Some(*n),
+            SegmentId::Init => None,
+        });
+        for n in oldest.unwrap_or(keep_from).max(self.floor)..keep_from {
+            let id = SegmentId::Media(n);
+            self.store.remove(&id);
+            self.statements.remove(&id);
+            self.seen.remove(&id);
+        }
         self.floor = keep_from;
-        let first = SegmentId::Media(keep_from);
-        let before = |id: &SegmentId| matches!(id, SegmentId::Media(_)) && *id < first;
-        self.store.retain(|id, _| !before(id));
-        self.statements.retain(|id, _| !before(id));
-        self.seen.retain(|id, _| !before(id));
         for partner in self.partners.values_mut() {
-            partner.have.retain(|id| !before(id));
+            partner.have.forget_before(keep_from);
         }
         self.outputs
             .push_back(Output::Event(Event::Evicted { seq: keep_from }));
@@ -969,7 +987,7 @@ impl Exchange {
                 .iter()
                 .filter(|(_, p)| {
                     p.greeted
-                        && p.have.contains(&id)
+                        && p.have.contains(id)
                         && p.inflight < self.config.max_inflight_per_peer
                 })
                 .min_by_key(|(peer, p)| (Some(**peer) == source, p.inflight, **peer))
@@ -1150,6 +1168,83 @@ impl Exchange {
         for peer in peers {
             self.send(peer, frame.clone());
         }
+    }
+}
+
+/// What a partner holds: a bitmap over media segment numbers (a buffer map) that slides
+/// forward as old segments are forgotten, plus the init segment.
+#[derive(Debug, Default)]
+struct HaveMap {
+    init: bool,
+    /// Word `i` covers segments `(first_word + i) * 64 ..`.
+    first_word: u64,
+    words: VecDeque<u64>,
+}
+
+impl HaveMap {
+    fn insert(&mut self, id: SegmentId) {
+        let SegmentId::Media(n) = id else {
+            self.init = true;
+            return;
+        };
+        let word = n / 64;
+        if word < self.first_word {
+            return; // already forgotten
+        }
+        if self.words.is_empty() {
+            self.first_word = word;
+        }
+        let index = (word - self.first_word) as usize;
+        if index >= self.words.len() {
+            // A partner announcing a segment absurdly far ahead is not worth the memory.
+            if index > 1 << 16 {
+                return;
+            }
+            self.words.resize(index + 1, 0);
+        }
+        self.words[index] |= 1 << (n % 64);
+    }
+
+    fn remove(&mut self, id: SegmentId) {
+        let SegmentId::Media(n) = id else {
+            self.init = false;
+            return;
+        };
+        let Some(index) = (n / 64).checked_sub(self.first_word) else {
+            return;
+        };
+        if let Some(word) = self.words.get_mut(index as usize) {
+            *word &= !(1 << (n % 64));
+        }
+    }
+
+    fn contains(&self, id: SegmentId) -> bool {
+        let SegmentId::Media(n) = id else {
+            return self.init;
+        };
+        let Some(index) = (n / 64).checked_sub(self.first_word) else {
+            return false;
+        };
+        self.words
+            .get(index as usize)
+            .is_some_and(|w| w & (1 << (n % 64)) != 0)
+    }
+
+    /// Forgets media segments before `seq`.
+    fn forget_before(&mut self, seq: u64) {
+        while self.first_word < seq / 64 && !self.words.is_empty() {
+            self.words.pop_front();
+            self.first_word += 1;
+        }
+        if let Some(word) = self.words.front_mut() {
+            if self.first_word == seq / 64 {
+                *word &= !((1u64 << (seq % 64)) - 1);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
     }
 }
 

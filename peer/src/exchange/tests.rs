@@ -580,17 +580,49 @@ fn a_peer_with_busy_upload_slots_turns_requests_away_at_once() {
         node.handle_input(now, Input::Connected { peer });
     }
     while node.poll_output().is_some() {}
-    let request = |peer| Input::Frame { peer, frame: Frame::Request(SegmentId::Media(0)) };
+    let request = |peer| Input::Frame {
+        peer,
+        frame: Frame::Request(SegmentId::Media(0)),
+    };
     node.handle_input(now, request(a));
     node.handle_input(now, request(b));
     let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
-    assert!(matches!(&outputs[..], [
+    assert!(
+        matches!(&outputs[..], [
         Output::SendSegment { to, .. },
         Output::Send { to: refused, frame: Frame::Missing(SegmentId::Media(0)) },
-    ] if *to == a && *refused == b), "{outputs:?}");
+    ] if *to == a && *refused == b),
+        "{outputs:?}"
+    );
     assert_eq!(node.stats().requests_refused, 1);
     // Once a's transfer is done, the slot serves b.
-    node.handle_input(now, Input::SegmentSent { peer: a, id: SegmentId::Media(0) });
+    node.handle_input(
+        now,
+        Input::SegmentSent {
+            peer: a,
+            id: SegmentId::Media(0),
+        },
+    );
     node.handle_input(now, request(b));
     assert!(matches!(node.poll_output(), Some(Output::SendSegment { to, .. }) if to == b));
+}
+
+#[test]
+fn a_have_map_slides_forward() {
+    let mut have = HaveMap::default();
+    for n in [3, 64, 65, 200] {
+        have.insert(SegmentId::Media(n));
+    }
+    have.insert(SegmentId::Init);
+    assert!(have.contains(SegmentId::Media(3)) && have.contains(SegmentId::Media(200)));
+    assert!(!have.contains(SegmentId::Media(4)) && !have.contains(SegmentId::Media(9_999)));
+    have.remove(SegmentId::Media(64));
+    assert!(!have.contains(SegmentId::Media(64)) && have.contains(SegmentId::Media(65)));
+    have.forget_before(65);
+    assert!(!have.contains(SegmentId::Media(3)), "forgotten");
+    assert!(have.contains(SegmentId::Media(65)) && have.contains(SegmentId::Init));
+    have.insert(SegmentId::Media(2)); // behind the window: ignored
+    assert!(!have.contains(SegmentId::Media(2)));
+    have.insert(SegmentId::Media(u64::MAX)); // absurdly far ahead: ignored, no huge allocation
+    assert!(!have.contains(SegmentId::Media(u64::MAX)));
 }
