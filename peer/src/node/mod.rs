@@ -263,10 +263,7 @@ fn unix_ms() -> u64 {
 /// What the connection tasks and the handle tell the actor.
 enum Msg {
     Connected {
-        peer: PeerId,
-        conn: Connection,
-        send: SendStream,
-        recv: RecvStream,
+        link: Link,
         dialled_by: PeerId,
     },
     Frame {
@@ -308,6 +305,14 @@ enum Msg {
         reply: oneshot::Sender<Result<(), PublishError>>,
     },
     Shutdown,
+}
+
+/// An authenticated connection with its control stream, as dialling or accepting made it.
+struct Link {
+    peer: PeerId,
+    conn: Connection,
+    send: SendStream,
+    recv: RecvStream,
 }
 
 struct Conn {
@@ -589,13 +594,7 @@ impl Actor {
     fn on_msg(&mut self, msg: Msg) {
         let now = Instant::now();
         match msg {
-            Msg::Connected {
-                peer,
-                conn,
-                send,
-                recv,
-                dialled_by,
-            } => self.on_connected(now, peer, conn, (send, recv), dialled_by),
+            Msg::Connected { link, dialled_by } => self.on_connected(now, link, dialled_by),
             Msg::Frame {
                 peer,
                 gen,
@@ -663,14 +662,13 @@ impl Actor {
         }
     }
 
-    fn on_connected(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        conn: Connection,
-        (send, recv): (SendStream, RecvStream),
-        dialled_by: PeerId,
-    ) {
+    fn on_connected(&mut self, now: Instant, link: Link, dialled_by: PeerId) {
+        let Link {
+            peer,
+            conn,
+            send,
+            recv,
+        } = link;
         let me = self.exchange.me();
         if let Some(existing) = self.conns.get(&peer) {
             // Both sides dialled at once. Both keep the connection dialled by the smaller id,
@@ -953,16 +951,18 @@ fn spawn_dial(
             let conn = connecting.await?;
             let peer = tls::peer_id_of(&conn).ok_or(DialError::Other("no peer identity"))?;
             let (send, recv) = conn.open_bi().await?;
-            Ok::<_, DialError>((peer, conn, send, recv))
+            Ok::<_, DialError>(Link {
+                peer,
+                conn,
+                send,
+                recv,
+            })
         }
         .await;
         match result {
-            Ok((peer, conn, send, recv)) => {
+            Ok(link) => {
                 let _ = tx.send(Msg::Connected {
-                    peer,
-                    conn,
-                    send,
-                    recv,
+                    link,
                     dialled_by: me,
                 });
             }
@@ -1007,18 +1007,18 @@ async fn accept_loop(
                 let (send, recv) = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi())
                     .await
                     .map_err(|_| DialError::Other("no control stream within 10 s"))??;
-                Ok::<_, DialError>((peer, conn, send, recv))
+                Ok::<_, DialError>(Link {
+                    peer,
+                    conn,
+                    send,
+                    recv,
+                })
             }
             .await;
             match result {
-                Ok((peer, conn, send, recv)) => {
-                    let _ = tx.send(Msg::Connected {
-                        peer,
-                        conn,
-                        send,
-                        recv,
-                        dialled_by: peer,
-                    });
+                Ok(link) => {
+                    let dialled_by = link.peer;
+                    let _ = tx.send(Msg::Connected { link, dialled_by });
                 }
                 Err(e) => debug!(%remote, error = %e, "incoming connection failed"),
             }
