@@ -277,6 +277,8 @@ pub struct ExchangeStats {
     pub requests_missed: u64,
     /// Requests this peer turned down because all its upload slots were busy.
     pub requests_refused: u64,
+    /// Requests partners turned down because their upload slots were busy.
+    pub requests_busy: u64,
 }
 
 /// A partner as the application may display it.
@@ -301,6 +303,8 @@ struct Partner {
     have: HaveMap,
     inflight: usize,
     strikes: u32,
+    /// It answered `Busy`: not asked again before this instant.
+    busy_until: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -631,6 +635,7 @@ impl Exchange {
                 listen: None,
                 greeted: false,
                 have: HaveMap::default(),
+                busy_until: None,
                 inflight: 0,
                 strikes: 0,
             },
@@ -720,6 +725,14 @@ impl Exchange {
                 }
             }
             Frame::Request(id) => self.on_request(peer, id),
+            Frame::Busy(id) => {
+                // It has the segment; its slots are full. Leave it alone for a moment.
+                self.take_pending(peer, id);
+                self.stats.requests_busy += 1;
+                if let Some(partner) = self.partners.get_mut(&peer) {
+                    partner.busy_until = Some(now + BUSY_BACKOFF);
+                }
+            }
             Frame::Missing(id) => {
                 if self.take_pending(peer, id) {
                     self.stats.requests_missed += 1;
@@ -819,7 +832,7 @@ impl Exchange {
         match self.store.get(&id) {
             Some(_) if busy || self.uploads.contains(&(peer, id)) => {
                 self.stats.requests_refused += 1;
-                self.send(peer, Frame::Missing(id));
+                self.send(peer, Frame::Busy(id));
             }
             Some(bytes) => {
                 self.uploads.insert((peer, id));
@@ -965,11 +978,17 @@ impl Exchange {
         }
         // Nothing to do while every partner is busy (the common case under load).
         let max = self.config.max_inflight_per_peer;
-        if !self
+        let usable =
+            |p: &Partner| p.greeted && p.inflight < max && p.busy_until.is_none_or(|t| t <= now);
+        // A partner that said `Busy` is worth asking again when its pause ends.
+        self.next_schedule = self
             .partners
             .values()
-            .any(|p| p.greeted && p.inflight < max)
-        {
+            .filter_map(|p| p.busy_until)
+            .filter(|t| *t > now)
+            .min();
+        // Nothing to do while every partner is busy (the common case under load).
+        if !self.partners.values().any(usable) {
             return;
         }
         let Some(wanted) = self.wanted() else { return };
@@ -985,11 +1004,7 @@ impl Exchange {
             let holder = self
                 .partners
                 .iter()
-                .filter(|(_, p)| {
-                    p.greeted
-                        && p.have.contains(id)
-                        && p.inflight < self.config.max_inflight_per_peer
-                })
+                .filter(|(_, p)| usable(p) && p.have.contains(id))
                 .min_by_key(|(peer, p)| (Some(**peer) == source, p.inflight, **peer))
                 .map(|(peer, _)| *peer);
             let Some(peer) = holder else { continue };
@@ -1247,6 +1262,9 @@ impl HaveMap {
         *self = Self::default();
     }
 }
+
+/// How long a partner that answered `Busy` is left alone.
+const BUSY_BACKOFF: Duration = Duration::from_millis(200);
 
 /// How long a peer that failed a dial or dropped us is left alone before being dialled again.
 const REDIAL_BACKOFF: Duration = Duration::from_secs(10);

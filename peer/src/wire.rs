@@ -48,6 +48,9 @@ pub enum Frame {
     Missing(SegmentId),
     /// Other peers of the channel the receiver may connect to.
     Peers(Vec<PeerAddr>),
+    /// The sender holds this segment but all its upload slots are taken: ask again shortly,
+    /// or ask someone else.
+    Busy(SegmentId),
 }
 
 /// A peer and where it listens.
@@ -121,6 +124,7 @@ impl Frame {
             Self::Request(_) => "request",
             Self::Missing(_) => "missing",
             Self::Peers(_) => "peers",
+            Self::Busy(_) => "busy",
         }
     }
 
@@ -129,7 +133,11 @@ impl Frame {
             Self::Announce(v) => v.len(),
             Self::Have(v) => v.len(),
             Self::Peers(v) => v.len(),
-            Self::Hello { .. } | Self::Channel(_) | Self::Request(_) | Self::Missing(_) => 0,
+            Self::Hello { .. }
+            | Self::Channel(_)
+            | Self::Request(_)
+            | Self::Missing(_)
+            | Self::Busy(_) => 0,
         };
         if len > MAX_LIST_LEN {
             return Err(FrameError::ListTooLong(len));

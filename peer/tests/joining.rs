@@ -77,7 +77,7 @@ async fn a_viewer_started_before_its_broadcaster_joins_when_it_appears_and_follo
         Duration::from_secs(40),
         "the viewer to switch to the new session",
         || {
-            viewer.store().segment(summary.segments - 1).is_some()
+            (0..summary.segments).all(|seq| viewer.store().segment(seq).is_some())
                 && viewer.status()["name"] == "late"
                 && viewer.store().init().is_some_and(|init| init != old_init)
         },

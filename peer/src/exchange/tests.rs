@@ -590,7 +590,7 @@ fn a_peer_with_busy_upload_slots_turns_requests_away_at_once() {
     assert!(
         matches!(&outputs[..], [
         Output::SendSegment { to, .. },
-        Output::Send { to: refused, frame: Frame::Missing(SegmentId::Media(0)) },
+        Output::Send { to: refused, frame: Frame::Busy(SegmentId::Media(0)) },
     ] if *to == a && *refused == b),
         "{outputs:?}"
     );
