@@ -80,6 +80,10 @@ pub struct ExchangeConfig {
     pub maintenance_interval: Duration,
     /// How statements and segment bytes are checked.
     pub verifier: Arc<dyn Verifier>,
+    /// A live viewer that heard of no new segment for this long dials the source again.
+    pub stall_timeout: Duration,
+    /// Whether this peer tells others about its partners (a CDN-like source does not).
+    pub share_peers: bool,
 }
 
 impl Default for ExchangeConfig {
@@ -99,6 +103,8 @@ impl Default for ExchangeConfig {
             source_grace: Duration::from_millis(300),
             maintenance_interval: Duration::from_secs(1),
             verifier: Arc::new(Strict),
+            stall_timeout: Duration::from_secs(5),
+            share_peers: true,
         }
     }
 }
@@ -348,6 +354,8 @@ pub struct Exchange {
     last: Option<u64>,
     /// Live: media segments before this one were evicted and are not wanted again.
     floor: u64,
+    /// When the last new statement arrived.
+    last_fresh: Option<Instant>,
     next_maintenance: Instant,
     outputs: VecDeque<Output>,
     stats: ExchangeStats,
@@ -406,6 +414,7 @@ impl Exchange {
             cursor: 0,
             last: None,
             floor: 0,
+            last_fresh: None,
             outputs: VecDeque::new(),
             stats: ExchangeStats::default(),
         }
@@ -901,6 +910,7 @@ impl Exchange {
 
     fn accept_statement(&mut self, now: Instant, statement: SignedSegment) {
         let meta = statement.meta;
+        self.last_fresh = Some(now);
         self.statements.insert(meta.id, statement);
         self.seen.insert(meta.id, now);
         if let SegmentId::Media(seq) = meta.id {
@@ -1099,6 +1109,7 @@ impl Exchange {
         if self.is_source() {
             return;
         }
+        self.redial_stalled_source(now);
         let mut missing = self
             .config
             .max_partners
@@ -1127,9 +1138,38 @@ impl Exchange {
         }
     }
 
+    /// A live stream that announced nothing new for a while, with the source not among our
+    /// partners, may have lost its source (it crashed and came back, and nobody reconnected):
+    /// dial it, whatever the partner count.
+    fn redial_stalled_source(&mut self, now: Instant) {
+        let Some(source) = self.source_peer() else {
+            return;
+        };
+        let stalled = self.is_live()
+            && self
+                .last_fresh
+                .is_some_and(|t| now.saturating_duration_since(t) > self.config.stall_timeout);
+        if !stalled
+            || self.partners.contains_key(&source)
+            || self.dialing.contains(&source)
+            || self.backoff.contains_key(&source)
+        {
+            return;
+        }
+        if let Some(addr) = self.candidates.get(&source).copied() {
+            debug!("no new segment for a while; dialling the source");
+            self.dialing.insert(source);
+            self.outputs
+                .push_back(Output::Dial(PeerAddr { id: source, addr }));
+        }
+    }
+
     /// Up to `n` partners with known addresses, other than `around`: those that follow
     /// `around` in id order, wrapping, so that different newcomers get different samples.
     fn partner_sample(&self, around: PeerId, n: usize) -> Vec<PeerAddr> {
+        if !self.config.share_peers {
+            return Vec::new();
+        }
         self.partners
             .range(around..)
             .chain(self.partners.range(..around))

@@ -204,6 +204,7 @@ impl<'a> Runner<'a> {
             // A CDN takes every viewer and serves every request at once.
             config.partner_limit = usize::MAX;
             config.upload_slots = usize::MAX;
+            config.share_peers = false;
         }
         let exchange = Exchange::source(
             now,

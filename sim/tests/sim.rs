@@ -194,3 +194,33 @@ fn a_vod_run_delivers_the_film_and_ends() {
     );
     assert!(series.latencies_ms.is_empty(), "no live latency for VOD");
 }
+
+#[test]
+fn viewers_find_a_source_that_crashed_and_came_back() {
+    let text = BASE
+        .replace(
+            "up_mbps = 20\n",
+            "up_mbps = 20\nfailures = [{ at_s = 15, down_s = 5 }]\n",
+        )
+        .replace("duration_s = 60", "duration_s = 90");
+    let s = Scenario::parse(&text, "failure.toml").unwrap();
+    for mode in [Mode::Selfcast, Mode::SourceOnly] {
+        let series = run(&s, 2, mode);
+        let during = series.samples.iter().find(|x| x.t_s == 20.0).unwrap();
+        assert!(
+            during.continuity < 0.5,
+            "{mode:?}: the outage shows ({})",
+            during.continuity
+        );
+        let late: Vec<f64> = series
+            .samples
+            .iter()
+            .filter(|x| x.t_s > 75.0)
+            .map(|x| x.continuity)
+            .collect();
+        assert!(
+            late.iter().all(|c| *c > 0.9),
+            "{mode:?} did not recover: {late:?}"
+        );
+    }
+}
