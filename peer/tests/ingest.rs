@@ -2,7 +2,7 @@
 //! `peer::media::Ingest` on it and checks the CMAF output by decoding it with ffmpeg/ffprobe.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -19,18 +19,12 @@ const TARGET: Duration = Duration::from_secs(1);
 fn h264_aac_with_1s_gop_is_passed_through_in_1s_segments() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("in.mp4");
-    ffmpeg(
+    generate(
+        &src,
+        Some("320x240:rate=30"),
+        Some(48000),
+        4,
         &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=320x240:rate=30",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-            "-t",
-            "4",
             "-c:v",
             "libx264",
             "-preset",
@@ -42,7 +36,6 @@ fn h264_aac_with_1s_gop_is_passed_through_in_1s_segments() {
             "-c:a",
             "aac",
         ],
-        &src,
     );
 
     let ingest = open_vod(&src);
@@ -66,26 +59,12 @@ fn h264_aac_with_1s_gop_is_passed_through_in_1s_segments() {
 fn mpeg4_mp3_in_mkv_is_transcoded_and_plays() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("in.mkv");
-    ffmpeg(
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=320x240:rate=25",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=44100",
-            "-t",
-            "3",
-            "-c:v",
-            "mpeg4",
-            "-g",
-            "100",
-            "-c:a",
-            "libmp3lame",
-        ],
+    generate(
         &src,
+        Some("320x240:rate=25"),
+        Some(44100),
+        3,
+        &["-c:v", "mpeg4", "-g", "100", "-c:a", "libmp3lame"],
     );
 
     let ingest = open_vod(&src);
@@ -104,14 +83,12 @@ fn mpeg4_mp3_in_mkv_is_transcoded_and_plays() {
 fn long_gop_h264_is_transcoded_to_1s_segments() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("in.mp4");
-    ffmpeg(
+    generate(
+        &src,
+        Some("320x240:rate=30"),
+        None,
+        4,
         &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=320x240:rate=30",
-            "-t",
-            "4",
             "-c:v",
             "libx264",
             "-preset",
@@ -121,7 +98,6 @@ fn long_gop_h264_is_transcoded_to_1s_segments() {
             "-pix_fmt",
             "yuv420p",
         ],
-        &src,
     );
 
     let ingest = open_vod(&src);
@@ -163,19 +139,7 @@ fn text_file_named_mp4_is_not_media() {
 fn audio_only_m4a_has_no_video() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("a.m4a");
-    ffmpeg(
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-            "-t",
-            "1",
-            "-c:a",
-            "aac",
-        ],
-        &src,
-    );
+    generate(&src, None, Some(48000), 1, &["-c:a", "aac"]);
     match Ingest::open(vod(&src)) {
         Err(IngestError::NoVideo(input)) => assert!(input.ends_with("a.m4a")),
         Err(e) => panic!("expected NoVideo, got {e}"),
@@ -253,18 +217,12 @@ fn test_pattern_live_is_paced_and_stops_on_request() {
 fn corrupt_data_mid_stream_is_skipped_not_fatal() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("in.ts");
-    ffmpeg(
+    generate(
+        &src,
+        Some("320x240:rate=30"),
+        Some(48000),
+        4,
         &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=320x240:rate=30",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-            "-t",
-            "4",
             "-c:v",
             "libx264",
             "-preset",
@@ -274,7 +232,6 @@ fn corrupt_data_mid_stream_is_skipped_not_fatal() {
             "-c:a",
             "aac",
         ],
-        &src,
     );
     let mut bytes = std::fs::read(&src).unwrap();
     let mid = bytes.len() / 2;
@@ -297,22 +254,12 @@ fn corrupt_data_mid_stream_is_skipped_not_fatal() {
 fn sink_closing_stops_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("in.mp4");
-    ffmpeg(
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=160x120:rate=30",
-            "-t",
-            "3",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-g",
-            "30",
-        ],
+    generate(
         &src,
+        Some("160x120:rate=30"),
+        None,
+        3,
+        &["-c:v", "libx264", "-preset", "ultrafast", "-g", "30"],
     );
     let stop = AtomicBool::new(false);
     let mut seen = 0;
@@ -352,18 +299,12 @@ fn transcode_bench_1080p30_mpeg4_mp3() {
     std::fs::create_dir_all(&dir).unwrap();
     let src = dir.join("ingest-1080p30-mpeg4-mp3-60s.mkv");
     if !src.exists() {
-        ffmpeg(
+        generate(
+            &src,
+            Some("1920x1080:rate=30"),
+            Some(44100),
+            60,
             &[
-                "-f",
-                "lavfi",
-                "-i",
-                "testsrc2=size=1920x1080:rate=30",
-                "-f",
-                "lavfi",
-                "-i",
-                "sine=frequency=440:sample_rate=44100",
-                "-t",
-                "60",
                 "-c:v",
                 "mpeg4",
                 "-q:v",
@@ -373,7 +314,6 @@ fn transcode_bench_1080p30_mpeg4_mp3() {
                 "-c:a",
                 "libmp3lame",
             ],
-            &src,
         );
     }
     let ingest = open_vod(&src);
@@ -556,13 +496,25 @@ fn ffprobe(path: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Makes a test input with the ffmpeg CLI.
-fn ffmpeg(args: &[&str], out: &PathBuf) {
-    let status = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y"])
-        .args(args)
-        .arg(out)
-        .status()
-        .expect("the ffmpeg CLI is installed");
+/// Makes a test input with the ffmpeg CLI: `seconds` of a test pattern of `video` size and
+/// rate (`"320x240:rate=30"`) and/or a 440 Hz tone at `audio` Hz, encoded with `codecs`.
+fn generate(out: &Path, video: Option<&str>, audio: Option<u32>, seconds: u32, codecs: &[&str]) {
+    let mut command = Command::new("ffmpeg");
+    command.args(["-hide_banner", "-loglevel", "error", "-y"]);
+    if let Some(video) = video {
+        command
+            .args(["-f", "lavfi", "-i"])
+            .arg(format!("testsrc2=size={video}"));
+    }
+    if let Some(rate) = audio {
+        command
+            .args(["-f", "lavfi", "-i"])
+            .arg(format!("sine=frequency=440:sample_rate={rate}"));
+    }
+    command
+        .args(["-t", &seconds.to_string()])
+        .args(codecs)
+        .arg(out);
+    let status = command.status().expect("the ffmpeg CLI is installed");
     assert!(status.success(), "ffmpeg failed to make {}", out.display());
 }
