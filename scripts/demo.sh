@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-exec cargo run --quiet -p peer -- demo "$@"
+exec cargo run -p peer -- demo "$@"
