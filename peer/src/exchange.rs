@@ -55,9 +55,9 @@ pub struct ExchangeConfig {
     pub introductions: usize,
     /// Requests outstanding at one partner at a time.
     pub max_inflight_per_peer: usize,
-    /// Segments this peer sends at once. As many more requests wait in a queue; beyond that a
-    /// request is answered `Busy` at once, so the requester asks someone else instead of
-    /// waiting behind transfers that would all be late.
+    /// Segments this peer sends at once; a request beyond that is answered `Missing` at once,
+    /// so the requester asks someone else instead of waiting behind a queue that would make
+    /// every transfer late.
     pub upload_slots: usize,
     /// A request not answered within this time is sent elsewhere.
     pub request_timeout: Duration,
@@ -345,8 +345,6 @@ pub struct Exchange {
     pending: HashMap<SegmentId, Pending>,
     /// Segments being sent, to whom (each holds an upload slot).
     uploads: HashSet<(PeerId, SegmentId)>,
-    /// Requests waiting for a slot, at most `upload_slots` of them.
-    upload_queue: VecDeque<(PeerId, SegmentId)>,
     /// The first media segment this viewer wants.
     start: Option<u64>,
     /// VOD: the segment the player asked for last; fetching continues from there.
@@ -411,7 +409,6 @@ impl Exchange {
             backoff: HashMap::default(),
             pending: HashMap::default(),
             uploads: HashSet::default(),
-            upload_queue: VecDeque::new(),
             start: None,
             playhead: None,
             cursor: 0,
@@ -453,7 +450,6 @@ impl Exchange {
             Input::Segment { peer, id, bytes } => self.on_segment(now, peer, id, bytes),
             Input::SegmentSent { peer, id } => {
                 self.uploads.remove(&(peer, id));
-                self.drain_upload_queue();
             }
             Input::SegmentFailed { peer, id } => {
                 if self.take_pending(peer, id) {
@@ -686,8 +682,6 @@ impl Exchange {
             return;
         }
         self.uploads.retain(|(to, _)| *to != peer);
-        self.upload_queue.retain(|(to, _)| *to != peer);
-        self.drain_upload_queue();
         let lost: Vec<SegmentId> = self
             .pending
             .iter()
@@ -843,47 +837,23 @@ impl Exchange {
     }
 
     fn on_request(&mut self, peer: PeerId, id: SegmentId) {
-        if !self.store.contains_key(&id) {
-            self.send(peer, Frame::Missing(id));
-            return;
-        }
-        let request = (peer, id);
-        if self.uploads.contains(&request) || self.upload_queue.contains(&request) {
-            return; // asked twice: already on its way
-        }
-        if self.uploads.len() < self.config.upload_slots {
-            self.start_upload(request);
-        } else if self.upload_queue.len() < self.config.upload_slots {
-            // A short queue covers the moment between a transfer's last byte reaching the
-            // requester (who asks for the next one) and its acknowledgement freeing our slot.
-            self.upload_queue.push_back(request);
-        } else {
-            self.stats.requests_refused += 1;
-            self.send(peer, Frame::Busy(id));
-        }
-    }
-
-    fn start_upload(&mut self, (peer, id): (PeerId, SegmentId)) {
-        let Some(bytes) = self.store.get(&id).cloned() else {
-            self.send(peer, Frame::Missing(id)); // evicted while queued
-            return;
-        };
-        self.uploads.insert((peer, id));
-        self.stats.bytes_uploaded += bytes.len() as u64;
-        self.outputs.push_back(Output::SendSegment {
-            to: peer,
-            id,
-            bytes,
-        });
-    }
-
-    /// Starts queued uploads while slots are free.
-    fn drain_upload_queue(&mut self) {
-        while self.uploads.len() < self.config.upload_slots {
-            let Some(next) = self.upload_queue.pop_front() else {
-                return;
-            };
-            self.start_upload(next);
+        let busy = self.uploads.len() >= self.config.upload_slots;
+        match self.store.get(&id) {
+            Some(_) if busy || self.uploads.contains(&(peer, id)) => {
+                self.stats.requests_refused += 1;
+                self.send(peer, Frame::Busy(id));
+            }
+            Some(bytes) => {
+                self.uploads.insert((peer, id));
+                self.stats.bytes_uploaded += bytes.len() as u64;
+                let bytes = bytes.clone();
+                self.outputs.push_back(Output::SendSegment {
+                    to: peer,
+                    id,
+                    bytes,
+                });
+            }
+            None => self.send(peer, Frame::Missing(id)),
         }
     }
 

@@ -29,7 +29,6 @@ pub struct TransferBenchArgs {
 pub async fn run(args: TransferBenchArgs) -> anyhow::Result<serde_json::Value> {
     let exchange = ExchangeConfig {
         max_inflight_per_peer: 16,
-        upload_slots: 16,
         lookahead: 32,
         ..ExchangeConfig::default()
     };
