@@ -29,6 +29,8 @@ pub struct TransferBenchArgs {
 pub async fn run(args: TransferBenchArgs) -> anyhow::Result<serde_json::Value> {
     let exchange = ExchangeConfig {
         max_inflight_per_peer: 16,
+        // One viewer pipelines 16 requests; the source serves them all at once.
+        upload_slots: 16,
         lookahead: 32,
         ..ExchangeConfig::default()
     };
