@@ -1,21 +1,44 @@
-//! Selfcast's structured overlay and replicated transactional store (not built yet).
+//! Selfcast's structured overlay and replicated transactional store: the SELFMAN stack under
+//! PeerTV (Beernet's relaxed ring, Scalaris' store and Paxos Commit), in place of a central
+//! tracker.
 //!
-//! # Map (planned; see `ARCHITECTURE.md`)
+//! # Map
 //!
-//! A sans-IO `OverlayNode` (`handle_input(now, …)` / `poll_output()`), hosted by the real node
-//! in `peer` and by `sim`:
+//! Everything here is sans-IO: [`OverlayNode`] takes messages, timeouts and commands with the
+//! current instant and hands back messages to send and events; the real node in `peer` and
+//! `sim` drive the same code.
 //!
-//! - `ring`: the relaxed ring of Beernet: join through the successor, predecessors on
-//!   branches, successor lists, fingers for O(log N) lookups, an eventually-perfect failure
-//!   detector with adaptive timeouts.
-//! - `merge`: ring merge after a partition: suspected peers are kept and probed; a peer that
-//!   answers from another ring starts a gossip-based unification.
-//! - `store`: Scalaris-style symmetric replication (r = 4), majority quorums, versioned items,
-//!   hand-over on join and leave, anti-entropy repair.
-//! - `tx`: optimistic transactions committed by Paxos Commit with replicated transaction
-//!   managers.
-//! - `swarm`: the typed swarm metadata (channel records, membership samples, VOD holders,
-//!   optimizer plans) on top of the store.
+//! - [`id`]: ring positions (`u128`), [`NodeRef`], symmetric replica positions, range sets.
+//! - [`msg`]: every message, its wire form (version byte + postcard) and its bounds.
+//! - `node`: [`OverlayNode`] itself: the call contract, timers, routing (greedy over fingers
+//!   and successors, with the relaxed ring's branch rule), lookups.
+//! - `ring`: join through the successor, stabilization as heartbeat, the eventually perfect
+//!   failure detector, successor lists, fingers, graceful leave, crash repair, and the probes
+//!   of suspected nodes that merge rings after a partition.
+//! - [`store`]: one node's items, versions, locks and the ranges it is *sure* of.
+//! - `repair`: hand-over on join and leave, recovery of ranges taken over from crashed nodes
+//!   (a majority of sibling replicas must answer: the rule that keeps partitions from
+//!   committing twice), anti-entropy.
+//! - [`tx`]: transaction operations, logs and aborts; `commit`: quorum reads, Paxos Commit's
+//!   participants, acceptors and leaders, and the takeover by replicated managers.
 //!
-//! Until this crate lands, a viewer finds the swarm through `--bootstrap` peers and the
-//! exchange's peer lists (`peer::exchange`).
+//! Data flow of a transaction: `transact(ops)` → quorum reads of every key (routed to its `r`
+//! replica positions) → the log → `Prepare` to every replica → each votes to the acceptors
+//! (the manager and its replicated managers) → they forward to the leader → the leader decides
+//! → `Decide` to participants, which apply and unlock → [`Event::TxDone`].
+
+pub mod id;
+pub mod msg;
+pub mod store;
+pub mod tx;
+
+mod commit;
+mod node;
+mod repair;
+mod ring;
+
+pub use id::{NodeRef, RangeSet, RingId};
+pub use msg::{DecodeError, Message};
+pub use node::{Config, Event, Output, OverlayNode, Phase, Stats};
+pub use store::{Item, Value};
+pub use tx::{Abort, TxOp};

@@ -1,0 +1,247 @@
+//! Data movement and replica repair: hand-over on join and leave, recovery of ranges taken
+//! over from crashed nodes, and anti-entropy between the replicas of a range.
+//!
+//! Recovery is what keeps partitions safe. A node whose range grew over a crashed
+//! predecessor's holds nothing of that part yet, and is not *sure* of it. It asks the nodes
+//! holding the other `r - 1` symmetric replicas of the part for their items; once a majority of
+//! the replicas (`⌊r/2⌋ + 1` siblings, each sure of its part) have answered, it has every
+//! committed value (each was written to a majority) and becomes sure. A partition side with
+//! fewer than a majority of a range's replicas never gets there, so it cannot rebuild a
+//! majority of its own and commit on its own. Anti-entropy runs the same fetch against one
+//! sibling per round and keeps the newer version of every item, which repairs replicas that
+//! missed a commit.
+
+use crate::id::{replica_stride, NodeRef, RangeSet, RingId};
+use crate::msg::{Body, Op};
+use crate::node::{OverlayNode, Phase, Timer};
+use crate::store::Item;
+
+/// The most items in one hand-over or fetch answer.
+pub(crate) const CHUNK: usize = 256;
+
+/// One fetch from one sibling, continued chunk by chunk.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Fetch {
+    /// Which sibling replica (1..r).
+    sibling: u8,
+    /// The end of the range, in our own coordinates.
+    to: RingId,
+    /// Whether this fetch is part of a recovery (or anti-entropy).
+    recovery: bool,
+}
+
+/// A recovery in progress: the range and how the siblings answered.
+#[derive(Clone, Debug)]
+pub(crate) struct Recovery {
+    from: RingId,
+    to: RingId,
+    sure: u8,
+    failed: u8,
+}
+
+impl OverlayNode {
+    /// Gives `(from, to]` to `to_node`: its items, and our authority over it if we had it.
+    pub(crate) fn handover_to(&mut self, to_node: NodeRef, from: RingId, to: RingId) {
+        let items = self.store.take_range(from, to);
+        let sure = self.store.sure().covers(from, to);
+        self.store.unmark_sure(from, to);
+        let mut chunks: Vec<Vec<(RingId, Item)>> = items.chunks(CHUNK).map(<[_]>::to_vec).collect();
+        if chunks.is_empty() {
+            chunks.push(Vec::new());
+        }
+        let last = chunks.len() - 1;
+        for (i, items) in chunks.into_iter().enumerate() {
+            // Authority passes with the last chunk, once all data is there.
+            let sure = sure && i == last;
+            self.send(
+                to_node,
+                Body::Handover {
+                    from,
+                    to,
+                    sure,
+                    items,
+                },
+            );
+        }
+    }
+
+    pub(crate) fn on_handover(
+        &mut self,
+        from: RingId,
+        to: RingId,
+        sure: bool,
+        items: Vec<(RingId, Item)>,
+    ) {
+        for (key, item) in items {
+            self.store.merge(key, item);
+        }
+        if sure {
+            self.store.mark_sure(from, to);
+        }
+    }
+
+    /// The range this node is responsible for, as a set.
+    pub(crate) fn own_range(&self) -> RangeSet {
+        match self.pred {
+            Some(pred) => RangeSet::interval(pred.id, self.me.id),
+            None if self.succs.is_empty() => RangeSet::interval(self.me.id, self.me.id),
+            None => RangeSet::new(),
+        }
+    }
+
+    /// The periodic repair: recover the first unsure part of our range, or else pull one
+    /// sibling's copy of our range (anti-entropy).
+    pub(crate) fn repair(&mut self) {
+        let now = self.now;
+        self.set_timer(now + self.cfg.repair_every, Timer::Repair);
+        if self.phase != Phase::Member || self.cfg.replicas < 2 {
+            return;
+        }
+        let own = self.own_range();
+        // Authority over ranges that moved away is meaningless; keep the set small.
+        let sure = self.store.sure().intersection(&own);
+        if sure != *self.store.sure() {
+            let gone = self.store.sure().difference(&own);
+            for (from, to) in gone.intervals().collect::<Vec<_>>() {
+                self.store.unmark_sure(from, to);
+            }
+        }
+        let unsure = own.difference(self.store.sure());
+        if self.recovery.is_none() {
+            if let Some((from, to)) = unsure.intervals().next() {
+                self.recovery = Some(Recovery {
+                    from,
+                    to,
+                    sure: 0,
+                    failed: 0,
+                });
+                for sibling in 1..self.cfg.replicas {
+                    self.start_fetch(sibling, from, to, true);
+                }
+                return;
+            }
+        }
+        if self.fetches.values().any(|f| !f.recovery) {
+            return;
+        }
+        self.repair_cursor = self.repair_cursor % (self.cfg.replicas - 1) + 1;
+        let first = self.store.sure().intervals().next();
+        if let Some((from, to)) = first {
+            let sibling = self.repair_cursor;
+            self.start_fetch(sibling, from, to, false);
+        }
+    }
+
+    fn start_fetch(&mut self, sibling: u8, from: RingId, to: RingId, recovery: bool) {
+        let shift = replica_stride(self.cfg.replicas).wrapping_mul(u128::from(sibling));
+        let req = self.new_req();
+        self.fetches.insert(
+            req,
+            Fetch {
+                sibling,
+                to,
+                recovery,
+            },
+        );
+        self.set_timer(self.now + self.cfg.request_timeout, Timer::Fetch(req));
+        self.route_to(
+            from.add(shift).add(1),
+            Op::Fetch {
+                req,
+                to: to.add(shift),
+            },
+        );
+    }
+
+    /// At a sibling: send what we hold of `(start - 1, to]`, as far as our range goes.
+    pub(crate) fn on_fetch(&mut self, origin: NodeRef, req: u64, start: RingId, to: RingId) {
+        let from = RingId(start.0.wrapping_sub(1));
+        let end = if to.in_half_open(from, self.me.id) {
+            to
+        } else {
+            self.me.id
+        };
+        let (items, covered_to) = self.store.range(from, end, CHUNK);
+        let sure = self.store.sure().covers(from, covered_to);
+        self.send(
+            origin,
+            Body::Items {
+                req,
+                covered_to,
+                sure,
+                items,
+            },
+        );
+    }
+
+    pub(crate) fn on_items(
+        &mut self,
+        req: u64,
+        covered_to: RingId,
+        sure: bool,
+        items: Vec<(RingId, Item)>,
+    ) {
+        let Some(fetch) = self.fetches.remove(&req) else {
+            return;
+        };
+        let shift = replica_stride(self.cfg.replicas).wrapping_mul(u128::from(fetch.sibling));
+        let own = self.own_range();
+        for (key, item) in items {
+            // Items of committed writes only ever come newer, so any copy is safe to take.
+            let local = RingId(key.0.wrapping_sub(shift));
+            if own.contains(local) {
+                self.store.merge(local, item);
+            }
+        }
+        let covered = RingId(covered_to.0.wrapping_sub(shift));
+        let done = covered == fetch.to;
+        if fetch.recovery && !sure {
+            self.sibling_answered(false);
+        } else if done {
+            if fetch.recovery {
+                self.sibling_answered(true);
+            }
+        } else if own.contains(covered) {
+            self.start_fetch(fetch.sibling, covered, fetch.to, fetch.recovery);
+        } else if fetch.recovery {
+            self.sibling_answered(false);
+        }
+    }
+
+    pub(crate) fn fetch_timeout(&mut self, req: u64) {
+        if let Some(fetch) = self.fetches.remove(&req) {
+            if fetch.recovery {
+                self.sibling_answered(false);
+            }
+        }
+    }
+
+    fn sibling_answered(&mut self, sure: bool) {
+        let siblings = self.cfg.replicas - 1;
+        let needed = self.cfg.majority() as u8;
+        let Some(rec) = self.recovery.as_mut() else {
+            return;
+        };
+        if sure {
+            rec.sure += 1;
+        } else {
+            rec.failed += 1;
+        }
+        // With r ≤ 2 a majority of replicas is more than the siblings: such ranges are never
+        // recovered, as a partition could otherwise rebuild them on both sides.
+        if rec.sure >= needed {
+            let (from, to) = (rec.from, rec.to);
+            self.recovery = None;
+            // Only what is still ours becomes sure.
+            let part = RangeSet::interval(from, to).intersection(&self.own_range());
+            for (f, t) in part.intervals().collect::<Vec<_>>() {
+                self.store.mark_sure(f, t);
+            }
+            self.stats.recovered += 1;
+            self.fetches.retain(|_, f| !f.recovery);
+        } else if rec.failed + needed > siblings {
+            self.recovery = None;
+            self.fetches.retain(|_, f| !f.recovery);
+        }
+    }
+}

@@ -1,0 +1,518 @@
+//! Ring maintenance (Beernet's relaxed ring): join through the successor, periodic
+//! stabilization that doubles as the heartbeat, an eventually perfect failure detector,
+//! successor lists, fingers, graceful leave and crash repair.
+//!
+//! A joiner `q` asks the node responsible for its id, `r`, which makes `q` its predecessor at
+//! once, hands it the range `(p, q]` and tells it about `p`; `q` then tells `p` that it is its
+//! new successor. Only the successor link must be right: until `p` hears from `q` (or if it
+//! never can, behind a NAT), `q` sits on a branch, which routing handles by forwarding from
+//! `r` back to its predecessor. Stabilization repairs the rest: each node asks its successor
+//! for its neighbours, adopts a closer successor when it learns of one, and the successor
+//! adopts a closer predecessor when it hears from one.
+
+use std::time::{Duration, Instant};
+
+use crate::id::{NodeRef, RingId};
+use crate::msg::{Body, Op, Routed};
+use crate::node::{Event, LookupFor, OverlayNode, Phase, Timer};
+
+/// The most a failure detector's timeout grows to.
+const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The most suspected nodes a node keeps probing.
+const MAX_SUSPECTED: usize = 64;
+
+/// What the failure detector knows of one node.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Watch {
+    pub(crate) last_heard: Instant,
+    /// Grows each time the node is suspected wrongly (eventually perfect: after enough
+    /// mistakes, a live node is never suspected again).
+    pub(crate) timeout: Duration,
+    /// Smoothed round-trip time of stabilization, when measured.
+    pub(crate) srtt: Option<Duration>,
+    pub(crate) probe_sent: Option<Instant>,
+}
+
+impl OverlayNode {
+    pub(crate) fn start_maintenance(&mut self, now: Instant) {
+        let cfg = &self.cfg;
+        let (s, f, r, t) = (
+            cfg.stabilize_every,
+            cfg.fix_finger_every,
+            cfg.repair_every,
+            Duration::ZERO,
+        );
+        self.set_timer(now + s, Timer::Stabilize);
+        self.set_timer(now + f, Timer::FixFinger);
+        self.set_timer(now + r, Timer::Repair);
+        self.set_timer(now + t, Timer::RefreshRtms);
+    }
+
+    pub(crate) fn send_join(&mut self) {
+        if let Some(bootstrap) = self.bootstrap {
+            let routed = Routed {
+                key: self.me.id,
+                hops: 0,
+                origin: self.me,
+                op: Op::Join,
+            };
+            self.send(bootstrap, Body::Route(Box::new(routed)));
+        }
+    }
+
+    /// At the node responsible for the joiner's id.
+    pub(crate) fn on_join(&mut self, joiner: NodeRef) {
+        if joiner.id == self.me.id {
+            if joiner != self.me {
+                self.send(joiner, Body::JoinReject);
+            }
+            return;
+        }
+        let old = match self.pred {
+            Some(pred) if pred == joiner => {
+                // A retransmitted join: the accept was lost.
+                let succs = self.succ_list_with_me();
+                let pred = self.joined_after;
+                self.send(joiner, Body::JoinAccept { pred, succs });
+                return;
+            }
+            Some(pred) => pred,
+            None => self.me, // Alone: the joiner sits on both sides.
+        };
+        if self.succs.is_empty() {
+            self.succs.push(joiner);
+        }
+        self.set_pred(joiner);
+        self.joined_after = Some(old);
+        let succs = self.succ_list_with_me();
+        self.send(
+            joiner,
+            Body::JoinAccept {
+                pred: Some(old),
+                succs,
+            },
+        );
+        self.handover_to(joiner, old.id, joiner.id);
+    }
+
+    pub(crate) fn on_join_accept(
+        &mut self,
+        from: NodeRef,
+        pred: Option<NodeRef>,
+        succs: Vec<NodeRef>,
+    ) {
+        if self.phase != Phase::Joining {
+            return;
+        }
+        self.phase = Phase::Member;
+        self.pred = pred.filter(|p| *p != self.me);
+        self.pred_suspected = false;
+        self.succs.clear();
+        self.merge_succs(from, &succs);
+        for n in self.pred.into_iter().chain(self.succs.first().copied()) {
+            self.watch(n);
+        }
+        if let Some(pred) = self.pred {
+            if pred != from {
+                let succs = self.succ_list_with_me();
+                self.send(pred, Body::NewSucc { succs });
+            }
+        }
+        self.start_maintenance(self.now);
+        self.emit(Event::Joined);
+    }
+
+    /// From a node that believes it is our successor now.
+    pub(crate) fn on_new_succ(&mut self, from: NodeRef, succs: Vec<NodeRef>) {
+        let closer = match self.succs.first() {
+            Some(succ) => from.id.in_open(self.me.id, succ.id),
+            None => true,
+        };
+        if closer && self.phase == Phase::Member {
+            self.merge_succs(from, &succs);
+            self.watch(from);
+        }
+    }
+
+    pub(crate) fn stabilize(&mut self) {
+        let now = self.now;
+        if self.phase == Phase::Member {
+            if let Some(succ) = self.succs.first().copied() {
+                if !self.watches.contains_key(&succ.id) {
+                    self.watch(succ);
+                }
+                if self.silent_too_long(succ) {
+                    self.suspect(succ);
+                }
+            }
+            if let Some(pred) = self.pred.filter(|_| !self.pred_suspected) {
+                if self.silent_too_long(pred) {
+                    self.suspect(pred);
+                }
+            }
+            self.send_stabilize();
+            self.probe_suspected();
+        }
+        self.set_timer(now + self.cfg.stabilize_every, Timer::Stabilize);
+    }
+
+    fn send_stabilize(&mut self) {
+        if let Some(succ) = self.succs.first().copied() {
+            let now = self.now;
+            if let Some(w) = self.watches.get_mut(&succ.id) {
+                w.probe_sent.get_or_insert(now);
+            }
+            self.send(succ, Body::Stabilize);
+        }
+    }
+
+    fn silent_too_long(&self, node: NodeRef) -> bool {
+        let Some(w) = self.watches.get(&node.id) else {
+            return false;
+        };
+        // Adaptive: never below the configured timeout (grown by false suspicions), and at
+        // least a stabilization period plus four round trips.
+        let rtt_bound = self.cfg.stabilize_every + w.srtt.unwrap_or_default() * 4;
+        self.now.saturating_duration_since(w.last_heard) > w.timeout.max(rtt_bound)
+    }
+
+    /// From a node that believes it is our predecessor (or wants to be).
+    pub(crate) fn on_stabilize(&mut self, from: NodeRef) {
+        if self.phase != Phase::Member {
+            return;
+        }
+        match self.pred {
+            Some(pred) if pred == from => self.pred_suspected = false,
+            Some(pred) if !self.pred_suspected && !from.id.in_open(pred.id, self.me.id) => {}
+            Some(pred) => {
+                let closer = from.id.in_open(pred.id, self.me.id);
+                self.set_pred(from);
+                if closer {
+                    // A node between us and our predecessor that we had not heard of (it
+                    // joined through someone else, or it was on a branch).
+                    self.handover_to(from, pred.id, from.id);
+                }
+                // Otherwise our range grew over a crashed predecessor's: not sure until
+                // repaired.
+            }
+            None => {
+                let alone = self.succs.is_empty();
+                self.set_pred(from);
+                if alone {
+                    // The other node found us (after a merge, or its join raced): it is both
+                    // neighbours now, and takes the range up to itself.
+                    self.succs.push(from);
+                    self.handover_to(from, self.me.id, from.id);
+                }
+            }
+        }
+        let (pred, succs) = (self.pred, self.succs.clone());
+        self.send(from, Body::Neighbors { pred, succs });
+    }
+
+    pub(crate) fn on_neighbors(
+        &mut self,
+        from: NodeRef,
+        pred: Option<NodeRef>,
+        succs: Vec<NodeRef>,
+    ) {
+        if self.succs.first() != Some(&from) {
+            return;
+        }
+        let now = self.now;
+        if let Some(w) = self.watches.get_mut(&from.id) {
+            if let Some(sent) = w.probe_sent.take() {
+                let rtt = now.saturating_duration_since(sent);
+                w.srtt = Some(match w.srtt {
+                    Some(s) => (s * 7 + rtt) / 8,
+                    None => rtt,
+                });
+            }
+        }
+        self.succs.clear();
+        self.merge_succs(from, &succs);
+        if let Some(p) = pred {
+            if p != self.me && p.id.in_open(self.me.id, from.id) && !self.is_suspected(p) {
+                self.succs.insert(0, p);
+                self.succs.truncate(self.cfg.succ_list_len);
+                self.watch(p);
+                self.send_stabilize();
+            }
+        }
+    }
+
+    pub(crate) fn leave_ring(&mut self) {
+        if self.phase != Phase::Member {
+            self.phase = Phase::Left;
+            self.emit(Event::Left);
+            return;
+        }
+        if let Some(succ) = self.succs.first().copied() {
+            let pred = self.pred.filter(|_| !self.pred_suspected);
+            self.send(succ, Body::LeavePred { pred });
+            let from = self.pred.map_or(self.me.id, |p| p.id);
+            self.handover_to(succ, from, self.me.id);
+            if let Some(pred) = pred {
+                let succs = self.succs.clone();
+                self.send(pred, Body::LeaveSucc { succs });
+            }
+        }
+        self.fail_clients();
+        self.phase = Phase::Left;
+        self.timers.clear();
+        self.emit(Event::Left);
+    }
+
+    pub(crate) fn on_leave_pred(&mut self, from: NodeRef, pred: Option<NodeRef>) {
+        if self.pred != Some(from) {
+            return;
+        }
+        match pred.filter(|p| *p != self.me) {
+            Some(p) => {
+                self.set_pred(p);
+            }
+            None => {
+                self.pred = None;
+                self.pred_suspected = false;
+            }
+        }
+        self.succs.retain(|n| *n != from);
+        if self.succs.is_empty() && self.pred.is_some() {
+            // Two of us were left: the predecessor is also the successor.
+            self.succs.extend(self.pred);
+        }
+    }
+
+    pub(crate) fn on_leave_succ(&mut self, from: NodeRef, succs: Vec<NodeRef>) {
+        if self.succs.first() != Some(&from) {
+            return;
+        }
+        self.succs.remove(0);
+        let mut list = succs;
+        list.retain(|n| *n != from);
+        if let Some(first) = list.first().copied() {
+            self.merge_succs(first, &list[1..]);
+            self.watch(first);
+        } else if self.succs.is_empty() {
+            self.become_alone_if_isolated();
+        }
+        self.send_stabilize();
+    }
+
+    /// The failure detector suspects `node`: it leaves every routing table and joins the
+    /// suspected set, which is probed for ring merge.
+    pub(crate) fn suspect(&mut self, node: NodeRef) {
+        if self.suspected.contains_key(&node.id) {
+            return;
+        }
+        self.stats.suspicions += 1;
+        if self.suspected.len() >= MAX_SUSPECTED {
+            // Forget the one probed longest ago.
+            let oldest = self
+                .suspected
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                self.suspected.remove(&k);
+            }
+        }
+        self.suspected.insert(node.id, (node, self.now));
+        let was_succ = self.succs.first() == Some(&node);
+        self.succs.retain(|n| *n != node);
+        for f in self.fingers.iter_mut() {
+            if *f == Some(node) {
+                *f = None;
+            }
+        }
+        for r in self.rtms.iter_mut() {
+            if *r == Some(node) {
+                *r = None;
+            }
+        }
+        if self.pred == Some(node) {
+            self.pred_suspected = true;
+        }
+        if self.succs.is_empty() {
+            // Fall back on any live node we know, nearest first.
+            let mut known: Vec<NodeRef> = self.fingers.iter().flatten().copied().collect();
+            known.extend(self.pred.filter(|_| !self.pred_suspected));
+            known.sort_by_key(|n| self.me.id.distance_to(n.id));
+            known.dedup();
+            self.succs
+                .extend(known.into_iter().take(self.cfg.succ_list_len));
+            self.become_alone_if_isolated();
+        }
+        if was_succ {
+            if let Some(succ) = self.succs.first().copied() {
+                self.watch(succ);
+            }
+            self.send_stabilize();
+        }
+    }
+
+    fn become_alone_if_isolated(&mut self) {
+        if self.succs.is_empty() && (self.pred.is_none() || self.pred_suspected) {
+            self.pred = None;
+            self.pred_suspected = false;
+        }
+    }
+
+    /// Any message from `node` is a sign of life.
+    pub(crate) fn heard_from(&mut self, node: NodeRef) {
+        let now = self.now;
+        if let Some(w) = self.watches.get_mut(&node.id) {
+            w.last_heard = now;
+        }
+        if self.suspected.remove(&node.id).is_some() {
+            // Suspected wrongly (or a partition healed): trust it longer next time, and take
+            // it back where it belongs.
+            self.stats.false_suspicions += 1;
+            let w = self.watches.entry(node.id).or_insert(Watch {
+                last_heard: now,
+                timeout: self.cfg.suspect_after,
+                srtt: None,
+                probe_sent: None,
+            });
+            w.timeout = (w.timeout * 2).min(MAX_TIMEOUT);
+            w.last_heard = now;
+            self.reconsider(node);
+        }
+    }
+
+    /// A node we know to be alive: if it is closer than our successor, it becomes our
+    /// successor (ring merge and healing rely on this; stabilization does the rest).
+    pub(crate) fn reconsider(&mut self, node: NodeRef) {
+        if self.phase != Phase::Member || node == self.me {
+            return;
+        }
+        let closer = match self.succs.first() {
+            Some(succ) => node.id.in_open(self.me.id, succ.id),
+            None => true,
+        };
+        if closer {
+            self.succs.insert(0, node);
+            self.succs.truncate(self.cfg.succ_list_len);
+            self.watch(node);
+            self.send_stabilize();
+        }
+    }
+
+    pub(crate) fn is_suspected(&self, node: NodeRef) -> bool {
+        self.suspected.contains_key(&node.id)
+    }
+
+    pub(crate) fn watch(&mut self, node: NodeRef) {
+        let now = self.now;
+        let w = self.watches.entry(node.id).or_insert(Watch {
+            last_heard: now,
+            timeout: self.cfg.suspect_after,
+            srtt: None,
+            probe_sent: None,
+        });
+        w.last_heard = now;
+        w.probe_sent = None;
+    }
+
+    fn set_pred(&mut self, node: NodeRef) {
+        self.pred = Some(node);
+        self.pred_suspected = false;
+        self.watch(node);
+    }
+
+    /// Our successor list after `first`: `first`, then `rest`, without us, suspected nodes or
+    /// duplicates.
+    pub(crate) fn merge_succs(&mut self, first: NodeRef, rest: &[NodeRef]) {
+        let mut list = vec![first];
+        list.extend(rest.iter().copied());
+        list.extend(self.succs.iter().copied());
+        let mut out: Vec<NodeRef> = Vec::with_capacity(self.cfg.succ_list_len);
+        for n in list {
+            if n != self.me && !self.is_suspected(n) && !out.contains(&n) {
+                out.push(n);
+            }
+        }
+        // Keep ring order from us, so a list merged from two sources stays a successor list.
+        let me = self.me.id;
+        out.sort_by_key(|n| me.distance_to(n.id));
+        out.truncate(self.cfg.succ_list_len);
+        self.succs = out;
+    }
+
+    fn succ_list_with_me(&self) -> Vec<NodeRef> {
+        let mut list = vec![self.me];
+        list.extend(
+            self.succs
+                .iter()
+                .take(self.cfg.succ_list_len.saturating_sub(1)),
+        );
+        list
+    }
+
+    pub(crate) fn fix_finger(&mut self) {
+        let now = self.now;
+        if self.phase == Phase::Member && !self.fingers.is_empty() {
+            if let Some(succ) = self.succs.first().copied() {
+                let i = self.next_finger % self.fingers.len();
+                let target = self.me.id.add(1u128 << (127 - i));
+                if target.in_half_open(self.me.id, succ.id) {
+                    // This finger and all shorter ones are the successor.
+                    for f in self.fingers[i..].iter_mut() {
+                        *f = Some(succ);
+                    }
+                    self.next_finger = 0;
+                } else {
+                    let req = self.new_req();
+                    self.start_lookup(req, target, LookupFor::Finger(i));
+                    self.next_finger = i + 1;
+                }
+            }
+        }
+        self.set_timer(now + self.cfg.fix_finger_every, Timer::FixFinger);
+    }
+
+    pub(crate) fn refresh_rtms(&mut self) {
+        let now = self.now;
+        if self.phase == Phase::Member {
+            for slot in 1..self.cfg.replicas {
+                let req = self.new_req();
+                let key = self.me.id.replica(slot, self.cfg.replicas);
+                self.start_lookup(req, key, LookupFor::Rtm(slot));
+            }
+        }
+        self.set_timer(now + self.cfg.rtm_refresh_every, Timer::RefreshRtms);
+    }
+
+    /// Ring merge, first half: nodes keep the peers they suspected and probe one of them per
+    /// round (the one probed longest ago). One that answers was cut off, not dead: it is taken
+    /// back (`heard_from`), and so is its successor; stabilization zips the two rings
+    /// together from there.
+    fn probe_suspected(&mut self) {
+        let now = self.now;
+        let due = self
+            .suspected
+            .values()
+            .filter(|(_, probed)| now.saturating_duration_since(*probed) >= self.cfg.retry_every)
+            .min_by_key(|(_, probed)| *probed)
+            .map(|(n, _)| *n);
+        if let Some(node) = due {
+            self.suspected.insert(node.id, (node, now));
+            let nonce = self.random();
+            self.send(node, Body::Ping { nonce });
+        }
+    }
+
+    /// A suspected node answered a probe, and told us its successor (ring merge).
+    pub(crate) fn on_pong(&mut self, succ: Option<NodeRef>) {
+        // `heard_from` already took the sender back; its successor may be a stranger too.
+        if let Some(s) = succ.filter(|s| *s != self.me && !self.is_suspected(*s)) {
+            self.reconsider(s);
+        }
+    }
+
+    /// The position of a finger, for tests.
+    pub fn finger_target(&self, i: usize) -> RingId {
+        self.me.id.add(1u128 << (127 - i.min(127)))
+    }
+}
