@@ -5,7 +5,7 @@
 use rustc_hash::FxHashMap as HashMap;
 
 use crate::id::{NodeRef, RingId};
-use crate::msg::{Body, Op, Prepare, Vote};
+use crate::msg::{AcceptedVote, Body, Op, Prepare, Vote};
 use crate::node::{Event, OverlayNode, Phase, Timer};
 use crate::store::{Item, Value};
 use crate::tx::{apply, distinct_keys, Abort, TxEntry, TxId, TxOp};
@@ -15,16 +15,27 @@ const REMEMBER_DECISIONS: std::time::Duration = std::time::Duration::from_secs(1
 
 /// How long a client waits before it reads a replica again that was not sure of its range.
 const REREAD_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+/// How often requests that got no answer (a read, a prepare) are sent again: a routed message
+/// may be lost with a node on its path, until the failure detector routes around it.
+const RESEND_EVERY: std::time::Duration = std::time::Duration::from_millis(400);
 
 /// A transaction this node runs for its application.
 pub(crate) struct ClientTx {
     ops: Vec<TxOp>,
     keys: Vec<(Vec<u8>, RingId)>,
     best: Vec<Option<Item>>,
-    sure: Vec<u8>,
+    /// Per key, a bit per replica that answered with authority.
+    sure: Vec<u32>,
     read_reqs: Vec<u64>,
     results: Option<Vec<Option<Value>>>,
     tid: Option<TxId>,
+}
+
+impl ClientTx {
+    fn first_without_quorum(&self, majority: usize) -> usize {
+        let enough = |s: &u32| s.count_ones() as usize >= majority;
+        self.sure.iter().position(|s| !enough(s)).unwrap_or(0)
+    }
 }
 
 /// The leader of a transaction's commit: the manager (ballot 0) or a replicated manager that
@@ -34,8 +45,10 @@ pub(crate) struct Leader {
     tm: NodeRef,
     acceptors: Vec<NodeRef>,
     keys: Vec<RingId>,
+    /// The manager's log, to send prepares again (a leader that took over has none).
+    entries: Vec<TxEntry>,
     ballot: u32,
-    promises: HashMap<u8, Vec<((u8, u8), u32, bool)>>,
+    promises: HashMap<u8, Vec<AcceptedVote>>,
     proposed: bool,
     accepted: HashMap<(u8, u8), Vec<u8>>,
     learned: HashMap<(u8, u8), bool>,
@@ -109,6 +122,7 @@ impl OverlayNode {
             },
         );
         self.set_timer(self.now + self.cfg.request_timeout, Timer::ReadPhase(req));
+        self.set_timer(self.now + RESEND_EVERY, Timer::ResendReads(req));
         self.set_timer(self.now + self.cfg.tx_timeout, Timer::Client(req));
     }
 
@@ -121,10 +135,29 @@ impl OverlayNode {
         if c.results.is_some() {
             return;
         }
-        let majority = self.cfg.majority() as u8;
-        let i = c.sure.iter().position(|&s| s < majority).unwrap_or(0);
-        let key = c.keys[i].0.clone();
+        let key = c.keys[c.first_without_quorum(self.cfg.majority())]
+            .0
+            .clone();
         self.finish_client(req, Err(Abort::NoQuorum { key }));
+    }
+
+    /// Reads again the replicas that have not answered with authority yet.
+    pub(crate) fn resend_reads(&mut self, req: u64) {
+        let r = self.cfg.replicas;
+        let Some(c) = self.clients.get(&req) else {
+            return;
+        };
+        if c.results.is_some() {
+            return;
+        }
+        let missing: Vec<(usize, u8)> = (0..c.keys.len())
+            .flat_map(|i| (0..r).map(move |j| (i, j)))
+            .filter(|&(i, j)| c.sure[i] & 1 << j == 0)
+            .collect();
+        for (i, j) in missing {
+            self.reread(req, i, j);
+        }
+        self.set_timer(self.now + RESEND_EVERY, Timer::ResendReads(req));
     }
 
     /// Reads one replica again (it was not sure of its range yet: a hand-over or a recovery
@@ -149,12 +182,12 @@ impl OverlayNode {
         let Some((req, i, j)) = self.reads.remove(&rreq) else {
             return;
         };
-        let majority = self.cfg.majority() as u8;
+        let majority = self.cfg.majority() as u32;
         let Some(c) = self.clients.get_mut(&req) else {
             return;
         };
         if sure {
-            c.sure[i] += 1;
+            c.sure[i] |= 1 << j;
             if let Some(item) = item {
                 if c.best[i].as_ref().is_none_or(|b| item.version > b.version) {
                     c.best[i] = Some(item);
@@ -165,7 +198,7 @@ impl OverlayNode {
             self.set_timer(at, Timer::Reread(req, i, j));
             return;
         }
-        if c.sure.iter().all(|&s| s >= majority) && c.results.is_none() {
+        if c.sure.iter().all(|&s| s.count_ones() >= majority) && c.results.is_none() {
             self.reads_done(req);
         }
     }
@@ -210,6 +243,7 @@ impl OverlayNode {
                 tm: self.me,
                 acceptors: acceptors.clone(),
                 keys: keys.clone(),
+                entries: entries.clone(),
                 ballot: 0,
                 promises: HashMap::default(),
                 proposed: true,
@@ -219,23 +253,48 @@ impl OverlayNode {
                 decided: None,
             },
         );
-        for (item, entry) in entries.into_iter().enumerate() {
+        self.send_prepares(tid);
+        self.set_timer(self.now + RESEND_EVERY, Timer::ResendPrepares(tid));
+    }
+
+    /// Sends the prepares whose votes the leader has not learned yet.
+    fn send_prepares(&mut self, tid: TxId) {
+        let r = self.cfg.replicas;
+        let Some(l) = self.leaders.get(&tid) else {
+            return;
+        };
+        let mut prepares = Vec::new();
+        for (item, entry) in l.entries.iter().enumerate() {
             for replica in 0..r {
+                if l.learned.contains_key(&(item as u8, replica)) {
+                    continue;
+                }
                 let prepare = Prepare {
                     tid,
                     tm: self.me,
-                    acceptors: acceptors.clone(),
-                    keys: keys.clone(),
+                    acceptors: l.acceptors.clone(),
+                    keys: l.keys.clone(),
                     item: item as u8,
                     replica,
                     entry: entry.clone(),
                 };
-                self.route_to(
-                    entry.key.replica(replica, r),
-                    Op::Prepare(Box::new(prepare)),
-                );
+                prepares.push((entry.key.replica(replica, r), prepare));
             }
         }
+        for (at, prepare) in prepares {
+            self.route_to(at, Op::Prepare(Box::new(prepare)));
+        }
+    }
+
+    pub(crate) fn resend_prepares(&mut self, tid: TxId) {
+        let Some(l) = self.leaders.get(&tid) else {
+            return;
+        };
+        if l.decided.is_some() || l.ballot != 0 {
+            return;
+        }
+        self.send_prepares(tid);
+        self.set_timer(self.now + RESEND_EVERY, Timer::ResendPrepares(tid));
     }
 
     fn finish_client(&mut self, req: u64, result: Result<Vec<Option<Value>>, Abort>) {
@@ -261,8 +320,7 @@ impl OverlayNode {
         let result = match c.results {
             Some(_) => Err(Abort::Timeout),
             None => {
-                let majority = self.cfg.majority() as u8;
-                let i = c.sure.iter().position(|&s| s < majority).unwrap_or(0);
+                let i = c.first_without_quorum(self.cfg.majority());
                 Err(Abort::NoQuorum {
                     key: c.keys[i].0.clone(),
                 })
@@ -478,8 +536,15 @@ impl OverlayNode {
             return;
         }
         a.promised = ballot;
-        let mut accepted: Vec<((u8, u8), u32, bool)> =
-            a.accepted.iter().map(|(&i, &(b, v))| (i, b, v)).collect();
+        let mut accepted: Vec<AcceptedVote> = a
+            .accepted
+            .iter()
+            .map(|(&instance, &(ballot, prepared))| AcceptedVote {
+                instance,
+                ballot,
+                prepared,
+            })
+            .collect();
         accepted.sort_unstable();
         self.send(
             from,
@@ -628,6 +693,7 @@ impl OverlayNode {
                 tm,
                 acceptors: acceptors.clone(),
                 keys,
+                entries: Vec::new(),
                 ballot,
                 promises: HashMap::default(),
                 proposed: false,
@@ -659,7 +725,7 @@ impl OverlayNode {
         tid: TxId,
         slot: u8,
         ballot: u32,
-        accepted: Vec<((u8, u8), u32, bool)>,
+        accepted: Vec<AcceptedVote>,
     ) {
         let r = self.cfg.replicas;
         let Some(l) = self.leaders.get_mut(&tid) else {
@@ -681,9 +747,9 @@ impl OverlayNode {
                     .promises
                     .values()
                     .flatten()
-                    .filter(|(i, _, _)| *i == (item, j))
-                    .max_by_key(|(_, b, _)| *b)
-                    .map(|&(_, _, v)| v);
+                    .filter(|a| a.instance == (item, j))
+                    .max_by_key(|a| a.ballot)
+                    .map(|a| a.prepared);
                 proposals.push(((item, j), best.unwrap_or(false)));
             }
         }

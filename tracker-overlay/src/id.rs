@@ -30,7 +30,7 @@ impl RingId {
     }
 
     /// The position `steps` ahead, wrapping around the ring.
-    pub fn add(self, steps: u128) -> Self {
+    pub fn plus(self, steps: u128) -> Self {
         Self(self.0.wrapping_add(steps))
     }
 
@@ -41,7 +41,7 @@ impl RingId {
 
     /// The `i`-th of `r` symmetric replica positions of this key (`i = 0` is the key itself).
     pub fn replica(self, i: u8, r: u8) -> Self {
-        self.add(replica_stride(r).wrapping_mul(u128::from(i)))
+        self.plus(replica_stride(r).wrapping_mul(u128::from(i)))
     }
 
     /// Whether `self` lies in the ring interval `(from, to]`. `(a, a]` is the whole ring (a
@@ -214,7 +214,7 @@ impl RangeSet {
             if from.0.wrapping_add(1) == 0 && to.0 == u128::MAX {
                 return self.clone();
             }
-            out.insert(from.add(steps), to.add(steps));
+            out.insert(from.plus(steps), to.plus(steps));
         }
         out
     }
@@ -237,14 +237,12 @@ impl RangeSet {
 
 /// The ring interval `(from, to]` as at most two linear inclusive ranges.
 fn unroll(from: RingId, to: RingId) -> Vec<(u128, u128)> {
-    let lo = from.0.wrapping_add(1);
     if from == to {
         return vec![(0, u128::MAX)];
     }
-    if lo <= to.0 && from.0 != u128::MAX || from.0 == u128::MAX {
+    let lo = from.0.wrapping_add(1);
+    if lo <= to.0 {
         vec![(lo, to.0)]
-    } else if to.0 == u128::MAX {
-        vec![(lo, u128::MAX)]
     } else {
         vec![(lo, u128::MAX), (0, to.0)]
     }
@@ -274,7 +272,7 @@ mod tests {
         let k = RingId(7);
         assert_eq!(k.replica(0, 4), k);
         assert_eq!(k.replica(1, 4), RingId(7 + (1 << 126)));
-        assert_eq!(k.replica(3, 4).add(1 << 126), k);
+        assert_eq!(k.replica(3, 4).plus(1 << 126), k);
         assert_eq!(replica_stride(3), u128::MAX / 3 + 1);
     }
 

@@ -163,8 +163,8 @@ pub enum Body {
         slot: u8,
         /// The promised ballot.
         ballot: u32,
-        /// Accepted `(instance, ballot, prepared)` triples.
-        accepted: Vec<((u8, u8), u32, bool)>,
+        /// What it accepted.
+        accepted: Vec<AcceptedVote>,
     },
     /// The outcome, to participants, acceptors and the transaction manager.
     Decide {
@@ -178,6 +178,17 @@ pub enum Body {
         /// The transaction.
         tid: TxId,
     },
+}
+
+/// A vote an acceptor accepted, as it reports it to a new leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AcceptedVote {
+    /// The instance: (item index, replica index).
+    pub instance: (u8, u8),
+    /// The ballot it was accepted in.
+    pub ballot: u32,
+    /// Prepared (`true`) or abort.
+    pub prepared: bool,
 }
 
 /// A message routed to the node responsible for a key.

@@ -24,6 +24,8 @@ pub(crate) const CHUNK: usize = 256;
 pub(crate) struct Fetch {
     /// Which sibling replica (1..r).
     sibling: u8,
+    /// The start of this chunk's range (exclusive), in our own coordinates.
+    from: RingId,
     /// The end of the range, in our own coordinates.
     to: RingId,
     /// Whether this fetch is part of a recovery (or anti-entropy).
@@ -33,10 +35,10 @@ pub(crate) struct Fetch {
 /// A recovery in progress: the range and how the siblings answered.
 #[derive(Clone, Debug)]
 pub(crate) struct Recovery {
-    from: RingId,
-    to: RingId,
-    sure: u8,
-    failed: u8,
+    /// Per sibling, the parts of the range it answered for with authority (our coordinates).
+    coverage: Vec<RangeSet>,
+    /// Siblings still answering.
+    open: u8,
 }
 
 impl OverlayNode {
@@ -109,11 +111,11 @@ impl OverlayNode {
         let unsure = own.difference(self.store.sure());
         if self.recovery.is_none() {
             if let Some((from, to)) = unsure.intervals().next() {
+                let siblings = self.cfg.replicas - 1;
+                let coverage = vec![RangeSet::new(); usize::from(siblings)];
                 self.recovery = Some(Recovery {
-                    from,
-                    to,
-                    sure: 0,
-                    failed: 0,
+                    coverage,
+                    open: siblings,
                 });
                 for sibling in 1..self.cfg.replicas {
                     self.start_fetch(sibling, from, to, true);
@@ -139,16 +141,17 @@ impl OverlayNode {
             req,
             Fetch {
                 sibling,
+                from,
                 to,
                 recovery,
             },
         );
         self.set_timer(self.now + self.cfg.request_timeout, Timer::Fetch(req));
         self.route_to(
-            from.add(shift).add(1),
+            from.plus(shift).plus(1),
             Op::Fetch {
                 req,
-                to: to.add(shift),
+                to: to.plus(shift),
             },
         );
     }
@@ -194,54 +197,72 @@ impl OverlayNode {
             }
         }
         let covered = RingId(covered_to.0.wrapping_sub(shift));
-        let done = covered == fetch.to;
-        if fetch.recovery && !sure {
-            self.sibling_answered(false);
-        } else if done {
-            if fetch.recovery {
-                self.sibling_answered(true);
+        if fetch.recovery && sure {
+            if let Some(rec) = self.recovery.as_mut() {
+                let i = usize::from(fetch.sibling - 1);
+                if let Some(c) = rec.coverage.get_mut(i) {
+                    c.insert(fetch.from, covered);
+                }
             }
-        } else if own.contains(covered) {
+        }
+        let more = covered != fetch.to && own.contains(covered) && covered != fetch.from;
+        if more {
             self.start_fetch(fetch.sibling, covered, fetch.to, fetch.recovery);
         } else if fetch.recovery {
-            self.sibling_answered(false);
+            self.sibling_done();
         }
     }
 
     pub(crate) fn fetch_timeout(&mut self, req: u64) {
         if let Some(fetch) = self.fetches.remove(&req) {
             if fetch.recovery {
-                self.sibling_answered(false);
+                self.sibling_done();
             }
         }
     }
 
-    fn sibling_answered(&mut self, sure: bool) {
-        let siblings = self.cfg.replicas - 1;
-        let needed = self.cfg.majority() as u8;
+    /// One sibling finished answering (or gave up). Once all have, the positions that a
+    /// majority of replicas answered for with authority become sure; the rest waits for the
+    /// next round.
+    fn sibling_done(&mut self) {
         let Some(rec) = self.recovery.as_mut() else {
             return;
         };
-        if sure {
-            rec.sure += 1;
-        } else {
-            rec.failed += 1;
+        rec.open = rec.open.saturating_sub(1);
+        if rec.open > 0 {
+            return;
         }
+        let Some(rec) = self.recovery.take() else {
+            return;
+        };
         // With r ≤ 2 a majority of replicas is more than the siblings: such ranges are never
         // recovered, as a partition could otherwise rebuild them on both sides.
-        if rec.sure >= needed {
-            let (from, to) = (rec.from, rec.to);
-            self.recovery = None;
-            // Only what is still ours becomes sure.
-            let part = RangeSet::interval(from, to).intersection(&self.own_range());
-            for (f, t) in part.intervals().collect::<Vec<_>>() {
+        let needed = self.cfg.majority();
+        let n = rec.coverage.len();
+        let mut recovered = RangeSet::new();
+        for subset in 0u32..1 << n {
+            if subset.count_ones() as usize != needed {
+                continue;
+            }
+            let mut common: Option<RangeSet> = None;
+            for (i, c) in rec.coverage.iter().enumerate() {
+                if subset & 1 << i != 0 {
+                    common = Some(match common {
+                        None => c.clone(),
+                        Some(x) => x.intersection(c),
+                    });
+                }
+            }
+            if let Some(common) = common {
+                recovered.union_with(&common);
+            }
+        }
+        let recovered = recovered.intersection(&self.own_range());
+        if !recovered.is_empty() {
+            for (f, t) in recovered.intervals().collect::<Vec<_>>() {
                 self.store.mark_sure(f, t);
             }
             self.stats.recovered += 1;
-            self.fetches.retain(|_, f| !f.recovery);
-        } else if rec.failed + needed > siblings {
-            self.recovery = None;
-            self.fetches.retain(|_, f| !f.recovery);
         }
     }
 }

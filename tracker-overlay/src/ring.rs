@@ -19,6 +19,9 @@ use crate::node::{Event, LookupFor, OverlayNode, Phase, Timer};
 /// The most a failure detector's timeout grows to.
 const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a finger may stay silent before it is pinged.
+const FINGER_PROBE_EVERY: Duration = Duration::from_secs(2);
+
 /// The most suspected nodes a node keeps probing.
 const MAX_SUSPECTED: usize = 64;
 
@@ -138,20 +141,34 @@ impl OverlayNode {
     pub(crate) fn stabilize(&mut self) {
         let now = self.now;
         if self.phase == Phase::Member {
+            // Successors are probed (stabilize, pings after a suspicion): suspect every one
+            // whose probe is overdue; the next in the list may already be overdue too.
             if let Some(succ) = self.succs.first().copied() {
                 if !self.watches.contains_key(&succ.id) {
                     self.watch(succ);
                 }
-                if self.silent_too_long(succ) {
-                    self.suspect(succ);
-                }
             }
+            let overdue: Vec<NodeRef> = self
+                .succs
+                .iter()
+                .copied()
+                .filter(|n| self.probe_overdue(*n))
+                .collect();
+            for n in overdue {
+                self.suspect(n);
+            }
+            // The predecessor is not probed: it stabilizes with us every period.
             if let Some(pred) = self.pred.filter(|_| !self.pred_suspected) {
-                if self.silent_too_long(pred) {
+                let silent = self.watches.get(&pred.id).is_some_and(|w| {
+                    let bound = w.timeout + self.cfg.stabilize_every;
+                    self.now.saturating_duration_since(w.last_heard) > bound
+                });
+                if silent {
                     self.suspect(pred);
                 }
             }
             self.send_stabilize();
+            self.check_fingers();
             self.probe_suspected();
         }
         self.set_timer(now + self.cfg.stabilize_every, Timer::Stabilize);
@@ -167,14 +184,67 @@ impl OverlayNode {
         }
     }
 
-    fn silent_too_long(&self, node: NodeRef) -> bool {
+    /// Fingers are watched too: one silent for a while gets a ping, one that leaves a ping
+    /// unanswered is suspected, so routing stops losing messages through it.
+    fn check_fingers(&mut self) {
+        let now = self.now;
+        let succ = self.succs.first().copied();
+        let mut fingers: Vec<NodeRef> = self
+            .fingers
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|f| Some(*f) != succ)
+            .collect();
+        fingers.sort_by_key(|f| f.id);
+        fingers.dedup();
+        let initial = self.cfg.suspect_after;
+        for f in &fingers {
+            let w = self.watches.entry(f.id).or_insert(Watch {
+                last_heard: now,
+                timeout: initial,
+                srtt: None,
+                probe_sent: None,
+            });
+            match w.probe_sent {
+                Some(sent) => {
+                    let bound = w.timeout.max(w.srtt.unwrap_or_default() * 4);
+                    if now.saturating_duration_since(sent) > bound {
+                        self.suspect(*f);
+                    }
+                }
+                None if now.saturating_duration_since(w.last_heard) >= FINGER_PROBE_EVERY => {
+                    w.probe_sent = Some(now);
+                    let nonce = self.random();
+                    self.send(*f, Body::Ping { nonce });
+                }
+                None => {}
+            }
+        }
+        // Forget what we no longer watch.
+        let pred = self.pred;
+        let succs = &self.succs;
+        let keep = |id: &RingId| {
+            fingers.iter().any(|f| f.id == *id)
+                || succs.iter().any(|s| s.id == *id)
+                || pred.is_some_and(|p| p.id == *id)
+        };
+        let suspected = &self.suspected;
+        self.watches
+            .retain(|id, _| keep(id) || suspected.contains_key(id));
+    }
+
+    /// Whether a probe of `node` has gone unanswered for too long. Adaptive: never below the
+    /// configured timeout (grown by false suspicions), and at least four smoothed round trips.
+    fn probe_overdue(&self, node: NodeRef) -> bool {
         let Some(w) = self.watches.get(&node.id) else {
             return false;
         };
-        // Adaptive: never below the configured timeout (grown by false suspicions), and at
-        // least a stabilization period plus four round trips.
-        let rtt_bound = self.cfg.stabilize_every + w.srtt.unwrap_or_default() * 4;
-        self.now.saturating_duration_since(w.last_heard) > w.timeout.max(rtt_bound)
+        let Some(sent) = w.probe_sent else {
+            return false;
+        };
+        let bound = w.timeout.max(w.srtt.unwrap_or_default() * 4);
+        self.now.saturating_duration_since(sent) > bound
     }
 
     /// From a node that believes it is our predecessor (or wants to be).
@@ -219,16 +289,6 @@ impl OverlayNode {
     ) {
         if self.succs.first() != Some(&from) {
             return;
-        }
-        let now = self.now;
-        if let Some(w) = self.watches.get_mut(&from.id) {
-            if let Some(sent) = w.probe_sent.take() {
-                let rtt = now.saturating_duration_since(sent);
-                w.srtt = Some(match w.srtt {
-                    Some(s) => (s * 7 + rtt) / 8,
-                    None => rtt,
-                });
-            }
         }
         self.succs.clear();
         self.merge_succs(from, &succs);
@@ -345,6 +405,19 @@ impl OverlayNode {
             self.become_alone_if_isolated();
         }
         if was_succ {
+            // Probe the whole list at once, so that several dead successors in a row are found
+            // in one timeout rather than one after another.
+            let now = self.now;
+            for n in self.succs.clone().into_iter().skip(1) {
+                self.watch(n);
+                if let Some(w) = self.watches.get_mut(&n.id) {
+                    if w.probe_sent.is_none() {
+                        w.probe_sent = Some(now);
+                        let nonce = self.random();
+                        self.send(n, Body::Ping { nonce });
+                    }
+                }
+            }
             if let Some(succ) = self.succs.first().copied() {
                 self.watch(succ);
             }
@@ -364,6 +437,17 @@ impl OverlayNode {
         let now = self.now;
         if let Some(w) = self.watches.get_mut(&node.id) {
             w.last_heard = now;
+            if let Some(sent) = w.probe_sent.take() {
+                let rtt = now.saturating_duration_since(sent);
+                w.srtt = Some(match w.srtt {
+                    Some(s) => (s * 7 + rtt) / 8,
+                    None => rtt,
+                });
+                // A timeout grown by false suspicions shrinks back slowly while probes are
+                // answered, so one bad spell does not slow detection for good.
+                let base = self.cfg.suspect_after;
+                w.timeout = w.timeout.saturating_sub(w.timeout.saturating_sub(base) / 8);
+            }
         }
         if self.suspected.remove(&node.id).is_some() {
             // Suspected wrongly (or a partition healed): trust it longer next time, and take
@@ -411,8 +495,9 @@ impl OverlayNode {
             srtt: None,
             probe_sent: None,
         });
-        w.last_heard = now;
-        w.probe_sent = None;
+        if w.probe_sent.is_none() {
+            w.last_heard = now;
+        }
     }
 
     fn set_pred(&mut self, node: NodeRef) {
@@ -455,7 +540,7 @@ impl OverlayNode {
         if self.phase == Phase::Member && !self.fingers.is_empty() {
             if let Some(succ) = self.succs.first().copied() {
                 let i = self.next_finger % self.fingers.len();
-                let target = self.me.id.add(1u128 << (127 - i));
+                let target = self.me.id.plus(1u128 << (127 - i));
                 if target.in_half_open(self.me.id, succ.id) {
                     // This finger and all shorter ones are the successor.
                     for f in self.fingers[i..].iter_mut() {
@@ -513,6 +598,6 @@ impl OverlayNode {
 
     /// The position of a finger, for tests.
     pub fn finger_target(&self, i: usize) -> RingId {
-        self.me.id.add(1u128 << (127 - i.min(127)))
+        self.me.id.plus(1u128 << (127 - i.min(127)))
     }
 }

@@ -145,9 +145,9 @@ impl Store {
         // The interval unrolls into at most two linear pieces; walk them in ring order from
         // `from` (the piece after `from` first).
         let mut ordered = parts.clone();
-        ordered.sort_by_key(|&(f, _)| from.distance_to(f.add(1)));
+        ordered.sort_by_key(|&(f, _)| from.distance_to(f.plus(1)));
         'outer: for (f, t) in ordered {
-            let lo = f.add(1);
+            let lo = f.plus(1);
             for (&key, slot) in self.slots.range(lo..=t) {
                 let Some(item) = &slot.item else { continue };
                 if out.len() == limit {

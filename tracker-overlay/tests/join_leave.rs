@@ -1,6 +1,8 @@
 //! Join and leave: grow a ring of 1 by 9 nodes, then remove 5; the ring stays consistent and
 //! every key reads back.
 
+#![allow(clippy::unwrap_used)]
+
 mod harness;
 
 use harness::Net;
