@@ -434,22 +434,28 @@ impl Exchange {
 
     /// Feeds one input.
     pub fn handle_input(&mut self, now: Instant, input: Input) {
-        // Serving others and hearing of peers cannot make a request of ours possible.
-        let may_request = !matches!(
-            input,
-            Input::SegmentSent { .. }
-                | Input::Frame {
-                    frame: Frame::Request(_) | Frame::Peers(_),
-                    ..
-                }
-        );
-        match input {
-            Input::Connected { peer } => self.on_connected(peer),
-            Input::Disconnected { peer } => self.on_disconnected(now, peer),
+        // Whether the input may have made a request of ours possible. Most inputs are a
+        // partner's announcement of something we already know of or already asked for; looking
+        // for requests after those would find none, and they are most of the traffic. (Time
+        // alone makes requests possible only at `next_schedule`, a timer of its own.)
+        let may_request = match input {
+            Input::Connected { peer } => {
+                self.on_connected(peer);
+                true
+            }
+            Input::Disconnected { peer } => {
+                self.on_disconnected(now, peer);
+                true
+            }
             Input::Frame { peer, frame } => self.on_frame(now, peer, frame),
-            Input::Segment { peer, id, bytes } => self.on_segment(now, peer, id, bytes),
+            Input::Segment { peer, id, bytes } => {
+                self.on_segment(now, peer, id, bytes);
+                true
+            }
             Input::SegmentSent { peer, id } => {
+                // Serving others cannot make a request of ours possible.
                 self.uploads.remove(&(peer, id));
+                false
             }
             Input::SegmentFailed { peer, id } => {
                 if self.take_pending(peer, id) {
@@ -458,8 +464,9 @@ impl Exchange {
                         partner.have.remove(id);
                     }
                 }
+                true
             }
-        }
+        };
         if may_request {
             self.schedule(now);
         }
@@ -695,15 +702,16 @@ impl Exchange {
         self.maintain(now);
     }
 
-    fn on_frame(&mut self, now: Instant, peer: PeerId, frame: Frame) {
+    /// Handles a frame from a partner; returns whether it may have made a request possible.
+    fn on_frame(&mut self, now: Instant, peer: PeerId, frame: Frame) -> bool {
         if !self.partners.contains_key(&peer) {
-            return;
+            return false;
         }
         match frame {
             Frame::Hello { channel, listen } => {
                 if channel != self.channel {
                     self.close(peer, CloseReason::WrongChannel);
-                    return;
+                    return false;
                 }
                 if let Some(partner) = self.partners.get_mut(&peer) {
                     partner.greeted = true;
@@ -725,15 +733,33 @@ impl Exchange {
                 }
             }
             Frame::Channel(record) => self.on_channel(peer, *record),
-            Frame::Announce(statements) => self.on_announce(now, peer, statements),
+            Frame::Announce(statements) => return self.on_announce(now, peer, statements),
             Frame::Have(ids) => {
-                if let Some(partner) = self.partners.get_mut(&peer) {
-                    for id in ids {
-                        partner.have.insert(id);
-                    }
+                let Some(partner) = self.partners.get_mut(&peer) else {
+                    return false;
+                };
+                let mut useful = false;
+                for id in ids {
+                    partner.have.insert(id);
+                    // Worth a look only if we may still ask for it: not held, not asked for,
+                    // not behind the first segment we miss.
+                    useful |= !self.store.contains_key(&id)
+                        && !self.pending.contains_key(&id)
+                        && !matches!(id, SegmentId::Media(n) if n < self.cursor);
                 }
+                // A partner we cannot ask now is looked at again when it can be: when a
+                // request to it ends (which schedules) or its pause ends (`next_schedule`).
+                let max = self.config.max_inflight_per_peer;
+                return useful
+                    && partner.greeted
+                    && partner.inflight < max
+                    && partner.busy_until.is_none_or(|t| t <= now);
             }
-            Frame::Request(id) => self.on_request(peer, id),
+            Frame::Request(id) => {
+                // Serving others cannot make a request of ours possible.
+                self.on_request(peer, id);
+                return false;
+            }
             Frame::Busy(id) => {
                 // It has the segment; its slots are full. Leave it alone for a moment.
                 self.take_pending(peer, id);
@@ -757,8 +783,11 @@ impl Exchange {
                     }
                 }
                 self.maintain(now);
+                // Hearing of peers cannot make a request of ours possible.
+                return false;
             }
         }
+        true
     }
 
     fn on_channel(&mut self, peer: PeerId, record: SignedChannel) {
@@ -801,14 +830,15 @@ impl Exchange {
         }
     }
 
-    fn on_announce(&mut self, now: Instant, peer: PeerId, statements: Vec<SignedSegment>) {
-        let Some(record) = self.record.as_ref().map(|r| r.record.clone()) else {
-            return;
+    /// Handles statements from a partner; returns whether any was new.
+    fn on_announce(&mut self, now: Instant, peer: PeerId, statements: Vec<SignedSegment>) -> bool {
+        let Some(session) = self.record.as_ref().map(|r| r.record.started_unix_ms) else {
+            return false;
         };
         let mut fresh = Vec::new();
         for statement in statements {
             let id = statement.meta.id;
-            if statement.meta.session != record.started_unix_ms {
+            if statement.meta.session != session {
                 // Another session's statement (a partner not caught up yet, or behind us):
                 // not ours to judge.
                 continue;
@@ -816,7 +846,14 @@ impl Exchange {
             if self.statements.contains_key(&id) || self.is_evicted(id) {
                 continue;
             }
-            if let Err(error) = self.config.verifier.verify_statement(&record, &statement) {
+            let Some(record) = self.record.as_ref() else {
+                return false;
+            };
+            if let Err(error) = self
+                .config
+                .verifier
+                .verify_statement(&record.record, &statement)
+            {
                 warn!(peer = %peer.short(), %id, %error, "statement rejected");
                 self.stats.statements_rejected += 1;
                 self.outputs
@@ -831,9 +868,11 @@ impl Exchange {
             self.accept_statement(now, statement);
             fresh.push(statement);
         }
-        if !fresh.is_empty() {
-            self.broadcast(Some(peer), Frame::Announce(fresh));
+        if fresh.is_empty() {
+            return false;
         }
+        self.broadcast(Some(peer), Frame::Announce(fresh));
+        true
     }
 
     fn on_request(&mut self, peer: PeerId, id: SegmentId) {
