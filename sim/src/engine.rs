@@ -14,16 +14,14 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
-
-use dary_heap::QuaternaryHeap;
 use std::time::{Duration, Instant};
 
+use dary_heap::QuaternaryHeap;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rustc_hash::FxHashMap as HashMap;
 
 use crate::metrics::Traffic;
-use crate::net::{FlowDeadline, HostId, HostNet, Net, SimTime};
+use crate::net::{FlowDeadline, FlowId, HostId, HostNet, Net, SimTime};
 use crate::scenario::Traversal;
 
 /// How long a dial to an unreachable host takes to fail, and how long a connection to a
@@ -97,19 +95,24 @@ pub enum Output<M, E> {
     Event(E),
 }
 
-/// Things the engine schedules. Kept small (messages wait in a slab), because the queue moves
-/// its entries around on every push and pop.
+/// Things the engine schedules. Kept small (16 bytes: messages and the driver's events wait in
+/// slabs, and an event's instant is its queue entry's), because the queue moves its entries
+/// around on every push and pop.
 #[derive(Debug)]
-enum Ev<X> {
+enum Ev {
     Deliver {
         to: HostId,
         from: HostId,
         slot: u32,
     },
-    Flow(FlowDeadline),
+    /// A flow's deadline as computed at this flow version.
+    Flow {
+        flow: FlowId,
+        version: u32,
+    },
+    /// The host's timer, if it is still armed for this instant.
     Timer {
         host: HostId,
-        at: SimTime,
     },
     DialerReady {
         dialer: HostId,
@@ -138,29 +141,68 @@ enum Ev<X> {
         a: HostId,
         b: HostId,
     },
-    External(X),
+    /// A driver event, waiting in its slab.
+    External {
+        slot: u32,
+    },
 }
 
-struct Queued<X> {
+struct Queued {
     at: SimTime,
     seq: u64,
-    ev: Ev<X>,
+    ev: Ev,
 }
 
-impl<X> PartialEq for Queued<X> {
+impl PartialEq for Queued {
     fn eq(&self, other: &Self) -> bool {
         (self.at, self.seq) == (other.at, other.seq)
     }
 }
-impl<X> Eq for Queued<X> {}
-impl<X> PartialOrd for Queued<X> {
+impl Eq for Queued {}
+impl PartialOrd for Queued {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
 }
-impl<X> Ord for Queued<X> {
+impl Ord for Queued {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// Values waiting for their queue entry, referred to by index; freed slots are reused.
+struct Slab<T> {
+    slots: Vec<Option<T>>,
+    free: Vec<u32>,
+}
+
+impl<T> Slab<T> {
+    fn new() -> Self {
+        Self {
+            slots: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+
+    fn insert(&mut self, value: T) -> u32 {
+        match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(value);
+                slot
+            }
+            None => {
+                self.slots.push(Some(value));
+                self.slots.len() as u32 - 1
+            }
+        }
+    }
+
+    fn take(&mut self, slot: u32) -> Option<T> {
+        let value = self.slots.get_mut(slot as usize)?.take();
+        if value.is_some() {
+            self.free.push(slot);
+        }
+        value
     }
 }
 
@@ -169,6 +211,18 @@ struct Host<C> {
     timer: Option<SimTime>,
     uploaded: u64,
     received: u64,
+    /// This host's end of each of its connections (a few dozen at most: a scan is faster than
+    /// a map, and the connection's state sits next to the host's).
+    links: Vec<Link>,
+}
+
+/// One end of a connection; both hosts keep one, with the same state.
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    peer: HostId,
+    state: Conn,
+    /// When the last control message this host sent on it arrives (they arrive in order).
+    last_arrival: SimTime,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,18 +249,18 @@ pub struct Engine<C: Core, X> {
     base: Instant,
     now: SimTime,
     seq: u64,
-    queue: QuaternaryHeap<Reverse<Queued<X>>>,
+    queue: QuaternaryHeap<Reverse<Queued>>,
     /// Messages on their way, referred to by `Ev::Deliver`.
-    msgs: Vec<Option<C::Msg>>,
-    free_msgs: Vec<u32>,
+    msgs: Slab<C::Msg>,
+    /// Driver events, referred to by `Ev::External`.
+    externals: Slab<X>,
     hosts: Vec<Host<C>>,
     net: Net<(u64, C::Msg)>,
-    conns: BTreeMap<(HostId, HostId), Conn>,
-    /// Per direction: the arrival time of the last control message (they arrive in order).
-    last_arrival: HashMap<(HostId, HostId), SimTime>,
     rng: ChaCha8Rng,
     events: Vec<(HostId, C::Event)>,
-    traffic: BTreeMap<&'static str, Traffic>,
+    /// Messages and bytes by kind, in order of first use (a handful of kinds: a scan that
+    /// compares the static strings' addresses first beats a map keyed by their text).
+    traffic: Vec<(&'static str, Traffic)>,
     processed: u64,
 }
 
@@ -218,15 +272,13 @@ impl<C: Core, X> Engine<C, X> {
             now: 0,
             seq: 0,
             queue: QuaternaryHeap::new(),
-            msgs: Vec::new(),
-            free_msgs: Vec::new(),
+            msgs: Slab::new(),
+            externals: Slab::new(),
             hosts: Vec::new(),
             net: Net::new(traversal, jitter, loss),
-            conns: BTreeMap::new(),
-            last_arrival: HashMap::default(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             events: Vec::new(),
-            traffic: BTreeMap::new(),
+            traffic: Vec::new(),
             processed: 0,
         }
     }
@@ -247,8 +299,14 @@ impl<C: Core, X> Engine<C, X> {
     }
 
     /// Control messages and bytes by kind, so far.
-    pub fn traffic(&self) -> &BTreeMap<&'static str, Traffic> {
-        &self.traffic
+    pub fn traffic(&self) -> BTreeMap<&'static str, Traffic> {
+        let mut by_kind: BTreeMap<&'static str, Traffic> = BTreeMap::new();
+        for (kind, t) in &self.traffic {
+            let total = by_kind.entry(kind).or_default();
+            total.count += t.count;
+            total.bytes += t.bytes;
+        }
+        by_kind
     }
 
     /// Bulk bytes a host has uploaded and received so far.
@@ -287,6 +345,7 @@ impl<C: Core, X> Engine<C, X> {
             timer: None,
             uploaded: 0,
             received: 0,
+            links: Vec::new(),
         });
         id
     }
@@ -322,19 +381,25 @@ impl<C: Core, X> Engine<C, X> {
 
     /// Schedules a driver event at simulated time `at`.
     pub fn schedule(&mut self, at: SimTime, x: X) {
-        self.push(at, Ev::External(x));
+        let slot = self.externals.insert(x);
+        self.push(at, Ev::External { slot });
     }
 
     /// Splits the network (see [`Net::partition`]); connections across the cut break after the
     /// idle timeout.
     pub fn partition(&mut self, cut_off: impl FnMut(HostId) -> bool) {
         self.net.partition(cut_off);
-        let cut: Vec<(HostId, HostId)> = self
-            .conns
-            .keys()
-            .copied()
-            .filter(|(a, b)| !self.net.same_side(*a, *b))
-            .collect();
+        let mut cut: Vec<(HostId, HostId)> = Vec::new();
+        for (i, h) in self.hosts.iter().enumerate() {
+            let a = HostId(i as u32);
+            cut.extend(
+                h.links
+                    .iter()
+                    .filter(|l| a < l.peer && !self.net.same_side(a, l.peer))
+                    .map(|l| (a, l.peer)),
+            );
+        }
+        cut.sort();
         let at = self.now + IDLE_TIMEOUT.as_nanos() as u64;
         for (a, b) in cut {
             self.push(at, Ev::Broken { a, b });
@@ -361,8 +426,11 @@ impl<C: Core, X> Engine<C, X> {
             };
             self.now = at;
             self.processed += 1;
-            if let Ev::External(x) = ev {
-                return Step::External(x);
+            if let Ev::External { slot } = ev {
+                match self.externals.take(slot) {
+                    Some(x) => return Step::External(x),
+                    None => continue,
+                }
             }
             self.process(ev);
             if !self.events.is_empty() {
@@ -371,18 +439,23 @@ impl<C: Core, X> Engine<C, X> {
         }
     }
 
-    fn process(&mut self, ev: Ev<X>) {
+    fn process(&mut self, ev: Ev) {
         match ev {
             Ev::Deliver { to, from, slot } => {
-                let msg = self.msgs[slot as usize].take();
-                self.free_msgs.push(slot);
-                let Some(msg) = msg else { return };
-                if self.conns.contains_key(&key(to, from)) && self.net.same_side(to, from) {
+                let Some(msg) = self.msgs.take(slot) else {
+                    return;
+                };
+                if self.link(to, from).is_some() && self.net.same_side(to, from) {
                     self.input(to, Input::Message { from, msg });
                 }
             }
-            Ev::Flow(deadline) => {
+            Ev::Flow { flow, version } => {
                 let now = self.now;
+                let deadline = FlowDeadline {
+                    flow,
+                    version,
+                    at: now,
+                };
                 if let Some((from, to, (tag, msg), changed)) = self.net.finish_flow(now, deadline) {
                     self.reschedule(changed);
                     let delay = self.net.base_delay(from, to);
@@ -391,10 +464,10 @@ impl<C: Core, X> Engine<C, X> {
                     self.input(from, Input::Sent { to, tag });
                 }
             }
-            Ev::Timer { host, at } => {
+            Ev::Timer { host } => {
                 let now = self.now;
                 let h = &mut self.hosts[host.0 as usize];
-                if h.timer != Some(at) {
+                if h.timer != Some(now) {
                     return;
                 }
                 h.timer = None;
@@ -408,44 +481,81 @@ impl<C: Core, X> Engine<C, X> {
                 }
             }
             Ev::DialerReady { dialer, target } => {
-                let k = key(dialer, target);
                 let ok = self.is_alive(dialer)
                     && self.is_alive(target)
                     && self.net.same_side(dialer, target);
-                if ok && self.conns.get(&k) == Some(&Conn::Dialling) {
-                    self.conns.insert(k, Conn::Established);
+                let state = self.conn(dialer, target);
+                if ok && state == Some(Conn::Dialling) {
+                    self.set_state(dialer, target, Conn::Established);
                     self.input(dialer, Input::Connected(target));
-                } else if !self.conns.get(&k).is_some_and(|c| *c == Conn::Established) {
-                    self.conns.remove(&k);
+                } else if state != Some(Conn::Established) {
+                    self.unlink(dialer, target);
                     self.input(dialer, Input::Disconnected(target));
                 }
             }
             Ev::AcceptorReady { dialer, target } => {
-                if self.conns.get(&key(dialer, target)) == Some(&Conn::Established) {
+                if self.conn(dialer, target) == Some(Conn::Established) {
                     self.input(target, Input::Connected(dialer));
                 }
             }
             Ev::DialFailed { dialer, target } => {
-                if self.conns.get(&key(dialer, target)) == Some(&Conn::Dialling) {
-                    self.conns.remove(&key(dialer, target));
+                if self.conn(dialer, target) == Some(Conn::Dialling) {
+                    self.unlink(dialer, target);
                 }
                 self.input(dialer, Input::Disconnected(target));
             }
             Ev::Closed { host, peer } => self.input(host, Input::Disconnected(peer)),
             Ev::CloseAt { a, b } => {
-                if self.conns.remove(&key(a, b)).is_some() {
+                if self.unlink(a, b) {
                     self.input(a, Input::Disconnected(b));
                     self.input(b, Input::Disconnected(a));
                 }
             }
             Ev::Broken { a, b } => {
-                if !self.net.same_side(a, b) && self.conns.remove(&key(a, b)).is_some() {
+                if !self.net.same_side(a, b) && self.unlink(a, b) {
                     self.input(a, Input::Disconnected(b));
                     self.input(b, Input::Disconnected(a));
                 }
             }
-            Ev::External(_) => {}
+            Ev::External { .. } => {}
         }
+    }
+
+    /// `a`'s end of its connection to `b`, if any.
+    fn link(&self, a: HostId, b: HostId) -> Option<&Link> {
+        self.hosts[a.0 as usize].links.iter().find(|l| l.peer == b)
+    }
+
+    fn link_mut(&mut self, a: HostId, b: HostId) -> Option<&mut Link> {
+        self.hosts[a.0 as usize]
+            .links
+            .iter_mut()
+            .find(|l| l.peer == b)
+    }
+
+    fn conn(&self, a: HostId, b: HostId) -> Option<Conn> {
+        self.link(a, b).map(|l| l.state)
+    }
+
+    fn set_state(&mut self, a: HostId, b: HostId, state: Conn) {
+        for (x, y) in [(a, b), (b, a)] {
+            if let Some(l) = self.link_mut(x, y) {
+                l.state = state;
+            }
+        }
+    }
+
+    /// Removes the connection at both ends; false if there was none.
+    fn unlink(&mut self, a: HostId, b: HostId) -> bool {
+        let mut found = false;
+        for (x, y) in [(a, b), (b, a)] {
+            let links = &mut self.hosts[x.0 as usize].links;
+            if let Some(i) = links.iter().position(|l| l.peer == y) {
+                links.swap_remove(i);
+                found = true;
+            }
+        }
+        found
     }
 
     fn input(&mut self, host: HostId, input: Input<C::Msg>) {
@@ -480,7 +590,7 @@ impl<C: Core, X> Engine<C, X> {
         let h = &mut self.hosts[host.0 as usize];
         if h.timer.is_none_or(|queued| wanted < queued) {
             h.timer = Some(wanted);
-            self.push(wanted, Ev::Timer { host, at: wanted });
+            self.push(wanted, Ev::Timer { host });
         }
     }
 
@@ -489,8 +599,7 @@ impl<C: Core, X> Engine<C, X> {
             Output::Dial(target) => self.dial(host, target),
             Output::Close(peer) => {
                 // Graceful: what was sent before the close arrives first.
-                if self.conns.contains_key(&key(host, peer)) {
-                    let sent = self.last_arrival.get(&(host, peer)).copied().unwrap_or(0);
+                if let Some(sent) = self.link(host, peer).map(|l| l.last_arrival) {
                     self.push(sent.max(self.now), Ev::CloseAt { a: host, b: peer });
                 }
             }
@@ -502,12 +611,8 @@ impl<C: Core, X> Engine<C, X> {
                 kind,
                 tag,
             } => {
-                let t = self.traffic.entry(kind).or_default();
-                t.count += 1;
-                t.bytes += bytes;
-                if self.conns.get(&key(host, to)) != Some(&Conn::Established)
-                    || !self.net.same_side(host, to)
-                {
+                self.count(kind, bytes);
+                if self.conn(host, to) != Some(Conn::Established) || !self.net.same_side(host, to) {
                     return;
                 }
                 if bulk {
@@ -517,9 +622,12 @@ impl<C: Core, X> Engine<C, X> {
                     self.reschedule(changed);
                 } else {
                     let delay = self.net.message_delay(host, to, &mut self.rng).as_nanos() as u64;
-                    let earliest = self.last_arrival.get(&(host, to)).copied().unwrap_or(0);
-                    let at = (self.now + delay).max(earliest);
-                    self.last_arrival.insert((host, to), at);
+                    let now = self.now;
+                    let Some(link) = self.link_mut(host, to) else {
+                        return;
+                    };
+                    let at = (now + delay).max(link.last_arrival);
+                    link.last_arrival = at;
                     self.deliver(at, to, host, msg);
                 }
             }
@@ -527,10 +635,26 @@ impl<C: Core, X> Engine<C, X> {
         }
     }
 
+    fn count(&mut self, kind: &'static str, bytes: u64) {
+        let i = match self
+            .traffic
+            .iter()
+            .position(|(k, _)| std::ptr::eq(*k, kind) || *k == kind)
+        {
+            Some(i) => i,
+            None => {
+                self.traffic.push((kind, Traffic::default()));
+                self.traffic.len() - 1
+            }
+        };
+        let t = &mut self.traffic[i].1;
+        t.count += 1;
+        t.bytes += bytes;
+    }
+
     fn dial(&mut self, dialer: HostId, target: HostId) {
-        let k = key(dialer, target);
-        if self.conns.contains_key(&k) {
-            if self.conns.get(&k) == Some(&Conn::Established) {
+        if let Some(state) = self.conn(dialer, target) {
+            if state == Conn::Established {
                 self.push(
                     self.now,
                     Ev::AcceptorReady {
@@ -546,15 +670,21 @@ impl<C: Core, X> Engine<C, X> {
             self.push(at, Ev::DialFailed { dialer, target });
             return;
         }
-        self.conns.insert(k, Conn::Dialling);
         let one_way = self.net.base_delay(dialer, target).as_nanos() as u64;
         self.push(self.now + 2 * one_way, Ev::DialerReady { dialer, target });
         let accepted = self.now + 3 * one_way;
         self.push(accepted, Ev::AcceptorReady { dialer, target });
         // The dialler's first messages cannot overtake the handshake.
-        self.last_arrival.insert((dialer, target), accepted);
-        self.last_arrival
-            .insert((target, dialer), self.now + 2 * one_way);
+        self.hosts[dialer.0 as usize].links.push(Link {
+            peer: target,
+            state: Conn::Dialling,
+            last_arrival: accepted,
+        });
+        self.hosts[target.0 as usize].links.push(Link {
+            peer: dialer,
+            state: Conn::Dialling,
+            last_arrival: self.now + 2 * one_way,
+        });
     }
 
     fn remove(&mut self, host: HostId, notice: Duration) {
@@ -569,13 +699,13 @@ impl<C: Core, X> Engine<C, X> {
                 self.input(from, Input::Sent { to, tag });
             }
         }
-        let peers: BTreeSet<HostId> = self
-            .conns
-            .keys()
-            .filter_map(|(a, b)| (*a == host).then_some(*b).or((*b == host).then_some(*a)))
+        let peers: BTreeSet<HostId> = self.hosts[host.0 as usize]
+            .links
+            .iter()
+            .map(|l| l.peer)
             .collect();
         for peer in peers {
-            self.conns.remove(&key(host, peer));
+            self.unlink(host, peer);
             let delay = notice.max(self.net.base_delay(host, peer));
             let at = self.now + delay.as_nanos() as u64;
             self.push(
@@ -586,33 +716,28 @@ impl<C: Core, X> Engine<C, X> {
                 },
             );
         }
-        self.last_arrival
-            .retain(|(a, b), _| *a != host && *b != host);
     }
 
     fn reschedule(&mut self, changed: Vec<FlowDeadline>) {
         for d in changed {
             if d.at != SimTime::MAX {
-                self.push(d.at, Ev::Flow(d));
+                self.push(
+                    d.at,
+                    Ev::Flow {
+                        flow: d.flow,
+                        version: d.version,
+                    },
+                );
             }
         }
     }
 
     fn deliver(&mut self, at: SimTime, to: HostId, from: HostId, msg: C::Msg) {
-        let slot = match self.free_msgs.pop() {
-            Some(slot) => {
-                self.msgs[slot as usize] = Some(msg);
-                slot
-            }
-            None => {
-                self.msgs.push(Some(msg));
-                self.msgs.len() as u32 - 1
-            }
-        };
+        let slot = self.msgs.insert(msg);
         self.push(at, Ev::Deliver { to, from, slot });
     }
 
-    fn push(&mut self, at: SimTime, ev: Ev<X>) {
+    fn push(&mut self, at: SimTime, ev: Ev) {
         self.seq += 1;
         self.queue.push(Reverse(Queued {
             at,
@@ -624,10 +749,6 @@ impl<C: Core, X> Engine<C, X> {
     fn sim_time(&self, at: Instant) -> SimTime {
         at.saturating_duration_since(self.base).as_nanos() as u64
     }
-}
-
-fn key(a: HostId, b: HostId) -> (HostId, HostId) {
-    (a.min(b), a.max(b))
 }
 
 #[cfg(test)]
