@@ -963,6 +963,9 @@ impl Exchange {
                     duration: meta.duration(),
                 }));
             }
+            // A live peer keeps the window behind the newest segment even when it stores
+            // nothing (a viewer that cannot keep up must not hoard every statement).
+            self.evict_before(seq.saturating_sub(self.config.live_window));
         }
     }
 
