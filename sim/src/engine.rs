@@ -235,11 +235,13 @@ enum Conn {
 
 /// A step's result for the scenario driver.
 #[derive(Debug)]
-pub enum Step<X, E> {
+pub enum Step<X> {
     /// An external event the driver scheduled has come due.
     External(X),
-    /// Core events came out while processing an internal event.
-    Events(Vec<(HostId, E)>),
+    /// Core events came out while processing an internal event. The vector the driver passed
+    /// to [`Engine::step`] now holds them (it is handed back and forth, so that no step
+    /// allocates one).
+    Events,
     /// Nothing left before the horizon.
     Idle,
 }
@@ -411,8 +413,9 @@ impl<C: Core, X> Engine<C, X> {
         self.net.heal();
     }
 
-    /// Processes events until one is external, some core events came out, or `horizon` passes.
-    pub fn step(&mut self, horizon: SimTime) -> Step<X, C::Event> {
+    /// Processes events until one is external, some core events came out (then swapped into
+    /// `events`, which should be empty), or `horizon` passes.
+    pub fn step(&mut self, horizon: SimTime, events: &mut Vec<(HostId, C::Event)>) -> Step<X> {
         loop {
             let Some(Reverse(next)) = self.queue.peek() else {
                 return Step::Idle;
@@ -434,7 +437,8 @@ impl<C: Core, X> Engine<C, X> {
             }
             self.process(ev);
             if !self.events.is_empty() {
-                return Step::Events(std::mem::take(&mut self.events));
+                std::mem::swap(&mut self.events, events);
+                return Step::Events;
             }
         }
     }
@@ -817,9 +821,13 @@ mod tests {
 
     fn run(e: &mut Engine<Probe, ()>, until: SimTime) -> Vec<(SimTime, HostId, String)> {
         let mut events = Vec::new();
+        let mut batch = Vec::new();
         loop {
-            match e.step(until) {
-                Step::Events(v) => events.extend(v.into_iter().map(|(h, s)| (e.now(), h, s))),
+            match e.step(until, &mut batch) {
+                Step::Events => {
+                    let now = e.now();
+                    events.extend(batch.drain(..).map(|(h, s)| (now, h, s)));
+                }
                 Step::External(()) => {}
                 Step::Idle => return events,
             }

@@ -274,11 +274,12 @@ impl<'a> Runner<'a> {
     }
 
     fn drive(&mut self) {
+        let mut events = Vec::new();
         loop {
-            match self.engine.step(self.end) {
+            match self.engine.step(self.end, &mut events) {
                 Step::External(ext) => self.on_ext(ext),
-                Step::Events(events) => {
-                    for (host, event) in events {
+                Step::Events => {
+                    for (host, event) in events.drain(..) {
                         self.on_event(host, event);
                     }
                 }
