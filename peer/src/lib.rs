@@ -41,3 +41,5 @@ pub mod bench;
 pub mod media;
 #[cfg(feature = "node")]
 pub mod node;
+#[cfg(feature = "node")]
+pub mod overlay_net;

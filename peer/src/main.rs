@@ -110,6 +110,27 @@ enum BenchCommand {
         #[arg(long, default_value_t = 256)]
         segment_kib: u32,
     },
+    /// Transactions per second of a ring of overlay nodes in this process.
+    Store {
+        /// Nodes in the ring.
+        #[arg(long, default_value_t = 4)]
+        nodes: usize,
+        /// Concurrent clients, spread over the nodes.
+        #[arg(long, default_value_t = 10)]
+        clients: usize,
+        /// Operations per client.
+        #[arg(long, default_value_t = 1000)]
+        ops: usize,
+        /// What the clients do.
+        #[arg(long, value_enum, default_value = "increment")]
+        workload: peer::bench::store::Workload,
+        /// How the nodes talk: real QUIC on loopback, or messages handed over in memory.
+        #[arg(long, value_enum, default_value = "quic")]
+        transport: peer::bench::store::Transport,
+        /// Replicas per key.
+        #[arg(long, default_value_t = 4)]
+        replicas: u8,
+    },
     /// `--vod` import speed of a 60 s 1080p H.264 file, as × real time.
     Ingest {
         /// Length of the generated test file in seconds.
@@ -301,6 +322,24 @@ async fn run_bench(bench: BenchCommand) -> anyhow::Result<()> {
                 segment_kib,
             })
             .await?
+        }
+        BenchCommand::Store {
+            nodes,
+            clients,
+            ops,
+            workload,
+            transport,
+            replicas,
+        } => {
+            let args = peer::bench::store::StoreBenchArgs {
+                nodes,
+                clients,
+                ops,
+                workload,
+                transport,
+                replicas,
+            };
+            peer::bench::store::run(args).await?
         }
         BenchCommand::Ingest { seconds, work_dir } => {
             let args = peer::bench::ingest::IngestBenchArgs { seconds, work_dir };

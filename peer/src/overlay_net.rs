@@ -1,0 +1,555 @@
+//! The overlay's real driver: a tokio task that hosts one [`OverlayNode`] and carries its
+//! messages over QUIC.
+//!
+//! Each pair of nodes shares one QUIC connection (authenticated by peer id, as for the segment
+//! exchange); each side sends on one long-lived unidirectional stream that opens with the byte
+//! [`OVERLAY_STREAM`] and then carries length-prefixed messages ([`Message::encode`]). A writer
+//! task per peer batches whatever the node produced into one write. A message whose `from` is
+//! not the authenticated peer, or that does not decode, closes the stream with a log line.
+//! The application talks to the task through an [`OverlayHandle`].
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quinn::{Endpoint, VarInt};
+use rustc_hash::FxHashMap as HashMap;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+use tracker_overlay::{
+    Abort, Config, Event, Message, NodeRef, Output, OverlayNode, Phase, TxOp, Value,
+};
+
+use crate::bench::store::{bench_config, Clients, StoreBenchArgs};
+use crate::identity::{Keypair, PeerId};
+use crate::node::tls;
+
+/// The first byte of an overlay stream (segment streams start otherwise).
+pub const OVERLAY_STREAM: u8 = 0x4f;
+
+/// What a transaction returns.
+pub type TxResult = Result<Vec<Option<Value>>, Abort>;
+
+enum Command {
+    Create,
+    Join(NodeRef),
+    Transact(Vec<TxOp>, oneshot::Sender<TxResult>),
+    Leave,
+    Status(oneshot::Sender<Status>),
+}
+
+/// A snapshot of the node's view of the ring.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// Where it stands.
+    pub phase: Phase,
+    /// Its predecessor.
+    pub pred: Option<NodeRef>,
+    /// Its successors.
+    pub succs: Vec<NodeRef>,
+    /// Whether it holds all of its range with authority.
+    pub sure: bool,
+    /// Messages it sent.
+    pub sent: u64,
+}
+
+enum Inbox {
+    Message(PeerId, Message),
+    Connected(PeerId, quinn::Connection),
+    DialFailed(NodeRef),
+    StreamClosed(PeerId),
+}
+
+/// The application's side of a running overlay node.
+#[derive(Clone)]
+pub struct OverlayHandle {
+    me: NodeRef,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl OverlayHandle {
+    /// The node.
+    pub fn me(&self) -> NodeRef {
+        self.me
+    }
+
+    /// Starts a ring.
+    pub fn create(&self) {
+        let _ = self.commands.send(Command::Create);
+    }
+
+    /// Joins the ring `bootstrap` is part of.
+    pub fn join(&self, bootstrap: NodeRef) {
+        let _ = self.commands.send(Command::Join(bootstrap));
+    }
+
+    /// Leaves the ring gracefully.
+    pub fn leave(&self) {
+        let _ = self.commands.send(Command::Leave);
+    }
+
+    /// Runs a transaction.
+    pub async fn transact(&self, ops: Vec<TxOp>) -> TxResult {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Transact(ops, tx)).is_err() {
+            return Err(Abort::NotJoined);
+        }
+        rx.await.unwrap_or(Err(Abort::NotJoined))
+    }
+
+    /// The node's view of the ring.
+    pub async fn status(&self) -> Option<Status> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Status(tx)).ok()?;
+        rx.await.ok()
+    }
+}
+
+/// Starts an overlay node on its own QUIC endpoint bound to `listen`.
+pub fn spawn(key: &Keypair, listen: SocketAddr, cfg: Config) -> anyhow::Result<OverlayHandle> {
+    let server = tls::server_config(key)?;
+    let mut endpoint = Endpoint::server(server, listen)?;
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(Duration::from_secs(2)))
+        .max_idle_timeout(Some(VarInt::from_u32(10_000).into()));
+    let transport = Arc::new(transport);
+    let mut client = tls::client_config(key, None)?;
+    client.transport_config(transport.clone());
+    endpoint.set_default_client_config(client);
+    let addr = endpoint.local_addr()?;
+    let me = NodeRef::new(key.peer_id().0, addr);
+    let (commands, command_rx) = mpsc::unbounded_channel();
+    let (inbox, inbox_rx) = mpsc::unbounded_channel();
+    let actor = Actor {
+        node: OverlayNode::new(Instant::now(), me, cfg),
+        endpoint: endpoint.clone(),
+        key: key.clone(),
+        transport,
+        inbox: inbox.clone(),
+        peers: HashMap::default(),
+        txs: HashMap::default(),
+    };
+    tokio::spawn(accept_loop(endpoint, inbox));
+    tokio::spawn(actor.run(command_rx, inbox_rx));
+    Ok(OverlayHandle { me, commands })
+}
+
+enum PeerLink {
+    Dialing(VecDeque<Message>),
+    Up(mpsc::UnboundedSender<Message>),
+}
+
+struct Actor {
+    node: OverlayNode,
+    endpoint: Endpoint,
+    key: Keypair,
+    transport: Arc<quinn::TransportConfig>,
+    inbox: mpsc::UnboundedSender<Inbox>,
+    peers: HashMap<PeerId, PeerLink>,
+    txs: HashMap<u64, oneshot::Sender<TxResult>>,
+}
+
+impl Actor {
+    async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut inbox: mpsc::UnboundedReceiver<Inbox>,
+    ) {
+        loop {
+            let deadline = self.node.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                cmd = commands.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    self.command(cmd);
+                    // Take every queued command before flushing.
+                    while let Ok(cmd) = commands.try_recv() {
+                        self.command(cmd);
+                    }
+                }
+                msg = inbox.recv() => {
+                    let Some(msg) = msg else { break };
+                    self.inbox(msg);
+                    while let Ok(msg) = inbox.try_recv() {
+                        self.inbox(msg);
+                    }
+                }
+                () = sleep => self.node.handle_timeout(Instant::now()),
+            }
+            self.flush();
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let now = Instant::now();
+        match cmd {
+            Command::Create => self.node.create(now),
+            Command::Join(bootstrap) => self.node.join(now, bootstrap),
+            Command::Transact(ops, reply) => {
+                let req = self.node.transact(now, ops);
+                self.txs.insert(req, reply);
+            }
+            Command::Leave => self.node.leave(now),
+            Command::Status(reply) => {
+                let node = &self.node;
+                let sure = match node.pred() {
+                    Some(p) => node.store().sure().covers(p.id, node.me().id),
+                    None => node.succs().is_empty(),
+                };
+                let _ = reply.send(Status {
+                    phase: node.phase(),
+                    pred: node.pred(),
+                    succs: node.succs().to_vec(),
+                    sure,
+                    sent: node.stats().sent.values().sum(),
+                });
+            }
+        }
+    }
+
+    fn inbox(&mut self, msg: Inbox) {
+        let now = Instant::now();
+        match msg {
+            Inbox::Message(from, msg) => {
+                if msg.from.peer != from.0 {
+                    warn!(peer = %from.short(), "overlay message claims another sender; dropped");
+                    return;
+                }
+                self.node.handle_message(now, msg);
+            }
+            Inbox::Connected(peer, conn) => {
+                let queued = match self.peers.remove(&peer) {
+                    Some(PeerLink::Up(tx)) => {
+                        // Already sending on another connection to this peer.
+                        self.peers.insert(peer, PeerLink::Up(tx));
+                        return;
+                    }
+                    Some(PeerLink::Dialing(q)) => q,
+                    None => VecDeque::new(),
+                };
+                let (tx, rx) = mpsc::unbounded_channel();
+                for m in queued {
+                    let _ = tx.send(m);
+                }
+                tokio::spawn(writer(conn, rx, self.inbox.clone(), peer));
+                self.peers.insert(peer, PeerLink::Up(tx));
+            }
+            Inbox::DialFailed(node) => {
+                self.peers.remove(&PeerId(node.peer));
+                self.node.handle_unreachable(now, node);
+            }
+            Inbox::StreamClosed(peer) => {
+                self.peers.remove(&peer);
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        while let Some(out) = self.node.poll_output() {
+            match out {
+                Output::Transmit { to, msg } => self.send(to, msg),
+                Output::Event(Event::TxDone { req, result }) => {
+                    if let Some(reply) = self.txs.remove(&req) {
+                        let _ = reply.send(result);
+                    }
+                }
+                Output::Event(e) => debug!(event = ?e, "overlay"),
+            }
+        }
+    }
+
+    fn send(&mut self, to: NodeRef, msg: Message) {
+        let peer = PeerId(to.peer);
+        match self.peers.get_mut(&peer) {
+            Some(PeerLink::Up(tx)) => {
+                if let Err(mpsc::error::SendError(msg)) = tx.send(msg) {
+                    // The writer ended; dial again.
+                    self.peers.remove(&peer);
+                    self.send(to, msg);
+                }
+            }
+            Some(PeerLink::Dialing(queue)) => queue.push_back(msg),
+            None => {
+                self.peers
+                    .insert(peer, PeerLink::Dialing(VecDeque::from([msg])));
+                self.dial(to);
+            }
+        }
+    }
+
+    fn dial(&self, to: NodeRef) {
+        let config = match tls::client_config(&self.key, Some(PeerId(to.peer))) {
+            Ok(mut c) => {
+                c.transport_config(self.transport.clone());
+                c
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot build a client TLS configuration");
+                let _ = self.inbox.send(Inbox::DialFailed(to));
+                return;
+            }
+        };
+        let endpoint = self.endpoint.clone();
+        let inbox = self.inbox.clone();
+        tokio::spawn(async move {
+            let conn = async {
+                let conn = endpoint
+                    .connect_with(config, to.addr, tls::server_name())?
+                    .await?;
+                Ok::<_, anyhow::Error>(conn)
+            }
+            .await;
+            match conn {
+                Ok(conn) => {
+                    tokio::spawn(read_streams(conn.clone(), PeerId(to.peer), inbox.clone()));
+                    let _ = inbox.send(Inbox::Connected(PeerId(to.peer), conn));
+                }
+                Err(e) => {
+                    debug!(peer = ?to, error = %e, "overlay dial failed");
+                    let _ = inbox.send(Inbox::DialFailed(to));
+                }
+            }
+        });
+    }
+}
+
+async fn accept_loop(endpoint: Endpoint, inbox: mpsc::UnboundedSender<Inbox>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let inbox = inbox.clone();
+        tokio::spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            let Some(peer) = tls::peer_id_of(&conn) else {
+                return;
+            };
+            let _ = inbox.send(Inbox::Connected(peer, conn.clone()));
+            read_streams(conn, peer, inbox).await;
+        });
+    }
+}
+
+/// Reads the overlay streams a peer opens on `conn`.
+async fn read_streams(conn: quinn::Connection, peer: PeerId, inbox: mpsc::UnboundedSender<Inbox>) {
+    while let Ok(mut recv) = conn.accept_uni().await {
+        let inbox = inbox.clone();
+        tokio::spawn(async move {
+            let mut tag = [0u8; 1];
+            if recv.read_exact(&mut tag).await.is_err() || tag[0] != OVERLAY_STREAM {
+                return;
+            }
+            let mut len = [0u8; 4];
+            loop {
+                if recv.read_exact(&mut len).await.is_err() {
+                    break;
+                }
+                let n = u32::from_be_bytes(len) as usize;
+                if n > tracker_overlay::msg::MAX_MESSAGE_LEN {
+                    warn!(peer = %peer.short(), len = n, "oversized overlay message; stream closed");
+                    let _ = recv.stop(VarInt::from_u32(0x12));
+                    break;
+                }
+                let mut buf = vec![0u8; n];
+                if recv.read_exact(&mut buf).await.is_err() {
+                    break;
+                }
+                match Message::decode(&buf) {
+                    Ok(msg) => {
+                        if inbox.send(Inbox::Message(peer, msg)).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(peer = %peer.short(), error = %e, "bad overlay message; stream closed");
+                        let _ = recv.stop(VarInt::from_u32(0x11));
+                        break;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Sends the node's messages to one peer: everything queued goes out in one write.
+async fn writer(
+    conn: quinn::Connection,
+    mut rx: mpsc::UnboundedReceiver<Message>,
+    inbox: mpsc::UnboundedSender<Inbox>,
+    peer: PeerId,
+) {
+    let result = async {
+        let mut send = conn.open_uni().await?;
+        send.write_all(&[OVERLAY_STREAM]).await?;
+        let mut buf = Vec::with_capacity(64 * 1024);
+        while let Some(msg) = rx.recv().await {
+            buf.clear();
+            frame(&mut buf, &msg);
+            while let Ok(msg) = rx.try_recv() {
+                frame(&mut buf, &msg);
+                if buf.len() > 256 * 1024 {
+                    break;
+                }
+            }
+            send.write_all(&buf).await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    if let Err(e) = result {
+        debug!(peer = %peer.short(), error = %e, "overlay stream ended");
+    }
+    let _ = inbox.send(Inbox::StreamClosed(peer));
+}
+
+fn frame(buf: &mut Vec<u8>, msg: &Message) {
+    let bytes = msg.encode();
+    buf.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    buf.extend_from_slice(&bytes);
+}
+
+/// Whether a ring of these nodes has settled: neighbours consistent in id order, every range
+/// held with authority.
+pub(crate) fn settled<'a>(nodes: impl Iterator<Item = &'a OverlayNode>) -> bool {
+    let mut ring: Vec<(NodeRef, Option<NodeRef>, Option<NodeRef>, bool)> = nodes
+        .map(|n| {
+            let sure = match n.pred() {
+                Some(p) => n.store().sure().covers(p.id, n.me().id),
+                None => n.succs().is_empty(),
+            };
+            (
+                n.me(),
+                n.pred(),
+                n.succs().first().copied(),
+                sure && n.phase() == Phase::Member,
+            )
+        })
+        .collect();
+    ring.sort_by_key(|(me, ..)| me.id);
+    let n = ring.len();
+    if n == 1 {
+        return ring[0].3;
+    }
+    (0..n).all(|i| {
+        let (_, pred, succ, sure) = ring[i];
+        sure && succ == Some(ring[(i + 1) % n].0) && pred == Some(ring[(i + n - 1) % n].0)
+    })
+}
+
+/// `peer bench store --transport quic`.
+pub(crate) async fn bench(args: &StoreBenchArgs) -> anyhow::Result<serde_json::Value> {
+    let listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut handles = Vec::new();
+    for _ in 0..args.nodes {
+        handles.push(spawn(
+            &Keypair::generate(),
+            listen,
+            bench_config(args.replicas),
+        )?);
+    }
+    handles[0].create();
+    for h in &handles[1..] {
+        h.join(handles[0].me());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = h.status().await;
+            if status.is_some_and(|s| s.phase == Phase::Member) {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "a node did not join the benchmark ring"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut statuses = Vec::new();
+        for h in &handles {
+            statuses.extend(h.status().await.map(|s| (h.me(), s)));
+        }
+        if ring_consistent(&statuses) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the benchmark ring did not settle"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Replicated managers are looked up right after joining; give the lookups a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let clients = Clients::new(args);
+    for (c, ops) in clients.setup_ops(args.clients).into_iter().enumerate() {
+        let h = &handles[c % handles.len()];
+        h.transact(ops)
+            .await
+            .map_err(|e| anyhow::anyhow!("setup write: {e}"))?;
+    }
+    let sent_before: u64 = sum_sent(&handles).await;
+    let clients = Arc::new(tokio::sync::Mutex::new(clients));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..args.clients {
+        let h = handles[c % handles.len()].clone();
+        let clients = clients.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut retry = false;
+            loop {
+                let ops = clients.lock().await.next(c, retry);
+                let Some(ops) = ops else { break };
+                let result = h.transact(ops).await;
+                let mut clients = clients.lock().await;
+                retry = clients.done(c, &result)?;
+                if retry {
+                    let wait = clients.backoff(c);
+                    drop(clients);
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let wall = start.elapsed();
+    let messages = sum_sent(&handles).await - sent_before;
+    let mut clients = Arc::try_unwrap(clients)
+        .map_err(|_| anyhow::anyhow!("client tasks still running"))?
+        .into_inner();
+    clients.tally.messages = messages;
+    for h in &handles {
+        h.leave();
+    }
+    Ok(clients.tally_json(args, wall))
+}
+
+async fn sum_sent(handles: &[OverlayHandle]) -> u64 {
+    let mut total = 0;
+    for h in handles {
+        total += h.status().await.map_or(0, |s| s.sent);
+    }
+    total
+}
+
+fn ring_consistent(statuses: &[(NodeRef, Status)]) -> bool {
+    let mut ring: Vec<&(NodeRef, Status)> = statuses.iter().collect();
+    ring.sort_by_key(|(me, _)| me.id);
+    let n = ring.len();
+    if n == 1 {
+        return ring[0].1.sure;
+    }
+    (0..n).all(|i| {
+        let s = &ring[i].1;
+        s.sure
+            && s.succs.first() == Some(&ring[(i + 1) % n].0)
+            && s.pred == Some(ring[(i + n - 1) % n].0)
+    })
+}
