@@ -5,7 +5,7 @@
 use rustc_hash::FxHashMap as HashMap;
 
 use crate::id::{NodeRef, RingId};
-use crate::msg::{AcceptedVote, Body, Op, Prepare, Vote};
+use crate::msg::{AcceptedVote, Body, Op, Prepare, TxMeta, Vote};
 use crate::node::{Event, OverlayNode, Phase, Timer};
 use crate::store::{Item, Value};
 use crate::tx::{apply, distinct_keys, Abort, TxEntry, TxId, TxOp};
@@ -371,9 +371,10 @@ impl OverlayNode {
                 prepared
             }
         };
-        self.send_votes(tid, p.tm, &p.acceptors, &p.keys, instance, prepared);
+        self.send_votes(tid, p.tm, &p.acceptors, &p.keys, instance, prepared, false);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn send_votes(
         &mut self,
         tid: TxId,
@@ -382,13 +383,19 @@ impl OverlayNode {
         keys: &[RingId],
         instance: (u8, u8),
         prepared: bool,
+        with_meta: bool,
     ) {
-        for (slot, acceptor) in acceptors.iter().enumerate() {
-            let vote = Vote {
-                tid,
+        let meta = with_meta.then(|| {
+            Box::new(TxMeta {
                 tm,
                 acceptors: acceptors.to_vec(),
                 keys: keys.to_vec(),
+            })
+        });
+        for (slot, acceptor) in acceptors.iter().enumerate() {
+            let vote = Vote {
+                tid,
+                meta: meta.clone(),
                 instance,
                 ballot: 0,
                 prepared,
@@ -420,7 +427,7 @@ impl OverlayNode {
             })
             .collect();
         for (tm, acceptors, keys, instance, prepared) in again {
-            self.send_votes(tid, tm, &acceptors, &keys, instance, prepared);
+            self.send_votes(tid, tm, &acceptors, &keys, instance, prepared, true);
         }
         self.set_timer(
             self.now + self.cfg.takeover_after * 3,
@@ -484,7 +491,9 @@ impl OverlayNode {
             decided: None,
         });
         if a.meta.is_none() {
-            a.meta = Some((v.tm, v.acceptors.clone(), v.keys.clone()));
+            if let Some(m) = &v.meta {
+                a.meta = Some((m.tm, m.acceptors.clone(), m.keys.clone()));
+            }
         }
         if let Some(tp) = v.tp {
             a.tps.insert(v.instance, tp);
@@ -682,6 +691,12 @@ impl OverlayNode {
             return;
         }
         let Some((tm, acceptors, keys)) = a.meta.clone() else {
+            // Not yet known who else to ask: the participants send it with their
+            // retransmitted votes. Try again later.
+            self.set_timer(
+                self.now + self.cfg.takeover_after,
+                Timer::Takeover(tid, slot),
+            );
             return;
         };
         let ballot = ((a.promised >> 8) + 1) << 8 | u32::from(slot);
@@ -753,15 +768,13 @@ impl OverlayNode {
                 proposals.push(((item, j), best.unwrap_or(false)));
             }
         }
-        let (tm, acceptors, keys) = (l.tm, l.acceptors.clone(), l.keys.clone());
+        let acceptors = l.acceptors.clone();
         let tps = l.tps.clone();
         for (instance, prepared) in proposals {
             for (s, acceptor) in acceptors.iter().enumerate() {
                 let vote = Vote {
                     tid,
-                    tm,
-                    acceptors: acceptors.clone(),
-                    keys: keys.clone(),
+                    meta: None,
                     instance,
                     ballot,
                     prepared,

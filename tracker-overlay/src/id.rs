@@ -79,8 +79,11 @@ impl fmt::Display for RingId {
     }
 }
 
-/// A node of the overlay: where it sits, who it is, where it listens.
+/// A node of the overlay: where it sits, who it is, where it listens. On the wire only the
+/// peer id and the address travel; the position is derived again on arrival, so no message can
+/// place a node anywhere but where its key puts it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "NodeWire", into = "NodeWire")]
 pub struct NodeRef {
     /// Its position, derived from `peer`.
     pub id: RingId,
@@ -88,6 +91,27 @@ pub struct NodeRef {
     pub peer: [u8; 32],
     /// The address it accepts connections on.
     pub addr: SocketAddr,
+}
+
+#[derive(Clone, Copy, Serialize, Deserialize)]
+struct NodeWire {
+    peer: [u8; 32],
+    addr: SocketAddr,
+}
+
+impl From<NodeWire> for NodeRef {
+    fn from(w: NodeWire) -> Self {
+        NodeRef::new(w.peer, w.addr)
+    }
+}
+
+impl From<NodeRef> for NodeWire {
+    fn from(n: NodeRef) -> Self {
+        NodeWire {
+            peer: n.peer,
+            addr: n.addr,
+        }
+    }
 }
 
 impl NodeRef {

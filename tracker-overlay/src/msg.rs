@@ -263,12 +263,9 @@ pub struct Prepare {
 pub struct Vote {
     /// The transaction.
     pub tid: TxId,
-    /// Its manager.
-    pub tm: NodeRef,
-    /// Its acceptors.
-    pub acceptors: Vec<NodeRef>,
-    /// Its keys' base positions.
-    pub keys: Vec<RingId>,
+    /// What an acceptor needs to take over (sent again with every retransmitted vote, left
+    /// out of the fast path to keep it small).
+    pub meta: Option<Box<TxMeta>>,
     /// Which instance: (item index, replica index).
     pub instance: (u8, u8),
     /// The ballot: 0 from the participant itself, higher from a leader that took over.
@@ -281,6 +278,17 @@ pub struct Vote {
     pub leader: NodeRef,
     /// Which acceptor slot the receiver fills.
     pub slot: u8,
+}
+
+/// A transaction's manager, acceptors and keys.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TxMeta {
+    /// Its manager.
+    pub tm: NodeRef,
+    /// Its acceptors, one per slot.
+    pub acceptors: Vec<NodeRef>,
+    /// Its keys' base positions, in item order.
+    pub keys: Vec<RingId>,
 }
 
 /// Why a message was rejected.
@@ -380,8 +388,12 @@ impl Message {
                 item: Some(item), ..
             } => item.check().map_err(OutOfBounds)?,
             Body::Vote(v) => {
-                tx(&v.acceptors, &v.keys, v.instance)?;
-                slot(&v.acceptors, v.slot)?
+                if let Some(m) = &v.meta {
+                    tx(&m.acceptors, &m.keys, v.instance)?;
+                    slot(&m.acceptors, v.slot)?
+                } else if usize::from(v.instance.0) >= MAX_TX_KEYS || v.slot >= 16 {
+                    return Err(OutOfBounds("vote instance or slot"));
+                }
             }
             Body::Promise { accepted, .. } => list(accepted.len(), "accepted votes")?,
             _ => {}
