@@ -56,8 +56,8 @@ fn split_fifty_fifty_for_a_minute_then_heal_into_one_ring() {
             net.ring_errors()
         );
         net.settle();
-        for k in 0..40 {
-            let want = committed[k].clone().unwrap_or(Value::Int(k as i64));
+        for (k, committed) in committed.iter().enumerate() {
+            let want = committed.clone().unwrap_or(Value::Int(k as i64));
             for &reader in &[left[0], right[0]] {
                 let got = net.read(reader, &format!("key-{k}")).unwrap();
                 assert_eq!(
