@@ -19,6 +19,8 @@
 //! - `repair`: hand-over on join and leave, recovery of ranges taken over from crashed nodes
 //!   (a majority of sibling replicas must answer: the rule that keeps partitions from
 //!   committing twice), anti-entropy.
+//! - [`swarm`]: the typed swarm metadata on top (channel records, membership samples, VOD
+//!   holders, optimizer plans with epochs), as read-then-test-and-set updates.
 //! - [`tx`]: transaction operations, logs and aborts; `commit`: quorum reads, Paxos Commit's
 //!   participants, acceptors and leaders, and the takeover by replicated managers.
 //!
@@ -30,6 +32,7 @@
 pub mod id;
 pub mod msg;
 pub mod store;
+pub mod swarm;
 pub mod tx;
 
 mod commit;

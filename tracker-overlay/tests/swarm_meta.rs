@@ -1,0 +1,125 @@
+//! Swarm metadata through the ring: a channel record, viewers joining its membership sample
+//! concurrently, two optimizers racing for the next plan epoch.
+
+#![allow(clippy::unwrap_used)]
+
+mod harness;
+
+use std::net::SocketAddr;
+
+use harness::Net;
+use tracker_overlay::swarm::{self, Connectivity, Field, Member, Plan};
+use tracker_overlay::tx::Abort;
+use tracker_overlay::{TxOp, Value};
+
+const NOW: u64 = 1_000_000;
+
+fn member(n: u8) -> Member {
+    Member {
+        peer: [n; 32],
+        addr: SocketAddr::from(([10, 0, 0, n], 4433)),
+        connectivity: Connectivity::Open,
+        upload_kbps: 2500,
+        expires_unix_s: NOW + 60,
+    }
+}
+
+fn read(net: &mut Net, node: usize, key: Vec<u8>) -> Option<Value> {
+    net.tx(node, vec![TxOp::Read(key)]).unwrap().remove(0)
+}
+
+#[test]
+fn viewers_find_the_channel_and_each_other() {
+    let mut net = Net::new(81);
+    let all = net.ring(6);
+    let channel = [3u8; 20];
+    let update = swarm::publish_record(&channel, None, b"signed record".to_vec()).unwrap();
+    net.tx(all[0], vec![update.op]).unwrap();
+
+    // Five viewers join at once; a lost test-and-set reads again and retries.
+    let mut pending: Vec<(usize, u8, u64)> = Vec::new();
+    for (i, &node) in all[1..].iter().enumerate() {
+        let n = i as u8 + 1;
+        let req = net.transact(node, vec![TxOp::Read(swarm::key(&channel, Field::Members))]);
+        pending.push((node, n, req));
+    }
+    let mut joined = 0;
+    let mut retries = 0;
+    while joined < 5 {
+        let mut next = Vec::new();
+        for (node, n, req) in pending.drain(..) {
+            let result = net.wait_tx(node, req);
+            match result {
+                Ok(values) if values.len() == 1 => {
+                    // A read: now the update.
+                    let read = values[0].clone();
+                    let up = swarm::join_members(&channel, read.as_ref(), member(n), NOW).unwrap();
+                    let req = net.transact(node, vec![up.op, TxOp::Read(b"-".to_vec())]);
+                    next.push((node, n, req));
+                }
+                Ok(_) => joined += 1,
+                Err(Abort::Mismatch { .. } | Abort::Conflict { .. }) => {
+                    retries += 1;
+                    let key = swarm::key(&channel, Field::Members);
+                    next.push((node, n, net.transact(node, vec![TxOp::Read(key)])));
+                }
+                Err(e) => panic!("viewer {n}: {e}"),
+            }
+        }
+        pending = next;
+    }
+    assert!(
+        retries > 0,
+        "concurrent joins should have collided at least once"
+    );
+
+    // Any node finds the channel and all five members.
+    let reader = all[3];
+    let record = read(&mut net, reader, swarm::key(&channel, Field::Record));
+    assert_eq!(
+        swarm::record(record.as_ref()).unwrap(),
+        Some(b"signed record".to_vec())
+    );
+    let sample = read(&mut net, reader, swarm::key(&channel, Field::Members));
+    let mut peers: Vec<u8> = swarm::members(sample.as_ref(), NOW)
+        .unwrap()
+        .iter()
+        .map(|m| m.peer[0])
+        .collect();
+    peers.sort();
+    assert_eq!(peers, vec![1, 2, 3, 4, 5]);
+
+    // Two optimizers race for epoch 1: exactly one wins.
+    let key = swarm::key(&channel, Field::Plan);
+    let a = swarm::publish_plan(
+        &channel,
+        None,
+        &Plan {
+            epoch: 1,
+            body: vec![1],
+        },
+    )
+    .unwrap();
+    let b = swarm::publish_plan(
+        &channel,
+        None,
+        &Plan {
+            epoch: 1,
+            body: vec![2],
+        },
+    )
+    .unwrap();
+    let ra = net.transact(all[1], vec![a.op]);
+    let rb = net.transact(all[2], vec![b.op]);
+    let (res_a, res_b) = (net.wait_tx(all[1], ra), net.wait_tx(all[2], rb));
+    assert_eq!(
+        u8::from(res_a.is_ok()) + u8::from(res_b.is_ok()),
+        1,
+        "{res_a:?} {res_b:?}"
+    );
+    let stored = swarm::plan(read(&mut net, all[4], key).as_ref())
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.epoch, 1);
+    assert_eq!(stored.body, if res_a.is_ok() { vec![1] } else { vec![2] });
+}
