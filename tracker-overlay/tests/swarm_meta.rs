@@ -36,34 +36,37 @@ fn viewers_find_the_channel_and_each_other() {
     let update = swarm::publish_record(&channel, None, b"signed record".to_vec()).unwrap();
     net.tx(all[0], vec![update.op]).unwrap();
 
-    // Five viewers join at once; a lost test-and-set reads again and retries.
-    let mut pending: Vec<(usize, u8, u64)> = Vec::new();
+    // Five viewers join at once: each reads the sample, then test-and-sets it; one that lost
+    // the race reads again and retries.
+    #[derive(Clone, Copy)]
+    enum Step {
+        Read,
+        Update,
+    }
+    let members_key = swarm::key(&channel, Field::Members);
+    let mut pending: Vec<(usize, u8, Step, u64)> = Vec::new();
     for (i, &node) in all[1..].iter().enumerate() {
-        let n = i as u8 + 1;
-        let req = net.transact(node, vec![TxOp::Read(swarm::key(&channel, Field::Members))]);
-        pending.push((node, n, req));
+        let req = net.transact(node, vec![TxOp::Read(members_key.clone())]);
+        pending.push((node, i as u8 + 1, Step::Read, req));
     }
     let mut joined = 0;
     let mut retries = 0;
     while joined < 5 {
         let mut next = Vec::new();
-        for (node, n, req) in pending.drain(..) {
-            let result = net.wait_tx(node, req);
-            match result {
-                Ok(values) if values.len() == 1 => {
-                    // A read: now the update.
+        for (node, n, step, req) in pending.drain(..) {
+            match (step, net.wait_tx(node, req)) {
+                (Step::Read, Ok(values)) => {
                     let read = values[0].clone();
                     let up = swarm::join_members(&channel, read.as_ref(), member(n), NOW).unwrap();
-                    let req = net.transact(node, vec![up.op, TxOp::Read(b"-".to_vec())]);
-                    next.push((node, n, req));
+                    next.push((node, n, Step::Update, net.transact(node, vec![up.op])));
                 }
-                Ok(_) => joined += 1,
-                Err(Abort::Mismatch { .. } | Abort::Conflict { .. }) => {
+                (Step::Update, Ok(_)) => joined += 1,
+                (_, Err(Abort::Mismatch { .. } | Abort::Conflict { .. })) => {
                     retries += 1;
-                    let key = swarm::key(&channel, Field::Members);
-                    next.push((node, n, net.transact(node, vec![TxOp::Read(key)])));
+                    let req = net.transact(node, vec![TxOp::Read(members_key.clone())]);
+                    next.push((node, n, Step::Read, req));
                 }
-                Err(e) => panic!("viewer {n}: {e}"),
+                (_, Err(e)) => panic!("viewer {n}: {e}"),
             }
         }
         pending = next;
