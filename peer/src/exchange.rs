@@ -329,12 +329,12 @@ pub struct Exchange {
     /// Present on the broadcaster only.
     key: Option<Keypair>,
     record: Option<SignedChannel>,
-    statements: BTreeMap<SegmentId, SignedSegment>,
+    statements: SegmentMap<SignedSegment>,
     /// When each statement reached this peer.
-    seen: HashMap<SegmentId, Instant>,
+    seen: SegmentMap<Instant>,
     /// The earliest instant at which a deferred request becomes due.
     next_schedule: Option<Instant>,
-    store: BTreeMap<SegmentId, Bytes>,
+    store: SegmentMap<Bytes>,
     /// Ordered, so that the exchange's outputs come in the same order in every run.
     partners: BTreeMap<PeerId, Partner>,
     /// Peers we heard of and may dial, with their listening addresses.
@@ -399,10 +399,10 @@ impl Exchange {
             listen: None,
             key: None,
             record: None,
-            statements: BTreeMap::new(),
-            seen: HashMap::default(),
+            statements: SegmentMap::default(),
+            seen: SegmentMap::default(),
             next_schedule: None,
-            store: BTreeMap::new(),
+            store: SegmentMap::default(),
             partners: BTreeMap::new(),
             candidates: HashMap::default(),
             dialing: HashSet::default(),
@@ -676,7 +676,7 @@ impl Exchange {
         for chunk in statements.chunks(MAX_LIST_LEN) {
             self.send(peer, Frame::Announce(chunk.to_vec()));
         }
-        let held: Vec<SegmentId> = self.store.keys().copied().collect();
+        let held: Vec<SegmentId> = self.store.keys().collect();
         for chunk in held.chunks(MAX_LIST_LEN) {
             self.send(peer, Frame::Have(chunk.to_vec()));
         }
@@ -949,8 +949,11 @@ impl Exchange {
 
     fn accept_statement(&mut self, now: Instant, statement: SignedSegment) {
         let meta = statement.meta;
+        if !self.statements.insert(meta.id, statement) {
+            warn!(id = %meta.id, "statement too far from the others; ignored");
+            return;
+        }
         self.last_fresh = Some(now);
-        self.statements.insert(meta.id, statement);
         self.seen.insert(meta.id, now);
         if let SegmentId::Media(seq) = meta.id {
             if meta.is_end_marker() {
@@ -994,7 +997,7 @@ impl Exchange {
             return;
         }
         let oldest = self.statements.keys().find_map(|id| match id {
-            SegmentId::Media(n) => Some(*n),
+            SegmentId::Media(n) => Some(n),
             SegmentId::Init => None,
         });
         for n in oldest.unwrap_or(keep_from).max(self.floor)..keep_from {
@@ -1106,7 +1109,7 @@ impl Exchange {
                 (false, _) => Some(0),
                 (true, Some(newest)) => {
                     let oldest = self.statements.keys().find_map(|id| match id {
-                        SegmentId::Media(n) => Some(*n),
+                        SegmentId::Media(n) => Some(n),
                         SegmentId::Init => None,
                     });
                     let behind = newest.saturating_sub(self.config.live_start_behind);
@@ -1265,6 +1268,119 @@ impl Exchange {
         for peer in peers {
             self.send(peer, frame.clone());
         }
+    }
+}
+
+/// Values per segment (statements, arrival times, bytes) in segment order: the init segment,
+/// then media segments in a window that slides with them. A lookup is an index into the
+/// window instead of a search through a tree: the exchange looks segments up on every frame.
+#[derive(Debug)]
+struct SegmentMap<V> {
+    init: Option<V>,
+    /// The media segment in `media[0]`.
+    first: u64,
+    /// Trimmed: the first and last entries are present, unless it is empty.
+    media: VecDeque<Option<V>>,
+}
+
+impl<V> Default for SegmentMap<V> {
+    fn default() -> Self {
+        Self {
+            init: None,
+            first: 0,
+            media: VecDeque::new(),
+        }
+    }
+}
+
+impl<V> SegmentMap<V> {
+    /// The most media segments between the first and the last one kept (about 12 days of
+    /// one-second segments); a segment that would stretch the window further is refused.
+    const MAX_SPAN: u64 = 1 << 20;
+
+    fn slot(&self, n: u64) -> Option<usize> {
+        let index = n.checked_sub(self.first)?;
+        (index < self.media.len() as u64).then_some(index as usize)
+    }
+
+    fn get(&self, id: &SegmentId) -> Option<&V> {
+        match *id {
+            SegmentId::Init => self.init.as_ref(),
+            SegmentId::Media(n) => self.media.get(self.slot(n)?)?.as_ref(),
+        }
+    }
+
+    fn contains_key(&self, id: &SegmentId) -> bool {
+        self.get(id).is_some()
+    }
+
+    /// Inserts or replaces; false (and nothing stored) if `id` is too far from the others.
+    fn insert(&mut self, id: SegmentId, value: V) -> bool {
+        let SegmentId::Media(n) = id else {
+            self.init = Some(value);
+            return true;
+        };
+        if self.media.is_empty() {
+            self.first = n;
+            self.media.push_back(Some(value));
+            return true;
+        }
+        let last = self.first + self.media.len() as u64 - 1;
+        if n.max(last) - n.min(self.first) >= Self::MAX_SPAN {
+            return false;
+        }
+        if n < self.first {
+            for _ in n..self.first {
+                self.media.push_front(None);
+            }
+            self.first = n;
+        } else if n > last {
+            self.media
+                .resize_with((n - self.first) as usize + 1, || None);
+        }
+        let index = (n - self.first) as usize;
+        self.media[index] = Some(value);
+        true
+    }
+
+    fn remove(&mut self, id: &SegmentId) -> Option<V> {
+        let n = match *id {
+            SegmentId::Init => return self.init.take(),
+            SegmentId::Media(n) => n,
+        };
+        let index = self.slot(n)?;
+        let value = self.media[index].take();
+        while self.media.front().is_some_and(Option::is_none) {
+            self.media.pop_front();
+            self.first += 1;
+        }
+        while self.media.back().is_some_and(Option::is_none) {
+            self.media.pop_back();
+        }
+        value
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Present entries in segment order.
+    fn iter(&self) -> impl DoubleEndedIterator<Item = (SegmentId, &V)> + '_ {
+        let first = self.first;
+        self.init.iter().map(|v| (SegmentId::Init, v)).chain(
+            self.media
+                .iter()
+                .enumerate()
+                .filter_map(move |(i, v)| Some((SegmentId::Media(first + i as u64), v.as_ref()?))),
+        )
+    }
+
+    fn keys(&self) -> impl DoubleEndedIterator<Item = SegmentId> + '_ {
+        self.iter().map(|(id, _)| id)
+    }
+
+    fn values(&self) -> impl DoubleEndedIterator<Item = &V> + '_ {
+        self.iter().map(|(_, v)| v)
     }
 }
 

@@ -242,7 +242,7 @@ impl Harness {
     }
 
     fn stored(&self, peer: PeerId) -> Vec<SegmentId> {
-        self.nodes[&peer].store.keys().copied().collect()
+        self.nodes[&peer].store.keys().collect()
     }
 }
 
@@ -625,4 +625,33 @@ fn a_have_map_slides_forward() {
     assert!(!have.contains(SegmentId::Media(2)));
     have.insert(SegmentId::Media(u64::MAX)); // absurdly far ahead: ignored, no huge allocation
     assert!(!have.contains(SegmentId::Media(u64::MAX)));
+}
+
+#[test]
+fn a_segment_map_keeps_segment_order_and_a_tight_window() {
+    let mut map = SegmentMap::default();
+    for n in [10, 12, 7] {
+        assert!(map.insert(SegmentId::Media(n), n));
+    }
+    assert!(map.insert(SegmentId::Init, 0));
+    let order: Vec<SegmentId> = map.keys().collect();
+    let expected = [0, 7, 10, 12].map(|n| match n {
+        0 => SegmentId::Init,
+        n => SegmentId::Media(n),
+    });
+    assert_eq!(order, expected);
+    assert_eq!(map.values().next_back(), Some(&12), "newest last");
+    assert!(map.contains_key(&SegmentId::Media(10)) && !map.contains_key(&SegmentId::Media(11)));
+    assert_eq!(map.remove(&SegmentId::Media(7)), Some(7));
+    assert_eq!(map.first, 10, "the window starts at the first segment left");
+    assert_eq!(map.remove(&SegmentId::Media(12)), Some(12));
+    assert_eq!(map.media.len(), 1);
+    // Absurdly far from the others: refused, no huge allocation.
+    assert!(!map.insert(SegmentId::Media(u64::MAX), 1));
+    assert!(!map.contains_key(&SegmentId::Media(u64::MAX)));
+    map.clear();
+    assert!(
+        map.insert(SegmentId::Media(u64::MAX), 1),
+        "alone, any number fits"
+    );
 }
