@@ -26,7 +26,7 @@
 //! or bytes that fail verification gets a strike; at [`ExchangeConfig::max_strikes`] it is
 //! disconnected. Nothing unverified is ever stored, served or forwarded.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -336,7 +336,7 @@ pub struct Exchange {
     next_schedule: Option<Instant>,
     store: SegmentMap<Bytes>,
     /// Ordered, so that the exchange's outputs come in the same order in every run.
-    partners: BTreeMap<PeerId, Partner>,
+    partners: PartnerMap,
     /// Peers we heard of and may dial, with their listening addresses.
     candidates: HashMap<PeerId, SocketAddr>,
     dialing: HashSet<PeerId>,
@@ -403,7 +403,7 @@ impl Exchange {
             seen: SegmentMap::default(),
             next_schedule: None,
             store: SegmentMap::default(),
-            partners: BTreeMap::new(),
+            partners: PartnerMap::default(),
             candidates: HashMap::default(),
             dialing: HashSet::default(),
             backoff: HashMap::default(),
@@ -1216,8 +1216,7 @@ impl Exchange {
             return Vec::new();
         }
         self.partners
-            .range(around..)
-            .chain(self.partners.range(..around))
+            .from(around)
             .filter(|(id, _)| **id != around)
             .filter_map(|(id, p)| p.listen.map(|addr| PeerAddr { id: *id, addr }))
             .take(n)
@@ -1268,6 +1267,67 @@ impl Exchange {
         for peer in peers {
             self.send(peer, frame.clone());
         }
+    }
+}
+
+/// The partners in id order: a sorted vector (a few dozen at most, next to each other in
+/// memory), searched by id. The exchange looks a partner up on every frame.
+#[derive(Debug, Default)]
+struct PartnerMap {
+    entries: Vec<(PeerId, Partner)>,
+}
+
+impl PartnerMap {
+    fn find(&self, id: &PeerId) -> Result<usize, usize> {
+        self.entries.binary_search_by(|(k, _)| k.cmp(id))
+    }
+
+    fn get_mut(&mut self, id: &PeerId) -> Option<&mut Partner> {
+        let i = self.find(id).ok()?;
+        Some(&mut self.entries[i].1)
+    }
+
+    fn contains_key(&self, id: &PeerId) -> bool {
+        self.find(id).is_ok()
+    }
+
+    fn insert(&mut self, id: PeerId, partner: Partner) {
+        match self.find(&id) {
+            Ok(i) => self.entries[i].1 = partner,
+            Err(i) => self.entries.insert(i, (id, partner)),
+        }
+    }
+
+    fn remove(&mut self, id: &PeerId) -> Option<Partner> {
+        let i = self.find(id).ok()?;
+        Some(self.entries.remove(i).1)
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&PeerId, &Partner)> + '_ {
+        self.entries.iter().map(|(k, v)| (k, v))
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &PeerId> + '_ {
+        self.entries.iter().map(|(k, _)| k)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Partner> + '_ {
+        self.entries.iter().map(|(_, v)| v)
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Partner> + '_ {
+        self.entries.iter_mut().map(|(_, v)| v)
+    }
+
+    /// All partners, starting with the first whose id is not below `id`, wrapping around.
+    fn from(&self, id: PeerId) -> impl Iterator<Item = (&PeerId, &Partner)> + '_ {
+        let (Ok(i) | Err(i)) = self.find(&id);
+        let (before, after) = self.entries.split_at(i);
+        after.iter().chain(before).map(|(k, v)| (k, v))
     }
 }
 
