@@ -20,6 +20,8 @@
 //! - [`engine`]: the event loop and the [`engine::Core`] trait any sans-IO core implements.
 //! - [`net`]: the network model.
 //! - [`hosted`]: the segment exchange as a simulated host.
+//! - [`overlay`]: the overlay node as a simulated host, and the ring experiment (lookups,
+//!   churn) behind `sim overlay`.
 //! - [`scenario`]: scenario files and their validation.
 //! - [`run`]: one run of a scenario, Selfcast or the source-only baseline.
 //! - [`metrics`], [`report`]: what a run measured, and the files made from it.
@@ -30,6 +32,7 @@ pub mod engine;
 pub mod hosted;
 pub mod metrics;
 pub mod net;
+pub mod overlay;
 pub mod report;
 pub mod run;
 pub mod scenario;

@@ -31,6 +31,23 @@ enum Command {
         #[arg(long, default_value = "sim-out")]
         out: PathBuf,
     },
+    /// Grow a ring of overlay nodes, measure lookups (hops, success) with optional churn, and
+    /// print the figures as a final JSON line.
+    Overlay {
+        /// Nodes.
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        /// Simulated minutes of measurement.
+        #[arg(long, default_value_t = 5.0)]
+        minutes: f64,
+        /// Median session length in minutes (exponential sessions, half crash); no churn if
+        /// absent.
+        #[arg(long)]
+        churn_median_min: Option<f64>,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Run a live 2 Mbit/s stream to N peers for M simulated minutes; print events/s, the
     /// real-time factor and peak memory as a final JSON line.
     Bench {
@@ -118,6 +135,33 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         } => {
             let result = sim::bench::run(peers, minutes, seed)?;
             println!("{result}");
+            Ok(())
+        }
+        Command::Overlay {
+            nodes,
+            minutes,
+            churn_median_min,
+            seed,
+        } => {
+            anyhow::ensure!(nodes >= 1, "--nodes must be at least 1");
+            anyhow::ensure!(minutes > 0.0, "--minutes must be positive");
+            let experiment = sim::overlay::RingExperiment {
+                nodes,
+                seed,
+                measure: std::time::Duration::from_secs_f64(minutes * 60.0),
+                churn_median: churn_median_min
+                    .map(|m| std::time::Duration::from_secs_f64(m * 60.0)),
+                ..Default::default()
+            };
+            let start = std::time::Instant::now();
+            let report = sim::overlay::run_ring(&experiment);
+            let mut line = serde_json::to_value(&report)?;
+            line["bench"] = json!("overlay");
+            line["seed"] = json!(seed);
+            line["minutes"] = json!(minutes);
+            line["churn_median_min"] = json!(churn_median_min);
+            line["wall_seconds"] = json!((start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0);
+            println!("{line}");
             Ok(())
         }
     }

@@ -175,7 +175,7 @@ impl OverlayNode {
         self.next_req = rreq;
         c.read_reqs.push(rreq);
         self.reads.insert(rreq, (req, i, j));
-        self.route_to(pos.replica(j, r), Op::Read { req: rreq });
+        self.reroute_to(pos.replica(j, r), Op::Read { req: rreq });
     }
 
     pub(crate) fn on_read_reply(&mut self, rreq: u64, sure: bool, item: Option<Item>) {
@@ -253,12 +253,13 @@ impl OverlayNode {
                 decided: None,
             },
         );
-        self.send_prepares(tid);
+        self.send_prepares_via(tid, false);
         self.set_timer(self.now + RESEND_EVERY, Timer::ResendPrepares(tid));
     }
 
-    /// Sends the prepares whose votes the leader has not learned yet.
-    fn send_prepares(&mut self, tid: TxId) {
+    /// Sends the prepares whose votes the leader has not learned yet (a retransmission through
+    /// another first hop).
+    fn send_prepares_via(&mut self, tid: TxId, again: bool) {
         let r = self.cfg.replicas;
         let Some(l) = self.leaders.get(&tid) else {
             return;
@@ -282,7 +283,12 @@ impl OverlayNode {
             }
         }
         for (at, prepare) in prepares {
-            self.route_to(at, Op::Prepare(Box::new(prepare)));
+            let op = Op::Prepare(Box::new(prepare));
+            if again {
+                self.reroute_to(at, op);
+            } else {
+                self.route_to(at, op);
+            }
         }
     }
 
@@ -293,7 +299,7 @@ impl OverlayNode {
         if l.decided.is_some() || l.ballot != 0 {
             return;
         }
-        self.send_prepares(tid);
+        self.send_prepares_via(tid, true);
         self.set_timer(self.now + RESEND_EVERY, Timer::ResendPrepares(tid));
     }
 

@@ -29,6 +29,9 @@ use crate::store::Store;
 use crate::tx::{Abort, TxId, TxOp};
 use crate::Value;
 
+/// How long a lookup waits for its answer before it goes out again.
+const LOOKUP_RETRY: Duration = Duration::from_millis(1000);
+
 /// How a node behaves; the defaults suit a real deployment, tests shorten the periods.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -48,8 +51,11 @@ pub struct Config {
     pub rtm_refresh_every: Duration,
     /// The failure detector's initial timeout; it grows for nodes suspected wrongly.
     pub suspect_after: Duration,
-    /// How long a lookup or a quorum read may take.
+    /// How long a quorum read or a repair fetch may take.
     pub request_timeout: Duration,
+    /// How long a lookup keeps retrying (through other first hops) before it gives up: long
+    /// enough to outlast the failure detector when nodes on its path crashed.
+    pub lookup_timeout: Duration,
     /// How long a transaction may take before its client is told [`Abort::Timeout`].
     pub tx_timeout: Duration,
     /// How long a replicated manager waits for a decision before it takes over.
@@ -74,6 +80,7 @@ impl Default for Config {
             rtm_refresh_every: Duration::from_secs(5),
             suspect_after: Duration::from_millis(1500),
             request_timeout: Duration::from_secs(4),
+            lookup_timeout: Duration::from_secs(8),
             tx_timeout: Duration::from_secs(10),
             takeover_after: Duration::from_secs(2),
             retry_every: Duration::from_secs(2),
@@ -172,6 +179,7 @@ pub(crate) enum Timer {
     RefreshRtms,
     JoinRetry,
     Lookup(u64),
+    LookupRetry(u64),
     Client(u64),
     ReadPhase(u64),
     Reread(u64, usize, u8),
@@ -212,7 +220,7 @@ pub struct OverlayNode {
     pub(crate) suspected: BTreeMap<RingId, (NodeRef, Instant)>,
     pub(crate) rtms: Vec<Option<NodeRef>>,
     pub(crate) store: Store,
-    pub(crate) lookups: HashMap<u64, LookupFor>,
+    pub(crate) lookups: HashMap<u64, (LookupFor, RingId)>,
     /// Replica reads in flight: read id → (client request, key index, replica index).
     pub(crate) reads: HashMap<u64, (u64, usize, u8)>,
     pub(crate) clients: HashMap<u64, ClientTx>,
@@ -422,10 +430,11 @@ impl OverlayNode {
                 }
             }
             Timer::Lookup(req) => {
-                if let Some(LookupFor::App) = self.lookups.remove(&req) {
+                if let Some((LookupFor::App, _)) = self.lookups.remove(&req) {
                     self.emit(Event::LookupDone { req, found: None });
                 }
             }
+            Timer::LookupRetry(req) => self.retry_lookup(req),
             Timer::Client(req) => self.client_timeout(req),
             Timer::ReadPhase(req) => self.read_phase_timeout(req),
             Timer::Reread(req, i, j) => self.reread(req, i, j),
@@ -588,13 +597,59 @@ impl OverlayNode {
     }
 
     pub(crate) fn start_lookup(&mut self, req: u64, key: RingId, purpose: LookupFor) {
-        self.lookups.insert(req, purpose);
-        self.set_timer(self.now + self.cfg.request_timeout, Timer::Lookup(req));
+        self.lookups.insert(req, (purpose, key));
+        self.set_timer(self.now + self.cfg.lookup_timeout, Timer::Lookup(req));
+        self.set_timer(self.now + LOOKUP_RETRY, Timer::LookupRetry(req));
         self.route_to(key, Op::Lookup { req });
     }
 
+    /// A lookup not answered yet goes out again, through another first hop: the path it took
+    /// may have lost it with a node that crashed.
+    fn retry_lookup(&mut self, req: u64) {
+        let Some(&(_, key)) = self.lookups.get(&req) else {
+            return;
+        };
+        self.reroute_to(key, Op::Lookup { req });
+        self.set_timer(self.now + LOOKUP_RETRY, Timer::LookupRetry(req));
+    }
+
+    /// Like `route_to`, for a retransmission: the first hop is drawn at random among the
+    /// closest few nodes that precede the key, so a retry does not follow a broken path again.
+    pub(crate) fn reroute_to(&mut self, key: RingId, op: Op) {
+        let routed = Routed {
+            key,
+            hops: 0,
+            origin: self.me,
+            op,
+        };
+        if self.phase != Phase::Member || self.is_responsible(key) {
+            self.route(self.me, routed);
+            return;
+        }
+        let mut candidates: Vec<NodeRef> = self
+            .fingers
+            .iter()
+            .flatten()
+            .chain(self.succs.iter())
+            .copied()
+            .filter(|n| n.id.in_open(self.me.id, key))
+            .collect();
+        candidates.sort_by_key(|n| std::cmp::Reverse(self.me.id.distance_to(n.id)));
+        candidates.dedup();
+        candidates.truncate(3);
+        match candidates.len() {
+            0 => self.route(self.me, routed),
+            n => {
+                let next = candidates[self.random() as usize % n];
+                let mut routed = routed;
+                routed.hops = 1;
+                self.send(next, Body::Route(Box::new(routed)));
+            }
+        }
+    }
+
     fn on_found(&mut self, req: u64, node: NodeRef, hops: u8) {
-        match self.lookups.remove(&req) {
+        match self.lookups.remove(&req).map(|(purpose, _)| purpose) {
             Some(LookupFor::App) => self.emit(Event::LookupDone {
                 req,
                 found: Some((node, hops)),
