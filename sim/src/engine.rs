@@ -13,7 +13,7 @@
 //! closes its connections, and its partners notice one delay later.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use dary_heap::QuaternaryHeap;
@@ -170,6 +170,126 @@ impl Ord for Queued {
     }
 }
 
+/// The event queue, in (instant, sequence) order: a calendar of about one-millisecond buckets
+/// over the next 4 s, plus a heap for events further ahead.
+///
+/// Nearly every event is due within a few hundred milliseconds of being queued (message and
+/// transfer delays, timers), so it lands in a bucket a few steps ahead; the bucket in hand is
+/// sorted once and drained from its front. A global heap of tens of thousands of entries
+/// instead costs a walk through cold memory on every pop. The order is the heap's exactly.
+struct Calendar {
+    /// The current bucket's events, in order (new ones for it are inserted in place).
+    active: VecDeque<Queued>,
+    /// The bucket `active` holds.
+    cur: u64,
+    /// Bucket `k` (for `cur < k < cur + BUCKETS`) at index `k % BUCKETS`, unsorted.
+    buckets: Vec<Vec<Queued>>,
+    /// Events in `buckets`.
+    bucketed: usize,
+    /// Events of bucket `cur + BUCKETS` and later.
+    later: QuaternaryHeap<Reverse<Queued>>,
+    /// Empty buffers of drained buckets.
+    spare: Vec<Vec<Queued>>,
+}
+
+impl Calendar {
+    /// log2 of a bucket's width in nanoseconds (~1.05 ms).
+    const SHIFT: u32 = 20;
+    /// Buckets ahead of the current one (~4.3 s).
+    const BUCKETS: u64 = 1 << 12;
+
+    fn new() -> Self {
+        Self {
+            active: VecDeque::new(),
+            cur: 0,
+            buckets: (0..Self::BUCKETS).map(|_| Vec::new()).collect(),
+            bucketed: 0,
+            later: QuaternaryHeap::new(),
+            spare: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, q: Queued) {
+        let k = q.at >> Self::SHIFT;
+        if k <= self.cur {
+            // Due in the bucket in hand (or before it, after a look beyond the horizon):
+            // insert in order; new events usually go at or near the back.
+            let key = (q.at, q.seq);
+            let pos = self.active.partition_point(|e| (e.at, e.seq) < key);
+            self.active.insert(pos, q);
+        } else if k < self.cur + Self::BUCKETS {
+            self.bucket(k).push(q);
+            self.bucketed += 1;
+        } else {
+            self.later.push(Reverse(q));
+        }
+    }
+
+    /// Bucket `k`, with a reused buffer if it had none.
+    fn bucket(&mut self, k: u64) -> &mut Vec<Queued> {
+        let bucket = &mut self.buckets[(k % Self::BUCKETS) as usize];
+        if bucket.capacity() == 0 {
+            if let Some(spare) = self.spare.pop() {
+                *bucket = spare;
+            }
+        }
+        bucket
+    }
+
+    fn peek(&mut self) -> Option<&Queued> {
+        self.fill();
+        self.active.front()
+    }
+
+    fn pop(&mut self) -> Option<Queued> {
+        self.fill();
+        self.active.pop_front()
+    }
+
+    /// Moves on to the next non-empty bucket if the current one is drained.
+    fn fill(&mut self) {
+        while self.active.is_empty() {
+            if self.bucketed == 0 {
+                // Nothing in the calendar: jump to the first later event.
+                let Some(Reverse(next)) = self.later.peek() else {
+                    return;
+                };
+                self.cur = (next.at >> Self::SHIFT).max(self.cur + 1);
+            } else {
+                self.cur += 1;
+            }
+            // The calendar now reaches one bucket further: take in the later events it covers.
+            while let Some(Reverse(next)) = self.later.peek() {
+                let k = next.at >> Self::SHIFT;
+                if k >= self.cur + Self::BUCKETS {
+                    break;
+                }
+                let Some(Reverse(q)) = self.later.pop() else {
+                    break;
+                };
+                if k == self.cur {
+                    self.active.push_back(q);
+                } else {
+                    self.bucket(k).push(q);
+                    self.bucketed += 1;
+                }
+            }
+            let bucket = &mut self.buckets[(self.cur % Self::BUCKETS) as usize];
+            self.bucketed -= bucket.len();
+            let mut events = std::mem::take(bucket);
+            self.active.extend(events.drain(..));
+            // Drained buckets' buffers are reused for the next buckets that fill; a large one
+            // (from a burst) is let go, so that buckets do not all grow to the busiest one.
+            if events.capacity() <= 256 {
+                self.spare.push(events);
+            }
+            self.active
+                .make_contiguous()
+                .sort_unstable_by_key(|e| (e.at, e.seq));
+        }
+    }
+}
+
 /// Values waiting for their queue entry, referred to by index; freed slots are reused.
 struct Slab<T> {
     slots: Vec<Option<T>>,
@@ -251,7 +371,7 @@ pub struct Engine<C: Core, X> {
     base: Instant,
     now: SimTime,
     seq: u64,
-    queue: QuaternaryHeap<Reverse<Queued>>,
+    queue: Calendar,
     /// Messages on their way, referred to by `Ev::Deliver`.
     msgs: Slab<C::Msg>,
     /// Driver events, referred to by `Ev::External`.
@@ -273,7 +393,7 @@ impl<C: Core, X> Engine<C, X> {
             base: Instant::now(),
             now: 0,
             seq: 0,
-            queue: QuaternaryHeap::new(),
+            queue: Calendar::new(),
             msgs: Slab::new(),
             externals: Slab::new(),
             hosts: Vec::new(),
@@ -417,14 +537,14 @@ impl<C: Core, X> Engine<C, X> {
     /// `events`, which should be empty), or `horizon` passes.
     pub fn step(&mut self, horizon: SimTime, events: &mut Vec<(HostId, C::Event)>) -> Step<X> {
         loop {
-            let Some(Reverse(next)) = self.queue.peek() else {
+            let Some(next) = self.queue.peek() else {
                 return Step::Idle;
             };
             if next.at > horizon {
                 self.now = horizon;
                 return Step::Idle;
             }
-            let Some(Reverse(Queued { at, ev, .. })) = self.queue.pop() else {
+            let Some(Queued { at, ev, .. }) = self.queue.pop() else {
                 return Step::Idle;
             };
             self.now = at;
@@ -743,11 +863,11 @@ impl<C: Core, X> Engine<C, X> {
 
     fn push(&mut self, at: SimTime, ev: Ev) {
         self.seq += 1;
-        self.queue.push(Reverse(Queued {
+        self.queue.push(Queued {
             at,
             seq: self.seq,
             ev,
-        }));
+        });
     }
 
     fn sim_time(&self, at: Instant) -> SimTime {
@@ -810,6 +930,44 @@ mod tests {
         fn poll_timeout(&self) -> Option<Instant> {
             None
         }
+    }
+
+    #[test]
+    fn the_calendar_pops_in_instant_then_sequence_order_like_a_heap() {
+        let mut calendar = Calendar::new();
+        let mut heap = QuaternaryHeap::new();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut seq = 0;
+        let mut now = 0;
+        for round in 0..20_000u64 {
+            // Mostly near deadlines, some at the same instant, some far past the calendar.
+            for _ in 0..rand::Rng::gen_range(&mut rng, 0..3) {
+                let ahead = match rand::Rng::gen_range(&mut rng, 0..10) {
+                    0 => 0,
+                    1 => rand::Rng::gen_range(&mut rng, 5_000_000_000..30_000_000_000),
+                    _ => rand::Rng::gen_range(&mut rng, 0..300_000_000),
+                };
+                seq += 1;
+                calendar.push(Queued {
+                    at: now + ahead,
+                    seq,
+                    ev: Ev::Timer { host: HostId(0) },
+                });
+                heap.push(Reverse((now + ahead, seq)));
+            }
+            if round % 3 == 0 {
+                let (Some(q), Some(Reverse(h))) = (calendar.pop(), heap.pop()) else {
+                    continue;
+                };
+                assert_eq!((q.at, q.seq), h);
+                now = q.at;
+            }
+        }
+        while let Some(Reverse(h)) = heap.pop() {
+            let q = calendar.pop().unwrap();
+            assert_eq!((q.at, q.seq), h);
+        }
+        assert!(calendar.pop().is_none());
     }
 
     fn engine() -> (Engine<Probe, ()>, HostId, HostId) {
