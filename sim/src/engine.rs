@@ -343,6 +343,9 @@ struct Link {
     state: Conn,
     /// When the last control message this host sent on it arrives (they arrive in order).
     last_arrival: SimTime,
+    /// The path's base one-way delay in nanoseconds (the same both ways), kept here so that
+    /// a message needs no look at the two hosts' positions.
+    base_delay: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -745,7 +748,11 @@ impl<C: Core, X> Engine<C, X> {
                     let changed = self.net.start_flow(self.now, host, to, bytes, (tag, msg));
                     self.reschedule(changed);
                 } else {
-                    let delay = self.net.message_delay(host, to, &mut self.rng).as_nanos() as u64;
+                    let Some(base) = self.link(host, to).map(|l| l.base_delay) else {
+                        return;
+                    };
+                    let base = Duration::from_nanos(base);
+                    let delay = self.net.jittered(base, &mut self.rng).as_nanos() as u64;
                     let now = self.now;
                     let Some(link) = self.link_mut(host, to) else {
                         return;
@@ -803,11 +810,13 @@ impl<C: Core, X> Engine<C, X> {
             peer: target,
             state: Conn::Dialling,
             last_arrival: accepted,
+            base_delay: one_way,
         });
         self.hosts[target.0 as usize].links.push(Link {
             peer: dialer,
             state: Conn::Dialling,
             last_arrival: self.now + 2 * one_way,
+            base_delay: one_way,
         });
     }
 

@@ -48,14 +48,19 @@ pub fn addr_host(addr: SocketAddr) -> Option<HostId> {
 #[derive(Debug, Default)]
 pub struct Directory {
     hosts: HashMap<PeerId, HostId>,
-    peers: HashMap<HostId, PeerId>,
+    /// Indexed by host: looked up for every input a core gets.
+    peers: Vec<Option<PeerId>>,
 }
 
 impl Directory {
     /// Records that `peer` runs on `host`.
     pub fn insert(&mut self, peer: PeerId, host: HostId) {
         self.hosts.insert(peer, host);
-        self.peers.insert(host, peer);
+        let i = host.0 as usize;
+        if self.peers.len() <= i {
+            self.peers.resize(i + 1, None);
+        }
+        self.peers[i] = Some(peer);
     }
 
     /// The host of `peer`.
@@ -65,7 +70,7 @@ impl Directory {
 
     /// The peer on `host`.
     pub fn peer(&self, host: HostId) -> Option<PeerId> {
-        self.peers.get(&host).copied()
+        self.peers.get(host.0 as usize).copied().flatten()
     }
 }
 

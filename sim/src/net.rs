@@ -174,7 +174,12 @@ impl<P> Net<P> {
 
     /// The one-way delay of one message, with jitter and loss recovery drawn from `rng`.
     pub fn message_delay(&self, a: HostId, b: HostId, rng: &mut impl Rng) -> Duration {
-        let base = self.base_delay(a, b);
+        self.jittered(self.base_delay(a, b), rng)
+    }
+
+    /// The one-way delay of one message over a path of base delay `base` (from
+    /// [`Net::base_delay`]), with jitter and loss recovery drawn from `rng`.
+    pub fn jittered(&self, base: Duration, rng: &mut impl Rng) -> Duration {
         let mut delay = if self.jitter > 0.0 {
             base.mul_f64(1.0 + rng.gen_range(-self.jitter..=self.jitter))
         } else {
