@@ -15,6 +15,9 @@ const REMEMBER_DECISIONS: std::time::Duration = std::time::Duration::from_secs(1
 
 /// How long a client waits before it reads a replica again that was not sure of its range.
 const REREAD_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+/// How long a client waits before it reads a locked replica again (the decision is usually
+/// one message away).
+const LOCKED_REREAD_AFTER: std::time::Duration = std::time::Duration::from_millis(2);
 /// How often requests that got no answer (a read, a prepare) are sent again: a routed message
 /// may be lost with a node on its path, until the failure detector routes around it.
 const RESEND_EVERY: std::time::Duration = std::time::Duration::from_millis(400);
@@ -178,7 +181,17 @@ impl OverlayNode {
         self.reroute_to(pos.replica(j, r), Op::Read { req: rreq });
     }
 
-    pub(crate) fn on_read_reply(&mut self, rreq: u64, sure: bool, item: Option<Item>) {
+    /// One replica's answer. It counts towards the quorum only if the replica is sure of its
+    /// range and no prepared transaction holds the item: such a transaction may have committed
+    /// already (its manager may have told its client), so a quorum of such answers could miss
+    /// the newest value; the replica is asked again shortly.
+    pub(crate) fn on_read_reply(
+        &mut self,
+        rreq: u64,
+        counts: bool,
+        locked: bool,
+        item: Option<Item>,
+    ) {
         let Some((req, i, j)) = self.reads.remove(&rreq) else {
             return;
         };
@@ -186,7 +199,7 @@ impl OverlayNode {
         let Some(c) = self.clients.get_mut(&req) else {
             return;
         };
-        if sure {
+        if counts {
             c.sure[i] |= 1 << j;
             if let Some(item) = item {
                 if c.best[i].as_ref().is_none_or(|b| item.version > b.version) {
@@ -194,8 +207,12 @@ impl OverlayNode {
                 }
             }
         } else {
-            let at = self.now + REREAD_AFTER;
-            self.set_timer(at, Timer::Reread(req, i, j));
+            let after = if locked {
+                LOCKED_REREAD_AFTER
+            } else {
+                REREAD_AFTER
+            };
+            self.set_timer(self.now + after, Timer::Reread(req, i, j));
             return;
         }
         if c.sure.iter().all(|&s| s.count_ones() >= majority) && c.results.is_none() {
@@ -232,9 +249,19 @@ impl OverlayNode {
     }
 
     fn begin_commit(&mut self, req: u64, tid: TxId, entries: Vec<TxEntry>) {
-        let r = self.cfg.replicas;
+        // Acceptors must be distinct nodes, or one crash could take two votes: the replicated
+        // managers where known and distinct, then our successors.
+        let slots = usize::from(self.cfg.acceptors());
         let mut acceptors = vec![self.me];
-        acceptors.extend((1..usize::from(r)).map(|s| self.rtms[s].unwrap_or(self.me)));
+        let candidates = self.rtms.iter().flatten().chain(self.succs.iter());
+        for node in candidates {
+            if acceptors.len() == slots {
+                break;
+            }
+            if !acceptors.contains(node) {
+                acceptors.push(*node);
+            }
+        }
         let keys: Vec<RingId> = entries.iter().map(|e| e.key).collect();
         self.leaders.insert(
             tid,
@@ -448,7 +475,7 @@ impl OverlayNode {
             }
         }
         let mut any = false;
-        for slot in 0..self.cfg.replicas {
+        for slot in 0..self.cfg.acceptors() {
             if let Some(a) = self.acceptors.get_mut(&(tid, slot)) {
                 a.decided = Some(commit);
                 any = true;
@@ -469,7 +496,7 @@ impl OverlayNode {
     }
 
     pub(crate) fn on_ask_decision(&mut self, from: NodeRef, tid: TxId) {
-        let decided = (0..self.cfg.replicas)
+        let decided = (0..self.cfg.acceptors())
             .find_map(|slot| self.acceptors.get(&(tid, slot)).and_then(|a| a.decided));
         if let Some(commit) = decided {
             self.send(from, Body::Decide { tid, commit });
@@ -478,7 +505,7 @@ impl OverlayNode {
 
     pub(crate) fn forget_tx(&mut self, tid: TxId) {
         self.leaders.remove(&tid);
-        for slot in 0..self.cfg.replicas {
+        for slot in 0..self.cfg.acceptors() {
             self.acceptors.remove(&(tid, slot));
         }
     }
@@ -530,7 +557,7 @@ impl OverlayNode {
     }
 
     pub(crate) fn on_prepare1a(&mut self, from: NodeRef, tid: TxId, ballot: u32, slot: u8) {
-        if slot >= self.cfg.replicas {
+        if slot >= self.cfg.acceptors() {
             return;
         }
         let a = self

@@ -60,18 +60,22 @@ pub enum Body {
         /// The sender's successor list.
         succs: Vec<NodeRef>,
     },
-    /// From a leaving predecessor: take my range; my predecessor is now yours.
-    LeavePred {
-        /// The leaver's predecessor.
-        pred: Option<NodeRef>,
-    },
     /// From a leaving successor: my successors are now yours.
     LeaveSucc {
         /// The leaver's successor list.
         succs: Vec<NodeRef>,
     },
-    /// Data of the range `(from, to]` that now belongs to the receiver.
+    /// Data of the range `(from, to]` that now belongs to the receiver; acknowledged with
+    /// [`Body::HandoverAck`].
     Handover {
+        /// Chosen by the sender, echoed in the acknowledgement.
+        id: u64,
+        /// The last chunk of this hand-over (authority and a leaver's predecessor come with
+        /// it, once all data is there).
+        last: bool,
+        /// `Some` when the sender is our predecessor and leaves: its own predecessor, which
+        /// becomes ours (`Some(None)`: it had none).
+        leaving: Option<Option<NodeRef>>,
         /// The range's start (exclusive).
         from: RingId,
         /// The range's end (inclusive).
@@ -80,6 +84,11 @@ pub enum Body {
         sure: bool,
         /// The items in the range.
         items: Vec<(RingId, Item)>,
+    },
+    /// A hand-over chunk arrived (a leaving node waits for these before it goes).
+    HandoverAck {
+        /// The chunk's id.
+        id: u64,
     },
     /// The answer to a routed [`Op::Lookup`].
     Found {
@@ -113,6 +122,9 @@ pub enum Body {
         sure: bool,
         /// The item, or `None` if the key was never written.
         item: Option<Item>,
+        /// Whether a prepared transaction holds the item's write lock: it may have committed a
+        /// newer value that has not arrived here yet, so the reader asks again.
+        locked: bool,
     },
     /// The answer to a routed [`Op::Fetch`].
     Items {
@@ -312,10 +324,18 @@ pub enum DecodeError {
 impl Message {
     /// Encodes the message: version byte, then postcard.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![VERSION];
-        // Serializing our own plain data into a Vec cannot fail.
-        out.extend(postcard::to_stdvec(self).unwrap_or_default());
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
         out
+    }
+
+    /// Appends the encoded message to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.push(VERSION);
+        // Serializing our own plain data into a Vec cannot fail; should it, the receiver
+        // rejects the truncated message.
+        let taken = std::mem::take(out);
+        *out = postcard::to_extend(self, taken).unwrap_or_default();
     }
 
     /// Decodes and checks one message.
@@ -353,7 +373,7 @@ impl Message {
             if keys.is_empty() || keys.len() > MAX_TX_KEYS || usize::from(item) >= keys.len() {
                 return Err(OutOfBounds("transaction keys"));
             }
-            if usize::from(replica) >= acceptors.len() {
+            if replica >= 16 {
                 return Err(OutOfBounds("replica index"));
             }
             Ok::<(), DecodeError>(())
@@ -417,9 +437,9 @@ impl Message {
             Body::NewSucc { .. } => "new_succ",
             Body::Stabilize => "stabilize",
             Body::Neighbors { .. } => "neighbors",
-            Body::LeavePred { .. } => "leave_pred",
             Body::LeaveSucc { .. } => "leave_succ",
             Body::Handover { .. } => "handover",
+            Body::HandoverAck { .. } => "handover_ack",
             Body::Found { .. } => "found",
             Body::Ping { .. } => "ping",
             Body::Pong { .. } => "pong",

@@ -95,10 +95,20 @@ impl Config {
     pub fn majority(&self) -> usize {
         usize::from(self.replicas) / 2 + 1
     }
+
+    /// How many acceptors a commit has: `2f + 1` for the `f = ⌊(r - 1) / 2⌋` failures a
+    /// majority of `r` replicas tolerates (three for `r = 4`: more would cost messages without
+    /// tolerating more).
+    pub fn acceptors(&self) -> u8 {
+        (self.replicas.max(1) - 1) / 2 * 2 + 1
+    }
 }
 
 /// Something for the driver to do.
 #[derive(Debug)]
+// Outputs are moved once, from the node to its driver; boxing messages would cost an
+// allocation for each of them.
+#[allow(clippy::large_enum_variant)]
 pub enum Output {
     /// Send `msg` to `to`.
     Transmit {
@@ -145,6 +155,8 @@ pub enum Phase {
     Joining,
     /// Part of a ring.
     Member,
+    /// Handing its range over; waits for the successor's acknowledgements.
+    Leaving,
     /// Handed over and gone.
     Left,
 }
@@ -188,6 +200,7 @@ pub(crate) enum Timer {
     Takeover(TxId, u8),
     AskDecision(TxId),
     ForgetTx(TxId),
+    LeaveDeadline,
     Fetch(u64),
 }
 
@@ -211,6 +224,8 @@ pub struct OverlayNode {
     pub(crate) pred_suspected: bool,
     /// The predecessor our latest joiner got, to answer its retransmitted join.
     pub(crate) joined_after: Option<NodeRef>,
+    /// Hand-over chunks sent while leaving and not acknowledged yet.
+    pub(crate) handovers_unacked: Vec<u64>,
     /// The successor list; empty when the node is alone.
     pub(crate) succs: Vec<NodeRef>,
     pub(crate) fingers: Vec<Option<NodeRef>>,
@@ -228,7 +243,7 @@ pub struct OverlayNode {
     pub(crate) acceptors: HashMap<(TxId, u8), Acceptor>,
     pub(crate) participants: HashMap<TxId, Vec<Participant>>,
     pub(crate) fetches: HashMap<u64, Fetch>,
-    pub(crate) repair_cursor: u8,
+    pub(crate) repair_cursor: u32,
     pub(crate) recovery: Option<Recovery>,
     pub(crate) timers: BTreeMap<(Instant, u64), Timer>,
     timer_seq: u64,
@@ -253,6 +268,7 @@ impl OverlayNode {
             pred: None,
             pred_suspected: false,
             joined_after: None,
+            handovers_unacked: Vec::new(),
             succs: Vec::new(),
             fingers: vec![None; cfg.fingers.min(127)],
             next_finger: 0,
@@ -443,12 +459,35 @@ impl OverlayNode {
             Timer::Takeover(tid, slot) => self.takeover(tid, slot),
             Timer::AskDecision(tid) => self.ask_decision(tid),
             Timer::ForgetTx(tid) => self.forget_tx(tid),
+            Timer::LeaveDeadline => self.finish_leave(),
             Timer::Fetch(req) => self.fetch_timeout(req),
         }
     }
 
     fn dispatch(&mut self, msg: Message) {
         let from = msg.from;
+        if self.phase == Phase::Leaving {
+            // Only the hand-over matters now; routed messages go on to the successor.
+            match msg.body {
+                Body::Handover {
+                    id,
+                    last,
+                    leaving,
+                    from: lo,
+                    to,
+                    sure,
+                    items,
+                } => self.on_handover(from, id, (last, leaving), (lo, to, sure), items),
+                Body::HandoverAck { id } => self.on_handover_ack(id),
+                Body::Route(routed) => {
+                    if let Some(succ) = self.succs.first().copied() {
+                        self.send(succ, Body::Route(routed));
+                    }
+                }
+                _ => {}
+            }
+            return;
+        }
         self.heard_from(from);
         match msg.body {
             Body::Route(routed) => self.route(from, *routed),
@@ -462,21 +501,29 @@ impl OverlayNode {
             Body::NewSucc { succs } => self.on_new_succ(from, succs),
             Body::Stabilize => self.on_stabilize(from),
             Body::Neighbors { pred, succs } => self.on_neighbors(from, pred, succs),
-            Body::LeavePred { pred } => self.on_leave_pred(from, pred),
             Body::LeaveSucc { succs } => self.on_leave_succ(from, succs),
             Body::Handover {
+                id,
+                last,
+                leaving,
                 from: lo,
                 to,
                 sure,
                 items,
-            } => self.on_handover(lo, to, sure, items),
+            } => self.on_handover(from, id, (last, leaving), (lo, to, sure), items),
+            Body::HandoverAck { id } => self.on_handover_ack(id),
             Body::Found { req, node, hops } => self.on_found(req, node, hops),
             Body::Ping { nonce } => {
                 let succ = self.succs.first().copied();
                 self.send(from, Body::Pong { nonce, succ });
             }
             Body::Pong { succ, .. } => self.on_pong(succ),
-            Body::ReadReply { req, sure, item } => self.on_read_reply(req, sure, item),
+            Body::ReadReply {
+                req,
+                sure,
+                item,
+                locked,
+            } => self.on_read_reply(req, sure && !locked, locked, item),
             Body::Items {
                 req,
                 covered_to,
@@ -588,7 +635,16 @@ impl OverlayNode {
             Op::Read { req } => {
                 let sure = self.store.is_sure(routed.key);
                 let item = self.store.get(routed.key).cloned();
-                self.send(origin, Body::ReadReply { req, sure, item });
+                let locked = self.store.is_write_locked(routed.key);
+                self.send(
+                    origin,
+                    Body::ReadReply {
+                        req,
+                        sure,
+                        item,
+                        locked,
+                    },
+                );
             }
             Op::Fetch { req, to } => self.on_fetch(origin, req, routed.key, to),
             Op::Prepare(prepare) => self.on_prepare(routed.key, *prepare),

@@ -43,39 +43,81 @@ pub(crate) struct Recovery {
 
 impl OverlayNode {
     /// Gives `(from, to]` to `to_node`: its items, and our authority over it if we had it.
-    pub(crate) fn handover_to(&mut self, to_node: NodeRef, from: RingId, to: RingId) {
+    /// Returns the ids of the chunks sent.
+    pub(crate) fn handover_to(&mut self, to_node: NodeRef, from: RingId, to: RingId) -> Vec<u64> {
+        self.handover_with(to_node, from, to, None)
+    }
+
+    /// A hand-over; `leaving` names our predecessor when we leave (see [`Body::Handover`]).
+    pub(crate) fn handover_with(
+        &mut self,
+        to_node: NodeRef,
+        from: RingId,
+        to: RingId,
+        leaving: Option<Option<NodeRef>>,
+    ) -> Vec<u64> {
         let items = self.store.take_range(from, to);
         let sure = self.store.sure().covers(from, to);
         self.store.unmark_sure(from, to);
+        self.send_handover(to_node, (from, to, sure), items, leaving)
+    }
+
+    fn send_handover(
+        &mut self,
+        to_node: NodeRef,
+        (from, to, sure): (RingId, RingId, bool),
+        items: Vec<(RingId, Item)>,
+        leaving: Option<Option<NodeRef>>,
+    ) -> Vec<u64> {
         let mut chunks: Vec<Vec<(RingId, Item)>> = items.chunks(CHUNK).map(<[_]>::to_vec).collect();
         if chunks.is_empty() {
             chunks.push(Vec::new());
         }
         let last = chunks.len() - 1;
+        let mut ids = Vec::with_capacity(chunks.len());
         for (i, items) in chunks.into_iter().enumerate() {
-            // Authority passes with the last chunk, once all data is there.
-            let sure = sure && i == last;
+            let id = self.new_req();
+            ids.push(id);
             self.send(
                 to_node,
                 Body::Handover {
+                    id,
+                    last: i == last,
+                    leaving: if i == last { leaving } else { None },
                     from,
                     to,
-                    sure,
+                    sure: sure && i == last,
                     items,
                 },
             );
         }
+        ids
     }
 
     pub(crate) fn on_handover(
         &mut self,
-        from: RingId,
-        to: RingId,
-        sure: bool,
+        sender: NodeRef,
+        id: u64,
+        (last, leaving): (bool, Option<Option<NodeRef>>),
+        (from, to, sure): (RingId, RingId, bool),
         items: Vec<(RingId, Item)>,
     ) {
+        self.send(sender, Body::HandoverAck { id });
+        if self.phase == Phase::Leaving {
+            // We are going too: the data goes on to our successor, with its authority.
+            if let Some(succ) = self.succs.first().copied() {
+                let sent = self.send_handover(succ, (from, to, sure), items, None);
+                self.handovers_unacked.extend(sent);
+            }
+            return;
+        }
         for (key, item) in items {
             self.store.merge(key, item);
+        }
+        if last {
+            if let Some(pred) = leaving {
+                self.on_leave_pred(sender, pred);
+            }
         }
         if sure {
             self.store.mark_sure(from, to);
@@ -100,17 +142,16 @@ impl OverlayNode {
             return;
         }
         let own = self.own_range();
-        // Authority over ranges that moved away is meaningless; keep the set small.
-        let sure = self.store.sure().intersection(&own);
-        if sure != *self.store.sure() {
-            let gone = self.store.sure().difference(&own);
-            for (from, to) in gone.intervals().collect::<Vec<_>>() {
-                self.store.unmark_sure(from, to);
-            }
-        }
         let unsure = own.difference(self.store.sure());
         if self.recovery.is_none() {
-            if let Some((from, to)) = unsure.intervals().next() {
+            // The unsure parts in turn, so that one that cannot be recovered (yet) does not
+            // block the others.
+            let parts: Vec<(RingId, RingId)> = unsure.intervals().collect();
+            let pick = parts
+                .get(self.repair_cursor as usize % parts.len().max(1))
+                .copied();
+            if let Some((from, to)) = pick {
+                self.repair_cursor = self.repair_cursor.wrapping_add(1);
                 let siblings = self.cfg.replicas - 1;
                 let coverage = vec![RangeSet::new(); usize::from(siblings)];
                 self.recovery = Some(Recovery {
@@ -126,10 +167,15 @@ impl OverlayNode {
         if self.fetches.values().any(|f| !f.recovery) {
             return;
         }
-        self.repair_cursor = self.repair_cursor % (self.cfg.replicas - 1) + 1;
-        let first = self.store.sure().intervals().next();
-        if let Some((from, to)) = first {
-            let sibling = self.repair_cursor;
+        // Anti-entropy: one sibling, one part of our range per round, in turn. Taking newer
+        // versions is always safe (only committed writes make items), so it covers the whole
+        // range, sure or not.
+        self.repair_cursor = self.repair_cursor.wrapping_add(1);
+        let siblings = u32::from(self.cfg.replicas - 1);
+        let sibling = (self.repair_cursor % siblings) as u8 + 1;
+        let parts: Vec<(RingId, RingId)> = own.intervals().collect();
+        if !parts.is_empty() {
+            let (from, to) = parts[(self.repair_cursor / siblings) as usize % parts.len()];
             self.start_fetch(sibling, from, to, false);
         }
     }

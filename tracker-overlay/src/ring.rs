@@ -19,6 +19,9 @@ use crate::node::{Event, LookupFor, OverlayNode, Phase, Timer};
 /// The most a failure detector's timeout grows to.
 const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a leaving node waits for its successor to acknowledge the hand-over.
+const LEAVE_DEADLINE: Duration = Duration::from_secs(3);
+
 /// How long a finger may stay silent before it is pinged.
 const FINGER_PROBE_EVERY: Duration = Duration::from_secs(2);
 
@@ -262,9 +265,11 @@ impl OverlayNode {
                     // A node between us and our predecessor that we had not heard of (it
                     // joined through someone else, or it was on a branch).
                     self.handover_to(from, pred.id, from.id);
+                } else {
+                    // Our range grew over a crashed predecessor's: whatever authority we once
+                    // had there is stale; not sure until repaired.
+                    self.store.unmark_sure(from.id, pred.id);
                 }
-                // Otherwise our range grew over a crashed predecessor's: not sure until
-                // repaired.
             }
             None => {
                 let alone = self.succs.is_empty();
@@ -308,28 +313,52 @@ impl OverlayNode {
             self.emit(Event::Left);
             return;
         }
-        if let Some(succ) = self.succs.first().copied() {
-            let pred = self.pred.filter(|_| !self.pred_suspected);
-            self.send(succ, Body::LeavePred { pred });
-            let from = self.pred.map_or(self.me.id, |p| p.id);
-            self.handover_to(succ, from, self.me.id);
-            if let Some(pred) = pred {
-                let succs = self.succs.clone();
-                self.send(pred, Body::LeaveSucc { succs });
-            }
-        }
         self.fail_clients();
+        self.timers.clear();
+        let Some(succ) = self.succs.first().copied() else {
+            self.finish_leave();
+            return;
+        };
+        let pred = self.pred.filter(|_| !self.pred_suspected);
+        let from = self.pred.map_or(self.me.id, |p| p.id);
+        self.phase = Phase::Leaving;
+        let sent = self.handover_with(succ, from, self.me.id, Some(pred));
+        self.handovers_unacked.extend(sent);
+        if let Some(pred) = pred {
+            let succs = self.succs.clone();
+            self.send(pred, Body::LeaveSucc { succs });
+        }
+        // Wait for the successor to take the data, but not forever.
+        self.set_timer(self.now + LEAVE_DEADLINE, Timer::LeaveDeadline);
+    }
+
+    /// The hand-over is done (or the successor did not answer in time): gone.
+    pub(crate) fn finish_leave(&mut self) {
+        if self.phase == Phase::Left {
+            return;
+        }
         self.phase = Phase::Left;
         self.timers.clear();
+        self.handovers_unacked.clear();
         self.emit(Event::Left);
+    }
+
+    pub(crate) fn on_handover_ack(&mut self, id: u64) {
+        self.handovers_unacked.retain(|x| *x != id);
+        if self.phase == Phase::Leaving && self.handovers_unacked.is_empty() {
+            self.finish_leave();
+        }
     }
 
     pub(crate) fn on_leave_pred(&mut self, from: NodeRef, pred: Option<NodeRef>) {
         if self.pred != Some(from) {
             return;
         }
+        self.departed(from);
         match pred.filter(|p| *p != self.me) {
             Some(p) => {
+                // The leaver's range becomes ours; its hand-over brings the authority.
+                self.store.unmark_sure(p.id, from.id);
                 self.set_pred(p);
             }
             None => {
@@ -345,6 +374,7 @@ impl OverlayNode {
     }
 
     pub(crate) fn on_leave_succ(&mut self, from: NodeRef, succs: Vec<NodeRef>) {
+        self.departed(from);
         if self.succs.first() != Some(&from) {
             return;
         }
@@ -360,14 +390,26 @@ impl OverlayNode {
         self.send_stabilize();
     }
 
+    /// `node` left gracefully: like a suspected node, it must not come back into our tables
+    /// through a neighbour's stale view.
+    fn departed(&mut self, node: NodeRef) {
+        self.suspected.insert(node.id, (node, self.now));
+    }
+
     /// The failure detector suspects `node`: it leaves every routing table and joins the
     /// suspected set, which is probed for ring merge.
     pub(crate) fn suspect(&mut self, node: NodeRef) {
-        if self.suspected.contains_key(&node.id) {
+        let known = self.suspected.contains_key(&node.id);
+        let in_tables = self.succs.contains(&node)
+            || self.fingers.contains(&Some(node))
+            || self.pred == Some(node) && !self.pred_suspected;
+        if known && !in_tables {
             return;
         }
-        self.stats.suspicions += 1;
-        if self.suspected.len() >= MAX_SUSPECTED {
+        if !known {
+            self.stats.suspicions += 1;
+        }
+        if !known && self.suspected.len() >= MAX_SUSPECTED {
             // Forget the one probed longest ago.
             let oldest = self
                 .suspected
@@ -378,7 +420,9 @@ impl OverlayNode {
                 self.suspected.remove(&k);
             }
         }
-        self.suspected.insert(node.id, (node, self.now));
+        if !known {
+            self.suspected.insert(node.id, (node, self.now));
+        }
         let was_succ = self.succs.first() == Some(&node);
         self.succs.retain(|n| *n != node);
         for f in self.fingers.iter_mut() {
@@ -560,7 +604,7 @@ impl OverlayNode {
     pub(crate) fn refresh_rtms(&mut self) {
         let now = self.now;
         if self.phase == Phase::Member {
-            for slot in 1..self.cfg.replicas {
+            for slot in 1..self.cfg.acceptors() {
                 let req = self.new_req();
                 let key = self.me.id.replica(slot, self.cfg.replicas);
                 self.start_lookup(req, key, LookupFor::Rtm(slot));

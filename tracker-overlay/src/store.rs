@@ -98,6 +98,11 @@ impl Store {
         self.slots.get(&key).and_then(|s| s.item.as_ref())
     }
 
+    /// Whether a prepared transaction holds `key`'s write lock.
+    pub fn is_write_locked(&self, key: RingId) -> bool {
+        self.slots.get(&key).is_some_and(|s| s.write_lock.is_some())
+    }
+
     /// How many items the node holds.
     pub fn len(&self) -> usize {
         self.slots.values().filter(|s| s.item.is_some()).count()

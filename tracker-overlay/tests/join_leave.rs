@@ -5,12 +5,14 @@
 
 mod harness;
 
+use harness::sweep;
+
 use harness::Net;
 use tracker_overlay::Value;
 
 #[test]
 fn grow_by_nine_then_remove_five() {
-    for seed in [1, 2, 3] {
+    for seed in sweep(&[1, 2, 3]) {
         let mut net = Net::new(seed);
         let first = net.create();
         let mut all = vec![first];

@@ -85,6 +85,9 @@ fn well_formed_but_out_of_bounds_messages_are_rejected() {
         })
         .collect();
     let m = msg(Body::Handover {
+        id: 1,
+        last: true,
+        leaving: None,
         from: RingId(0),
         to: RingId(9),
         sure: true,
@@ -103,6 +106,7 @@ fn well_formed_but_out_of_bounds_messages_are_rejected() {
         req: 1,
         sure: true,
         item: Some(big),
+        locked: false,
     });
     assert!(matches!(
         Message::decode(&m.encode()),
@@ -179,6 +183,7 @@ fn a_ring_shrugs_off_bogus_protocol_messages() {
             req: 123_456,
             sure: true,
             item: None,
+            locked: false,
         },
         Body::Items {
             req: 99,

@@ -5,6 +5,8 @@
 
 mod harness;
 
+use harness::sweep;
+
 use std::time::Duration;
 
 use harness::Net;
@@ -17,7 +19,10 @@ fn ring_and_key(seed: u64) -> (Net, Vec<usize>, String, Vec<usize>) {
     let mut net = Net::new(seed);
     let mut all = net.ring(8);
     loop {
-        for k in 0..1000 {
+        // A node that holds more than 1/r of the ring holds two replicas of some keys: its
+        // crash alone would take their majority. Real rings are larger; thin this one out.
+        let small_ranges = net.largest_range() < 0.25;
+        for k in 0..if small_ranges { 1000 } else { 0 } {
             let key = format!("key-{k}");
             let mut holders = net.replica_holders(&key);
             holders.sort();
@@ -30,7 +35,7 @@ fn ring_and_key(seed: u64) -> (Net, Vec<usize>, String, Vec<usize>) {
                 return (net, all, key, holders);
             }
         }
-        // One node holds half the ring: thin it out.
+        // One node holds a big share of the ring: thin it out.
         let via = all[0];
         all.push(net.join(via));
         net.settle();
@@ -48,7 +53,7 @@ fn outsider(all: &[usize], holders: &[usize]) -> usize {
 
 #[test]
 fn one_of_four_replicas_failed_commits_with_the_majority() {
-    for seed in [11, 12, 13] {
+    for seed in sweep(&[11, 12, 13]) {
         let (mut net, all, key, holders) = ring_and_key(seed);
         net.crash(holders[1]);
         let client = outsider(&all, &holders);

@@ -14,6 +14,18 @@ use rand::{Rng, SeedableRng};
 use tracker_overlay::tx::Abort;
 use tracker_overlay::{Config, Event, Message, NodeRef, Output, OverlayNode, TxOp, Value};
 
+/// The seeds a scenario runs with: its own, or `OVERLAY_SEEDS=N` more (a sweep to hunt
+/// for rare interleavings; a failing seed becomes a fixed test case).
+pub fn sweep(fixed: &[u64]) -> Vec<u64> {
+    match std::env::var("OVERLAY_SEEDS")
+        .ok()
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        Some(n) => (1000..1000 + n).collect(),
+        None => fixed.to_vec(),
+    }
+}
+
 pub struct Host {
     pub node: OverlayNode,
     pub alive: bool,
@@ -112,6 +124,21 @@ impl Net {
         let ok = self.run_until(Duration::from_secs(60), |net| {
             net.ring_errors().is_empty() && net.unsure_nodes().is_empty()
         });
+        if !ok {
+            // What is missing, for the failure report.
+            for i in self.unsure_nodes() {
+                let n = &self.hosts[i].node;
+                let own = tracker_overlay::RangeSet::interval(
+                    n.pred().map_or(n.me().id, |p| p.id),
+                    n.me().id,
+                );
+                eprintln!(
+                    "unsure {i}: missing {:?} recovered {}",
+                    own.difference(n.store().sure()),
+                    n.stats().recovered
+                );
+            }
+        }
         assert!(
             ok,
             "ring did not settle: {:?} unsure {:?}",
@@ -177,6 +204,18 @@ impl Net {
         groups.into_values().collect()
     }
 
+    /// The largest share of the ring a live member is responsible for.
+    pub fn largest_range(&self) -> f64 {
+        self.alive()
+            .iter()
+            .filter_map(|&i| {
+                let node = &self.hosts[i].node;
+                let pred = node.pred()?;
+                Some(pred.id.distance_to(node.me().id) as f64 / 2f64.powi(128))
+            })
+            .fold(0.0, f64::max)
+    }
+
     /// Live members whose range is not all sure.
     pub fn unsure_nodes(&self) -> Vec<usize> {
         self.alive()
@@ -195,10 +234,16 @@ impl Net {
         self.hosts[i].alive = false;
     }
 
+    /// Node `i` leaves gracefully: it hands its range over and goes once the successor took
+    /// it (as a real node closes its connections on `Event::Left`).
     pub fn leave(&mut self, i: usize) {
         let now = self.now;
         self.hosts[i].node.leave(now);
         self.flush(i);
+        let left = self.run_until(Duration::from_secs(10), |net| {
+            net.events.iter().any(|(h, e)| *h == i && *e == Event::Left)
+        });
+        assert!(left, "node {i} did not finish leaving");
         self.hosts[i].alive = false;
     }
 
