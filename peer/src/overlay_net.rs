@@ -55,7 +55,7 @@ pub struct Status {
 }
 
 enum Inbox {
-    Message(PeerId, Message),
+    Messages(PeerId, Vec<Message>),
     Connected(PeerId, quinn::Connection),
     DialFailed(NodeRef),
     StreamClosed(PeerId),
@@ -217,12 +217,14 @@ impl Actor {
     fn inbox(&mut self, msg: Inbox) {
         let now = Instant::now();
         match msg {
-            Inbox::Message(from, msg) => {
-                if msg.from.peer != from.0 {
-                    warn!(peer = %from.short(), "overlay message claims another sender; dropped");
-                    return;
+            Inbox::Messages(from, msgs) => {
+                for msg in msgs {
+                    if msg.from.peer != from.0 {
+                        warn!(peer = %from.short(), "overlay message claims another sender; dropped");
+                        continue;
+                    }
+                    self.node.handle_message(now, msg);
                 }
-                self.node.handle_message(now, msg);
             }
             Inbox::Connected(peer, conn) => {
                 let queued = match self.peers.remove(&peer) {
@@ -336,42 +338,58 @@ async fn accept_loop(endpoint: Endpoint, inbox: mpsc::UnboundedSender<Inbox>) {
 
 /// Reads the overlay streams a peer opens on `conn`.
 async fn read_streams(conn: quinn::Connection, peer: PeerId, inbox: mpsc::UnboundedSender<Inbox>) {
-    while let Ok(mut recv) = conn.accept_uni().await {
-        let inbox = inbox.clone();
-        tokio::spawn(async move {
-            let mut tag = [0u8; 1];
-            if recv.read_exact(&mut tag).await.is_err() || tag[0] != OVERLAY_STREAM {
+    while let Ok(recv) = conn.accept_uni().await {
+        tokio::spawn(read_stream(recv, peer, inbox.clone()));
+    }
+}
+
+/// Reads one overlay stream chunk by chunk and hands over every complete message of a chunk
+/// at once.
+async fn read_stream(
+    mut recv: quinn::RecvStream,
+    peer: PeerId,
+    inbox: mpsc::UnboundedSender<Inbox>,
+) {
+    let mut buf = bytes::BytesMut::new();
+    let mut tagged = false;
+    loop {
+        let chunk = match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => chunk.bytes,
+            Ok(None) | Err(_) => return,
+        };
+        buf.extend_from_slice(&chunk);
+        if !tagged {
+            if buf[0] != OVERLAY_STREAM {
+                let _ = recv.stop(VarInt::from_u32(0x12));
                 return;
             }
-            let mut len = [0u8; 4];
-            loop {
-                if recv.read_exact(&mut len).await.is_err() {
-                    break;
-                }
-                let n = u32::from_be_bytes(len) as usize;
-                if n > tracker_overlay::msg::MAX_MESSAGE_LEN {
-                    warn!(peer = %peer.short(), len = n, "oversized overlay message; stream closed");
-                    let _ = recv.stop(VarInt::from_u32(0x12));
-                    break;
-                }
-                let mut buf = vec![0u8; n];
-                if recv.read_exact(&mut buf).await.is_err() {
-                    break;
-                }
-                match Message::decode(&buf) {
-                    Ok(msg) => {
-                        if inbox.send(Inbox::Message(peer, msg)).is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        warn!(peer = %peer.short(), error = %e, "bad overlay message; stream closed");
-                        let _ = recv.stop(VarInt::from_u32(0x11));
-                        break;
-                    }
+            let _ = buf.split_to(1);
+            tagged = true;
+        }
+        let mut batch = Vec::new();
+        while buf.len() >= 4 {
+            let n = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+            if n > tracker_overlay::msg::MAX_MESSAGE_LEN {
+                warn!(peer = %peer.short(), len = n, "oversized overlay message; stream closed");
+                let _ = recv.stop(VarInt::from_u32(0x12));
+                return;
+            }
+            if buf.len() < 4 + n {
+                break;
+            }
+            let frame = buf.split_to(4 + n);
+            match Message::decode(&frame[4..]) {
+                Ok(msg) => batch.push(msg),
+                Err(e) => {
+                    warn!(peer = %peer.short(), error = %e, "bad overlay message; stream closed");
+                    let _ = recv.stop(VarInt::from_u32(0x11));
+                    return;
                 }
             }
-        });
+        }
+        if !batch.is_empty() && inbox.send(Inbox::Messages(peer, batch)).is_err() {
+            return;
+        }
     }
 }
 
@@ -407,9 +425,11 @@ async fn writer(
 }
 
 fn frame(buf: &mut Vec<u8>, msg: &Message) {
-    let bytes = msg.encode();
-    buf.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-    buf.extend_from_slice(&bytes);
+    let start = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    msg.encode_into(buf);
+    let len = (buf.len() - start - 4) as u32;
+    buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
 }
 
 /// Whether a ring of these nodes has settled: neighbours consistent in id order, every range
