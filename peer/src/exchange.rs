@@ -357,6 +357,8 @@ pub struct Exchange {
     /// When the last new statement arrived.
     last_fresh: Option<Instant>,
     next_maintenance: Instant,
+    /// Reused by each round of requests.
+    wanted_buf: Vec<SegmentId>,
     outputs: VecDeque<Output>,
     stats: ExchangeStats,
 }
@@ -415,6 +417,7 @@ impl Exchange {
             last: None,
             floor: 0,
             last_fresh: None,
+            wanted_buf: Vec::new(),
             outputs: VecDeque::new(),
             stats: ExchangeStats::default(),
         }
@@ -1046,33 +1049,41 @@ impl Exchange {
         if !self.partners.values().any(usable) {
             return;
         }
-        let Some(wanted) = self.wanted() else { return };
-        let source = self.source_peer();
+        // The buffer is reused: this runs after most inputs.
+        let mut wanted = std::mem::take(&mut self.wanted_buf);
+        self.wanted(&mut wanted);
+        let source = self.source_peer().and_then(|s| self.partners.find(&s).ok());
         // While dials are in flight, a newcomer may soon have partners other than the source.
         let only_source =
-            self.dialing.is_empty() && self.partners.keys().all(|p| Some(*p) == source);
-        for id in wanted {
+            self.dialing.is_empty() && (0..self.partners.len()).all(|i| Some(i) == source);
+        for &id in &wanted {
             if self.store.contains_key(&id) || self.pending.contains_key(&id) {
                 continue;
             }
-            // Another viewer first, then the least loaded holder.
-            let holder = self
-                .partners
-                .iter()
-                .filter(|(_, p)| usable(p) && p.have.contains(id))
-                .min_by_key(|(peer, p)| (Some(**peer) == source, p.inflight, **peer))
-                .map(|(peer, _)| *peer);
-            let Some(peer) = holder else { continue };
-            if Some(peer) == source && !only_source {
+            // Another viewer first, then the least loaded holder, then the lowest id (partners
+            // are in id order, and a later one must be strictly better to be chosen).
+            let mut holder: Option<(bool, usize, usize)> = None;
+            for (i, p) in self.partners.values().enumerate() {
+                if !usable(p) || !p.have.contains(id) {
+                    continue;
+                }
+                let rank = (Some(i) == source, p.inflight);
+                if holder.is_none_or(|(s, f, _)| rank < (s, f)) {
+                    holder = Some((rank.0, rank.1, i));
+                }
+            }
+            let Some((is_source, _, index)) = holder else {
+                continue;
+            };
+            if is_source && !only_source {
                 let due = self.source_due(id);
                 if now < due {
                     self.next_schedule = Some(self.next_schedule.map_or(due, |t| t.min(due)));
                     continue;
                 }
             }
-            if let Some(partner) = self.partners.get_mut(&peer) {
-                partner.inflight += 1;
-            }
+            let (peer, partner) = self.partners.at_mut(index);
+            partner.inflight += 1;
             self.pending.insert(
                 id,
                 Pending {
@@ -1082,6 +1093,8 @@ impl Exchange {
             );
             self.send(peer, Frame::Request(id));
         }
+        wanted.clear();
+        self.wanted_buf = wanted;
     }
 
     /// When this viewer may ask the source for `id`: the segment's announcement plus the grace
@@ -1100,8 +1113,8 @@ impl Exchange {
         seen.map_or_else(|| self.next_maintenance, |seen| seen + grace + jitter)
     }
 
-    /// The segments this viewer wants now, in the order it wants them.
-    fn wanted(&mut self) -> Option<Vec<SegmentId>> {
+    /// Puts the segments this viewer wants now in `wanted`, in the order it wants them.
+    fn wanted(&mut self, wanted: &mut Vec<SegmentId>) {
         let newest = self.newest();
         let live = self.is_live();
         if self.start.is_none() {
@@ -1118,7 +1131,6 @@ impl Exchange {
                 (true, None) => None,
             };
         }
-        let mut wanted = Vec::new();
         if self.statements.contains_key(&SegmentId::Init) {
             wanted.push(SegmentId::Init);
         }
@@ -1145,7 +1157,6 @@ impl Exchange {
                     .is_some_and(|s| !s.meta.is_end_marker())
             }));
         }
-        Some(wanted)
     }
 
     /// Dials candidates while this viewer has fewer partners than it wants.
@@ -1289,6 +1300,12 @@ impl PartnerMap {
 
     fn contains_key(&self, id: &PeerId) -> bool {
         self.find(id).is_ok()
+    }
+
+    /// The partner at `index` in id order, with its id.
+    fn at_mut(&mut self, index: usize) -> (PeerId, &mut Partner) {
+        let (id, partner) = &mut self.entries[index];
+        (*id, partner)
     }
 
     fn insert(&mut self, id: PeerId, partner: Partner) {
