@@ -11,12 +11,14 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::directory;
 use crate::identity::{ChannelId, Keypair};
 use crate::media::{
     Ingest, IngestConfig, IngestError, IngestMode, IngestOutput, IngestSummary, Input,
 };
 use crate::node::{Bootstrap, NodeConfig, NodeHandle};
 use crate::segment::{ChannelRecord, SegmentId, StreamKind};
+use crate::wire::PeerAddr;
 
 /// How to broadcast.
 #[derive(Debug, Clone)]
@@ -80,7 +82,23 @@ impl Broadcast {
                 .map_or(0, |d| d.as_millis() as u64),
         }
         .sign(&key);
-        let node = NodeHandle::start_source(options.node.clone(), key, record).await?;
+        let node = NodeHandle::start_source(options.node.clone(), key, record.clone()).await?;
+        // The channel goes into the overlay's directory, where viewers find it through any
+        // node of the ring.
+        let overlay = node.overlay().clone();
+        match options.node.overlay_bootstrap {
+            Some(addr) => overlay.join_addr(addr),
+            None => overlay.create(),
+        }
+        let (me, addr) = (node.peer_id(), node.local_addr());
+        tokio::spawn(async move {
+            if !overlay.joined(OVERLAY_JOIN_LIMIT).await {
+                warn!("could not join the overlay ring; viewers must use this node as --bootstrap");
+                return;
+            }
+            let channel = record.record.channel_id();
+            directory::keep_registered(overlay, channel, Some(record), me, addr, None).await;
+        });
         let stop = Arc::new(AtomicBool::new(false));
         let ingest = tokio::spawn(pump(ingest, node.clone(), stop.clone()));
         Ok(Self {
@@ -176,18 +194,54 @@ async fn pump(
     Ok(summary)
 }
 
-/// Starts a viewer of `channel`.
+/// How long a node waits to join the overlay ring.
+const OVERLAY_JOIN_LIMIT: Duration = Duration::from_secs(15);
+
+/// Starts a viewer of `channel`. The bootstrap peers serve twice: the segment exchange dials
+/// them (as partners, if they are in the swarm), and the overlay joins the ring through the
+/// first one (any node of the ring will do); from the overlay's directory the viewer learns the
+/// channel's members, takes them as partner candidates and registers itself.
 pub async fn watch(
     channel: ChannelId,
     bootstrap: Vec<Bootstrap>,
     node: NodeConfig,
     key: Keypair,
 ) -> anyhow::Result<NodeHandle> {
-    anyhow::ensure!(
-        !bootstrap.is_empty(),
-        "a viewer needs at least one --bootstrap peer"
-    );
-    Ok(NodeHandle::start_viewer(node, key, channel, bootstrap).await?)
+    let Some(first) = bootstrap.first().copied() else {
+        anyhow::bail!("a viewer needs at least one --bootstrap peer");
+    };
+    let handle = NodeHandle::start_viewer(node, key, channel, bootstrap).await?;
+    let node = handle.clone();
+    tokio::spawn(async move {
+        let overlay = node.overlay().clone();
+        // Until the ring is reachable (the bootstrap peer may not be up yet).
+        loop {
+            match first {
+                Bootstrap::Addr(addr) => overlay.join_addr(addr),
+                Bootstrap::Peer(p) => overlay.join(tracker_overlay::NodeRef::new(p.id.0, p.addr)),
+            }
+            if overlay.joined(OVERLAY_JOIN_LIMIT).await {
+                break;
+            }
+            if overlay.status().await.is_none() {
+                return; // The node shut down.
+            }
+            warn!("could not join the overlay ring yet; trying again");
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        match directory::find(&overlay, channel, node.peer_id()).await {
+            Ok((record, members)) => {
+                info!(channel = %record.record.name, members = members.len(), "channel found in the overlay");
+                node.add_candidates(members);
+            }
+            Err(e) => warn!(error = %e, "channel not in the overlay's directory yet"),
+        }
+        let (me, addr) = (node.peer_id(), node.local_addr());
+        let on_members: Box<dyn Fn(Vec<PeerAddr>) + Send + Sync> =
+            Box::new(move |members| node.add_candidates(members));
+        directory::keep_registered(overlay, channel, None, me, addr, Some(on_members)).await;
+    });
+    Ok(handle)
 }
 
 /// The demo swarm: a source on the built-in test pattern and `viewers` viewers, all on

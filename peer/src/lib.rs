@@ -38,6 +38,8 @@ pub mod app;
 #[cfg(feature = "node")]
 pub mod bench;
 #[cfg(feature = "node")]
+pub mod directory;
+#[cfg(feature = "node")]
 pub mod media;
 #[cfg(feature = "node")]
 pub mod node;

@@ -34,6 +34,7 @@ pub type TxResult = Result<Vec<Option<Value>>, Abort>;
 enum Command {
     Create,
     Join(NodeRef),
+    JoinAddr(SocketAddr),
     Transact(Vec<TxOp>, oneshot::Sender<TxResult>),
     Leave,
     Status(oneshot::Sender<Status>),
@@ -55,6 +56,8 @@ pub struct Status {
 }
 
 enum Inbox {
+    /// A node found at an address: join through it.
+    JoinVia(NodeRef, quinn::Connection),
     Messages(PeerId, Vec<Message>),
     Connected(PeerId, quinn::Connection),
     DialFailed(NodeRef),
@@ -66,6 +69,7 @@ enum Inbox {
 pub struct OverlayHandle {
     me: NodeRef,
     commands: mpsc::UnboundedSender<Command>,
+    inbox: mpsc::UnboundedSender<Inbox>,
 }
 
 impl OverlayHandle {
@@ -84,7 +88,40 @@ impl OverlayHandle {
         let _ = self.commands.send(Command::Join(bootstrap));
     }
 
-    /// Leaves the ring gracefully.
+    /// Joins the ring of whatever node listens at `addr` (its id comes from its certificate).
+    pub fn join_addr(&self, addr: SocketAddr) {
+        let _ = self.commands.send(Command::JoinAddr(addr));
+    }
+
+    /// Waits until the node is part of a ring, up to `limit`.
+    pub async fn joined(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self
+                .status()
+                .await
+                .is_some_and(|s| s.phase == Phase::Member)
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// Takes an incoming connection whose peer opened `first`, an overlay stream.
+    pub fn accept(&self, conn: quinn::Connection, peer: PeerId, first: quinn::RecvStream) {
+        let _ = self.inbox.send(Inbox::Connected(peer, conn.clone()));
+        tokio::spawn(read_stream(first, peer, self.inbox.clone()));
+        tokio::spawn(read_streams(conn, peer, self.inbox.clone()));
+    }
+
+    /// Takes an overlay stream that arrived on a connection the caller reads.
+    pub fn accept_stream(&self, peer: PeerId, stream: quinn::RecvStream) {
+        tokio::spawn(read_stream(stream, peer, self.inbox.clone()));
+    }
+
+    /// Leaves the ring gracefully; the node's task ends once its range is handed over.
     pub fn leave(&self) {
         let _ = self.commands.send(Command::Leave);
     }
@@ -119,21 +156,40 @@ pub fn spawn(key: &Keypair, listen: SocketAddr, cfg: Config) -> anyhow::Result<O
     client.transport_config(transport.clone());
     endpoint.set_default_client_config(client);
     let addr = endpoint.local_addr()?;
-    let me = NodeRef::new(key.peer_id().0, addr);
+    let handle = spawn_on(endpoint.clone(), key, addr, transport, cfg);
+    tokio::spawn(accept_loop(endpoint, handle.inbox.clone()));
+    Ok(handle)
+}
+
+/// Starts an overlay node on an endpoint the caller owns (the segment node's): it dials from
+/// it, and the caller hands it the incoming connections that open with an overlay stream
+/// ([`OverlayHandle::accept`]). `advertise` is the address other nodes dial.
+pub fn spawn_on(
+    endpoint: Endpoint,
+    key: &Keypair,
+    advertise: SocketAddr,
+    transport: Arc<quinn::TransportConfig>,
+    cfg: Config,
+) -> OverlayHandle {
+    let me = NodeRef::new(key.peer_id().0, advertise);
     let (commands, command_rx) = mpsc::unbounded_channel();
     let (inbox, inbox_rx) = mpsc::unbounded_channel();
     let actor = Actor {
         node: OverlayNode::new(Instant::now(), me, cfg),
-        endpoint: endpoint.clone(),
+        endpoint,
         key: key.clone(),
         transport,
         inbox: inbox.clone(),
         peers: HashMap::default(),
         txs: HashMap::default(),
+        left: false,
     };
-    tokio::spawn(accept_loop(endpoint, inbox));
     tokio::spawn(actor.run(command_rx, inbox_rx));
-    Ok(OverlayHandle { me, commands })
+    OverlayHandle {
+        me,
+        commands,
+        inbox,
+    }
 }
 
 enum PeerLink {
@@ -149,6 +205,7 @@ struct Actor {
     inbox: mpsc::UnboundedSender<Inbox>,
     peers: HashMap<PeerId, PeerLink>,
     txs: HashMap<u64, oneshot::Sender<TxResult>>,
+    left: bool,
 }
 
 impl Actor {
@@ -184,6 +241,9 @@ impl Actor {
                 () = sleep => self.node.handle_timeout(Instant::now()),
             }
             self.flush();
+            if self.left {
+                break;
+            }
         }
     }
 
@@ -192,6 +252,7 @@ impl Actor {
         match cmd {
             Command::Create => self.node.create(now),
             Command::Join(bootstrap) => self.node.join(now, bootstrap),
+            Command::JoinAddr(addr) => self.dial_addr(addr),
             Command::Transact(ops, reply) => {
                 let req = self.node.transact(now, ops);
                 self.txs.insert(req, reply);
@@ -243,6 +304,10 @@ impl Actor {
                 tokio::spawn(writer(conn, rx, self.inbox.clone(), peer));
                 self.peers.insert(peer, PeerLink::Up(tx));
             }
+            Inbox::JoinVia(node, conn) => {
+                self.inbox(Inbox::Connected(PeerId(node.peer), conn));
+                self.node.join(now, node);
+            }
             Inbox::DialFailed(node) => {
                 self.peers.remove(&PeerId(node.peer));
                 self.node.handle_unreachable(now, node);
@@ -262,6 +327,7 @@ impl Actor {
                         let _ = reply.send(result);
                     }
                 }
+                Output::Event(Event::Left) => self.left = true,
                 Output::Event(e) => debug!(event = ?e, "overlay"),
             }
         }
@@ -284,6 +350,39 @@ impl Actor {
                 self.dial(to);
             }
         }
+    }
+
+    /// Dials an address without knowing who is there, to join through it.
+    fn dial_addr(&self, addr: SocketAddr) {
+        let config = match tls::client_config(&self.key, None) {
+            Ok(mut c) => {
+                c.transport_config(self.transport.clone());
+                c
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot build a client TLS configuration");
+                return;
+            }
+        };
+        let endpoint = self.endpoint.clone();
+        let inbox = self.inbox.clone();
+        tokio::spawn(async move {
+            let conn = async {
+                let conn = endpoint
+                    .connect_with(config, addr, tls::server_name())?
+                    .await?;
+                let peer = tls::peer_id_of(&conn).ok_or_else(|| anyhow::anyhow!("no peer id"))?;
+                Ok::<_, anyhow::Error>((conn, peer))
+            }
+            .await;
+            match conn {
+                Ok((conn, peer)) => {
+                    tokio::spawn(read_streams(conn.clone(), peer, inbox.clone()));
+                    let _ = inbox.send(Inbox::JoinVia(NodeRef::new(peer.0, addr), conn));
+                }
+                Err(e) => warn!(%addr, error = %e, "cannot reach the overlay bootstrap node"),
+            }
+        });
     }
 
     fn dial(&self, to: NodeRef) {

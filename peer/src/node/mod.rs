@@ -33,6 +33,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::exchange::{CloseReason, Event, Exchange, ExchangeConfig, Input, Output, PublishError};
 use crate::identity::{ChannelId, Keypair, PeerId};
+use crate::overlay_net::OverlayHandle;
 use crate::qos::ViewerQos;
 use crate::segment::{SegmentId, SignedChannel, StreamKind};
 use crate::wire::{Frame, FrameDecoder, FrameError, PeerAddr, SegmentHeader};
@@ -72,6 +73,8 @@ pub struct NodeConfig {
     pub web_root: PathBuf,
     /// Segments in a live playlist.
     pub playlist_window: usize,
+    /// A broadcaster's overlay node to join (any node of the ring); `None` starts a new ring.
+    pub overlay_bootstrap: Option<SocketAddr>,
 }
 
 impl Default for NodeConfig {
@@ -83,6 +86,7 @@ impl Default for NodeConfig {
             http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             web_root: gateway::default_web_root(),
             playlist_window: 6,
+            overlay_bootstrap: None,
         }
     }
 }
@@ -157,10 +161,21 @@ pub struct NodeHandle {
     channel: ChannelId,
     local_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
+    overlay: OverlayHandle,
     tasks: Arc<tokio::sync::Mutex<JoinSet<()>>>,
 }
 
 impl NodeHandle {
+    /// The node's overlay node (ring, store, swarm metadata), on the same QUIC endpoint.
+    pub fn overlay(&self) -> &OverlayHandle {
+        &self.overlay
+    }
+
+    /// Peers to try as partners (e.g. the channel's members, found through the overlay).
+    pub fn add_candidates(&self, peers: Vec<PeerAddr>) {
+        let _ = self.tx.send(Msg::AddCandidates(peers));
+    }
+
     /// Starts the broadcaster's node: it serves the channel described by `record`, signed by
     /// `key` (which is also the node's TLS identity, so viewers recognise the source).
     pub async fn start_source(
@@ -248,6 +263,13 @@ impl NodeHandle {
 
     /// Stops the node: closes its connections and its gateway, and waits for its tasks.
     pub async fn shutdown(&self) {
+        // The overlay hands its range over first (it waits for its successor, up to a few
+        // seconds), while the connections are still up.
+        self.overlay.leave();
+        let deadline = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < deadline && self.overlay.status().await.is_some() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let _ = self.tx.send(Msg::Shutdown);
         let mut tasks = self.tasks.lock().await;
         while tasks.join_next().await.is_some() {}
@@ -262,6 +284,8 @@ fn unix_ms() -> u64 {
 
 /// What the connection tasks and the handle tell the actor.
 enum Msg {
+    /// More peers to try (found through the overlay).
+    AddCandidates(Vec<PeerAddr>),
     Connected {
         link: Link,
         dialled_by: PeerId,
@@ -446,9 +470,27 @@ async fn start(
     }
     exchange.add_candidates(now, candidates);
 
+    let overlay_config = tracker_overlay::Config {
+        seed: rand::random(),
+        ..tracker_overlay::Config::default()
+    };
+    let overlay = crate::overlay_net::spawn_on(
+        endpoint.clone(),
+        &key,
+        advertise,
+        transport.clone(),
+        overlay_config,
+    );
     let span = tracing::info_span!("node", peer = %peer_id.short());
-    tasks
-        .spawn(accept_loop(endpoint.clone(), tx.clone(), stop_rx.clone()).instrument(span.clone()));
+    tasks.spawn(
+        accept_loop(
+            endpoint.clone(),
+            tx.clone(),
+            overlay.clone(),
+            stop_rx.clone(),
+        )
+        .instrument(span.clone()),
+    );
     let actor = Actor {
         exchange,
         endpoint,
@@ -484,6 +526,7 @@ async fn start(
         channel,
         local_addr,
         http_addr,
+        overlay,
         tasks: Arc::new(tokio::sync::Mutex::new(tasks)),
     })
 }
@@ -658,6 +701,7 @@ impl Actor {
                     .publish(now, id, duration, created_unix_ms, bytes, last);
                 let _ = reply.send(result);
             }
+            Msg::AddCandidates(peers) => self.exchange.add_candidates(now, peers),
             Msg::Shutdown => {}
         }
     }
@@ -989,6 +1033,7 @@ enum DialError {
 async fn accept_loop(
     endpoint: Endpoint,
     tx: mpsc::UnboundedSender<Msg>,
+    overlay: OverlayHandle,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
@@ -998,32 +1043,50 @@ async fn accept_loop(
         };
         let Some(incoming) = incoming else { break };
         let tx = tx.clone();
+        let overlay = overlay.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             let result = async {
                 let conn = incoming.await?;
                 let peer = tls::peer_id_of(&conn).ok_or(DialError::Other("no peer identity"))?;
-                // The dialler opens the control stream with its Hello.
-                let (send, recv) = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi())
+                // A segment partner opens the control stream with its Hello; an overlay node
+                // opens a unidirectional overlay stream.
+                let first = async {
+                    tokio::select! {
+                        bi = conn.accept_bi() => bi.map(First::Control),
+                        uni = conn.accept_uni() => uni.map(First::Overlay),
+                    }
+                };
+                let first = tokio::time::timeout(Duration::from_secs(10), first)
                     .await
-                    .map_err(|_| DialError::Other("no control stream within 10 s"))??;
-                Ok::<_, DialError>(Link {
-                    peer,
-                    conn,
-                    send,
-                    recv,
-                })
+                    .map_err(|_| DialError::Other("no stream within 10 s"))??;
+                Ok::<_, DialError>((peer, conn, first))
             }
             .await;
             match result {
-                Ok(link) => {
-                    let dialled_by = link.peer;
-                    let _ = tx.send(Msg::Connected { link, dialled_by });
+                Ok((peer, conn, First::Control((send, recv)))) => {
+                    let link = Link {
+                        peer,
+                        conn,
+                        send,
+                        recv,
+                    };
+                    let _ = tx.send(Msg::Connected {
+                        link,
+                        dialled_by: peer,
+                    });
                 }
+                Ok((peer, conn, First::Overlay(stream))) => overlay.accept(conn, peer, stream),
                 Err(e) => debug!(%remote, error = %e, "incoming connection failed"),
             }
         });
     }
+}
+
+/// The first stream a dialler opens tells what the connection is for.
+enum First {
+    Control((SendStream, RecvStream)),
+    Overlay(RecvStream),
 }
 
 /// Writes queued control frames to the control stream.

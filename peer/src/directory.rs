@@ -1,0 +1,157 @@
+//! The swarm's directory in the overlay: a broadcaster registers its channel, viewers find the
+//! channel's record and members there and register themselves (the overlay replaces a
+//! central tracker; see `tracker_overlay::swarm`).
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tracing::{debug, warn};
+use tracker_overlay::swarm::{self, Connectivity, Field, Member};
+use tracker_overlay::{Abort, TxOp, Value};
+
+use crate::identity::{ChannelId, PeerId};
+use crate::overlay_net::OverlayHandle;
+use crate::segment::SignedChannel;
+use crate::wire::PeerAddr;
+
+/// How long a membership entry lives without a refresh.
+pub const MEMBER_TTL: Duration = Duration::from_secs(60);
+/// How often members refresh their entry (and viewers look for new partners).
+pub const REFRESH_EVERY: Duration = Duration::from_secs(15);
+
+/// Why the directory could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    /// The overlay could not run the transaction.
+    #[error("overlay: {0}")]
+    Overlay(#[from] Abort),
+    /// The stored metadata is malformed.
+    #[error("swarm metadata: {0}")]
+    Meta(#[from] swarm::MetaError),
+    /// No record for this channel in the overlay (yet).
+    #[error("the channel is not registered in the overlay")]
+    Unknown,
+    /// The stored record is not a valid, signed record of this channel.
+    #[error("the channel record in the overlay does not verify: {0}")]
+    BadRecord(String),
+}
+
+fn now_unix_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn me_as_member(peer: PeerId, addr: SocketAddr) -> Member {
+    Member {
+        peer: peer.0,
+        addr,
+        // The NAT issue measures this; until then every peer says it is reachable.
+        connectivity: Connectivity::Open,
+        upload_kbps: 0,
+        expires_unix_s: now_unix_s() + MEMBER_TTL.as_secs(),
+    }
+}
+
+/// Reads the channel's record and membership sample in one transaction.
+async fn read(
+    overlay: &OverlayHandle,
+    channel: ChannelId,
+) -> Result<(Option<Value>, Option<Value>), DirectoryError> {
+    let ops = vec![
+        TxOp::Read(swarm::key(&channel.0, Field::Record)),
+        TxOp::Read(swarm::key(&channel.0, Field::Members)),
+    ];
+    let mut values = overlay.transact(ops).await?;
+    let members = values.pop().flatten();
+    let record = values.pop().flatten();
+    Ok((record, members))
+}
+
+/// Stores the signed record (if `record` is given) and adds or refreshes `peer` in the
+/// membership sample, retrying when another member changed the sample in between.
+pub async fn register(
+    overlay: &OverlayHandle,
+    channel: ChannelId,
+    record: Option<&SignedChannel>,
+    peer: PeerId,
+    addr: SocketAddr,
+) -> Result<(), DirectoryError> {
+    let signed = record.map(|r| postcard::to_stdvec(r).unwrap_or_default());
+    let mut last = None;
+    for attempt in 0..8u32 {
+        let (stored_record, members) = read(overlay, channel).await?;
+        let mut ops = Vec::new();
+        if let Some(bytes) = &signed {
+            if stored_record.as_ref() != Some(&Value::Bytes(bytes.clone())) {
+                ops.push(
+                    swarm::publish_record(&channel.0, stored_record.as_ref(), bytes.clone())?.op,
+                );
+            }
+        }
+        let me = me_as_member(peer, addr);
+        ops.push(swarm::join_members(&channel.0, members.as_ref(), me, now_unix_s())?.op);
+        match overlay.transact(ops).await {
+            Ok(_) => return Ok(()),
+            Err(e @ (Abort::Mismatch { .. } | Abort::Conflict { .. })) => {
+                debug!(attempt, error = %e, "directory update raced; retrying");
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(20 << attempt.min(5))).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(last.unwrap_or(Abort::Timeout).into())
+}
+
+/// The channel's verified record and its live members other than `me`.
+pub async fn find(
+    overlay: &OverlayHandle,
+    channel: ChannelId,
+    me: PeerId,
+) -> Result<(SignedChannel, Vec<PeerAddr>), DirectoryError> {
+    let (record, members) = read(overlay, channel).await?;
+    let bytes = swarm::record(record.as_ref())?.ok_or(DirectoryError::Unknown)?;
+    let signed: SignedChannel =
+        postcard::from_bytes(&bytes).map_err(|e| DirectoryError::BadRecord(e.to_string()))?;
+    signed
+        .verify(channel)
+        .map_err(|e| DirectoryError::BadRecord(e.to_string()))?;
+    let peers = swarm::members(members.as_ref(), now_unix_s())?
+        .into_iter()
+        .filter(|m| m.peer != me.0)
+        .map(|m| PeerAddr {
+            id: PeerId(m.peer),
+            addr: m.addr,
+        })
+        .collect();
+    Ok((signed, peers))
+}
+
+/// Keeps `peer` registered as a member of `channel` until the overlay goes away; with
+/// `on_members`, also hands the current members over on each round (a viewer's new partner
+/// candidates).
+pub async fn keep_registered(
+    overlay: OverlayHandle,
+    channel: ChannelId,
+    record: Option<SignedChannel>,
+    peer: PeerId,
+    addr: SocketAddr,
+    on_members: Option<Box<dyn Fn(Vec<PeerAddr>) + Send + Sync>>,
+) {
+    loop {
+        if let Err(e) = register(&overlay, channel, record.as_ref(), peer, addr).await {
+            warn!(error = %e, "cannot register in the overlay's directory");
+        }
+        if let Some(f) = &on_members {
+            match find(&overlay, channel, peer).await {
+                Ok((_, members)) => f(members),
+                Err(e) => debug!(error = %e, "directory lookup failed"),
+            }
+        }
+        tokio::time::sleep(REFRESH_EVERY).await;
+        if overlay.status().await.is_none() {
+            return;
+        }
+    }
+}
