@@ -122,6 +122,13 @@ impl OverlayNode {
         if sure {
             self.store.mark_sure(from, to);
         }
+        // A joiner may already have taken the front of this range from us (its join overtook
+        // this hand-over): that part, its items and its authority go on to it.
+        if let Some(pred) = self.pred.filter(|_| !self.pred_suspected) {
+            if pred.id.in_open(from, to) {
+                self.handover_to(pred, from, pred.id);
+            }
+        }
     }
 
     /// The range this node is responsible for, as a set.
