@@ -44,6 +44,10 @@ enum Command {
         /// absent.
         #[arg(long)]
         churn_median_min: Option<f64>,
+        /// Split the nodes 50/50 for this many seconds, 10 s into the measurement, then heal
+        /// (the figures then include `merge_seconds`).
+        #[arg(long)]
+        partition_s: Option<f64>,
         /// Seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -141,6 +145,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             nodes,
             minutes,
             churn_median_min,
+            partition_s,
             seed,
         } => {
             anyhow::ensure!(nodes >= 1, "--nodes must be at least 1");
@@ -151,6 +156,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 measure: std::time::Duration::from_secs_f64(minutes * 60.0),
                 churn_median: churn_median_min
                     .map(|m| std::time::Duration::from_secs_f64(m * 60.0)),
+                partition: partition_s.map(|s| {
+                    let after = std::time::Duration::from_secs(10);
+                    (after, std::time::Duration::from_secs_f64(s))
+                }),
                 ..Default::default()
             };
             let start = std::time::Instant::now();

@@ -147,6 +147,9 @@ pub struct RingExperiment {
     /// Median session length under churn (exponential sessions; half leave gracefully, half
     /// crash); `None`: no churn.
     pub churn_median: Option<Duration>,
+    /// A 50/50 split (hosts by parity) from this long into the measurement, for the second
+    /// duration; then the network heals.
+    pub partition: Option<(Duration, Duration)>,
 }
 
 impl Default for RingExperiment {
@@ -159,6 +162,7 @@ impl Default for RingExperiment {
             measure: Duration::from_secs(300),
             lookups_per_min: 6.0,
             churn_median: None,
+            partition: None,
         }
     }
 }
@@ -184,6 +188,9 @@ pub struct RingReport {
     pub departures: u64,
     /// Whether the live nodes formed one consistent ring at the end.
     pub ring_consistent: bool,
+    /// After a partition healed, how long until the live nodes formed one consistent ring
+    /// again (checked every second); `None` if no partition or not by the end.
+    pub merge_seconds: Option<f64>,
     /// Messages sent per node per second, over the measurement.
     pub messages_per_node_s: f64,
     /// Engine events processed.
@@ -197,6 +204,9 @@ enum Ext {
     Join,
     Lookup(HostId),
     Depart(HostId),
+    Split,
+    Heal,
+    CheckMerged,
 }
 
 struct Ring {
@@ -322,10 +332,18 @@ pub fn run_ring(x: &RingExperiment) -> RingReport {
     let mut events = Vec::new();
     let mut sent_at_start = 0u64;
     let mut armed = false;
+    let mut healed_at: Option<u64> = None;
+    let mut merge_seconds: Option<f64> = None;
     loop {
         if !armed && ring.engine.now() >= measure_from {
             armed = true;
             sent_at_start = ring.engine.traffic().values().map(|t| t.count).sum();
+            if let Some((after, length)) = x.partition {
+                let at = ring.engine.now() + after.as_nanos() as u64;
+                ring.engine.schedule(at, Ext::Split);
+                ring.engine
+                    .schedule(at + length.as_nanos() as u64, Ext::Heal);
+            }
             for h in ring.members.clone() {
                 ring.schedule_lookup(h, x.lookups_per_min);
                 if let Some(median) = x.churn_median {
@@ -337,6 +355,24 @@ pub fn run_ring(x: &RingExperiment) -> RingReport {
         match ring.engine.step(horizon, &mut events) {
             Step::Idle if armed => break,
             Step::Idle => {}
+            Step::External(Ext::Split) => ring.engine.partition(|h| h.0 % 2 == 1),
+            Step::External(Ext::Heal) => {
+                ring.engine.heal();
+                healed_at = Some(ring.engine.now());
+                let next = ring.engine.now() + 1_000_000_000;
+                ring.engine.schedule(next, Ext::CheckMerged);
+            }
+            Step::External(Ext::CheckMerged) => {
+                if merge_seconds.is_none() {
+                    if ring.consistent() {
+                        let since = ring.engine.now() - healed_at.unwrap_or_default();
+                        merge_seconds = Some(since as f64 / 1e9);
+                    } else {
+                        let next = ring.engine.now() + 1_000_000_000;
+                        ring.engine.schedule(next, Ext::CheckMerged);
+                    }
+                }
+            }
             Step::External(Ext::Join) => {
                 if let Some(b) = ring.random_member() {
                     let h = ring.start(Some(b));
@@ -422,6 +458,7 @@ pub fn run_ring(x: &RingExperiment) -> RingReport {
         hop_bound: (n as f64).log2() / 2.0 + 1.0,
         departures,
         ring_consistent: ring.consistent(),
+        merge_seconds,
         messages_per_node_s: sent as f64 / n as f64 / x.measure.as_secs_f64(),
         events: ring.engine.processed(),
     }

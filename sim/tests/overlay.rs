@@ -38,3 +38,19 @@ fn lookups_succeed_under_churn() {
         "{report:?}"
     );
 }
+
+#[test]
+fn a_fifty_fifty_split_for_a_minute_heals_into_one_ring_within_thirty_seconds() {
+    let report = run_ring(&RingExperiment {
+        nodes: 200,
+        seed: 9,
+        measure: Duration::from_secs(150),
+        lookups_per_min: 2.0,
+        partition: Some((Duration::from_secs(10), Duration::from_secs(60))),
+        ..RingExperiment::default()
+    });
+    println!("{report:?}");
+    let merged = report.merge_seconds.unwrap_or(f64::INFINITY);
+    assert!(merged <= 30.0, "{report:?}");
+    assert!(report.ring_consistent, "{report:?}");
+}
