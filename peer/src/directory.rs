@@ -79,26 +79,38 @@ pub async fn register(
 ) -> Result<(), DirectoryError> {
     let signed = record.map(|r| postcard::to_stdvec(r).unwrap_or_default());
     let mut last = None;
-    for attempt in 0..8u32 {
-        let (stored_record, members) = read(overlay, channel).await?;
-        let mut ops = Vec::new();
-        if let Some(bytes) = &signed {
-            if stored_record.as_ref() != Some(&Value::Bytes(bytes.clone())) {
-                ops.push(
-                    swarm::publish_record(&channel.0, stored_record.as_ref(), bytes.clone())?.op,
-                );
-            }
+    for attempt in 0..16u32 {
+        if attempt > 0 {
+            // Randomized exponential backoff, so that racing members spread out.
+            let ceiling = 20u64 << attempt.min(6);
+            tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % ceiling)).await;
         }
-        let me = me_as_member(peer, addr);
-        ops.push(swarm::join_members(&channel.0, members.as_ref(), me, now_unix_s())?.op);
-        match overlay.transact(ops).await {
-            Ok(_) => return Ok(()),
-            Err(e @ (Abort::Mismatch { .. } | Abort::Conflict { .. })) => {
-                debug!(attempt, error = %e, "directory update raced; retrying");
-                last = Some(e);
-                tokio::time::sleep(Duration::from_millis(20 << attempt.min(5))).await;
+        let result = async {
+            let (stored_record, members) = read(overlay, channel).await?;
+            let mut ops = Vec::new();
+            if let Some(bytes) = &signed {
+                if stored_record.as_ref() != Some(&Value::Bytes(bytes.clone())) {
+                    let update =
+                        swarm::publish_record(&channel.0, stored_record.as_ref(), bytes.clone())?;
+                    ops.push(update.op);
+                }
             }
-            Err(e) => return Err(e.into()),
+            let me = me_as_member(peer, addr);
+            ops.push(swarm::join_members(&channel.0, members.as_ref(), me, now_unix_s())?.op);
+            overlay.transact(ops).await?;
+            Ok::<_, DirectoryError>(())
+        }
+        .await;
+        match result {
+            Ok(()) => return Ok(()),
+            // Raced with another member, or the ring is still settling: try again.
+            Err(DirectoryError::Overlay(
+                e @ (Abort::Mismatch { .. } | Abort::Conflict { .. } | Abort::NoQuorum { .. }),
+            )) => {
+                debug!(attempt, error = %e, "directory update did not go through; retrying");
+                last = Some(e);
+            }
+            Err(e) => return Err(e),
         }
     }
     Err(last.unwrap_or(Abort::Timeout).into())
@@ -149,7 +161,9 @@ pub async fn keep_registered(
                 Err(e) => debug!(error = %e, "directory lookup failed"),
             }
         }
-        tokio::time::sleep(REFRESH_EVERY).await;
+        // Jittered, so that members that started together do not refresh in lockstep.
+        let jitter = 0.75 + rand::random::<f64>() / 2.0;
+        tokio::time::sleep(REFRESH_EVERY.mul_f64(jitter)).await;
         if overlay.status().await.is_none() {
             return;
         }

@@ -374,6 +374,11 @@ impl OverlayNode {
 
     pub(crate) fn on_prepare(&mut self, key: RingId, p: Prepare) {
         let tid = p.tid;
+        if self.decided.contains(&tid) {
+            // A retransmitted prepare that arrived after the outcome: locking now would hold
+            // the key until the participant asked again.
+            return;
+        }
         let instance = (p.item, p.replica);
         let known = self
             .participants
@@ -469,12 +474,14 @@ impl OverlayNode {
     }
 
     pub(crate) fn on_decide(&mut self, tid: TxId, commit: bool) {
+        let mut any = false;
         if let Some(ps) = self.participants.remove(&tid) {
             for p in ps {
                 self.store.finish(p.key, tid, &p.entry, commit);
             }
+            self.decided.insert(tid);
+            any = true;
         }
-        let mut any = false;
         for slot in 0..self.cfg.acceptors() {
             if let Some(a) = self.acceptors.get_mut(&(tid, slot)) {
                 a.decided = Some(commit);
@@ -504,6 +511,7 @@ impl OverlayNode {
     }
 
     pub(crate) fn forget_tx(&mut self, tid: TxId) {
+        self.decided.remove(&tid);
         self.leaders.remove(&tid);
         for slot in 0..self.cfg.acceptors() {
             self.acceptors.remove(&(tid, slot));

@@ -242,6 +242,8 @@ pub struct OverlayNode {
     pub(crate) leaders: HashMap<TxId, Leader>,
     pub(crate) acceptors: HashMap<(TxId, u8), Acceptor>,
     pub(crate) participants: HashMap<TxId, Vec<Participant>>,
+    /// Transactions this node took part in and saw decided (for a while).
+    pub(crate) decided: rustc_hash::FxHashSet<TxId>,
     pub(crate) fetches: HashMap<u64, Fetch>,
     pub(crate) repair_cursor: u32,
     pub(crate) recovery: Option<Recovery>,
@@ -282,6 +284,7 @@ impl OverlayNode {
             leaders: HashMap::default(),
             acceptors: HashMap::default(),
             participants: HashMap::default(),
+            decided: rustc_hash::FxHashSet::default(),
             fetches: HashMap::default(),
             repair_cursor: 0,
             recovery: None,
