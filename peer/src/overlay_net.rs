@@ -354,15 +354,8 @@ impl Actor {
 
     /// Dials an address without knowing who is there, to join through it.
     fn dial_addr(&self, addr: SocketAddr) {
-        let config = match tls::client_config(&self.key, None) {
-            Ok(mut c) => {
-                c.transport_config(self.transport.clone());
-                c
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot build a client TLS configuration");
-                return;
-            }
+        let Some(config) = self.client_config(None) else {
+            return;
         };
         let endpoint = self.endpoint.clone();
         let inbox = self.inbox.clone();
@@ -385,17 +378,24 @@ impl Actor {
         });
     }
 
-    fn dial(&self, to: NodeRef) {
-        let config = match tls::client_config(&self.key, Some(PeerId(to.peer))) {
+    /// The client configuration for dialling `expected` (or whoever answers).
+    fn client_config(&self, expected: Option<PeerId>) -> Option<quinn::ClientConfig> {
+        match tls::client_config(&self.key, expected) {
             Ok(mut c) => {
                 c.transport_config(self.transport.clone());
-                c
+                Some(c)
             }
             Err(e) => {
                 warn!(error = %e, "cannot build a client TLS configuration");
-                let _ = self.inbox.send(Inbox::DialFailed(to));
-                return;
+                None
             }
+        }
+    }
+
+    fn dial(&self, to: NodeRef) {
+        let Some(config) = self.client_config(Some(PeerId(to.peer))) else {
+            let _ = self.inbox.send(Inbox::DialFailed(to));
+            return;
         };
         let endpoint = self.endpoint.clone();
         let inbox = self.inbox.clone();

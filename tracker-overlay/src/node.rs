@@ -472,24 +472,15 @@ impl OverlayNode {
         if self.phase == Phase::Leaving {
             // Only the hand-over matters now; routed messages go on to the successor.
             match msg.body {
-                Body::Handover {
-                    id,
-                    last,
-                    leaving,
-                    from: lo,
-                    to,
-                    sure,
-                    items,
-                } => self.on_handover(from, id, (last, leaving), (lo, to, sure), items),
-                Body::HandoverAck { id } => self.on_handover_ack(id),
+                Body::Handover { .. } | Body::HandoverAck { .. } => {}
                 Body::Route(routed) => {
                     if let Some(succ) = self.succs.first().copied() {
                         self.send(succ, Body::Route(routed));
                     }
+                    return;
                 }
-                _ => {}
+                _ => return,
             }
-            return;
         }
         self.heard_from(from);
         match msg.body {
