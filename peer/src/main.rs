@@ -66,6 +66,11 @@ struct NetArgs {
     /// free port].
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// The UDP address other peers should dial us at (e.g. a port forwarded on a router)
+    /// [the listen address; for a wildcard one, the interface that routes toward the
+    /// bootstrap peer].
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
     /// HTTP address of the local gateway (player page, HLS, status API) [broadcaster:
     /// 127.0.0.1 on any free port; viewer: 127.0.0.1:8080].
     #[arg(long)]
@@ -198,6 +203,7 @@ fn node_config(net: &NetArgs, role: Role) -> NodeConfig {
     NodeConfig {
         listen: net.listen.unwrap_or_else(|| listen.into()),
         http: Some(net.http.unwrap_or_else(|| http.into())),
+        advertise: net.advertise,
         web_root: net
             .web_root
             .clone()

@@ -23,7 +23,7 @@ use tracker_overlay::{
 
 use crate::bench::store::{bench_config, Clients, StoreBenchArgs};
 use crate::identity::{Keypair, PeerId};
-use crate::node::tls;
+use crate::node::{tls, Connections};
 
 /// The first byte of an overlay stream (segment streams start otherwise).
 pub const OVERLAY_STREAM: u8 = 0x4f;
@@ -109,16 +109,15 @@ impl OverlayHandle {
         false
     }
 
-    /// Takes an incoming connection whose peer opened `first`, an overlay stream.
-    pub fn accept(&self, conn: quinn::Connection, peer: PeerId, first: quinn::RecvStream) {
-        let _ = self.inbox.send(Inbox::Connected(peer, conn.clone()));
-        tokio::spawn(read_stream(first, peer, self.inbox.clone()));
-        tokio::spawn(read_streams(conn, peer, self.inbox.clone()));
-    }
-
-    /// Takes an overlay stream that arrived on a connection the caller reads.
-    pub fn accept_stream(&self, peer: PeerId, stream: quinn::RecvStream) {
-        tokio::spawn(read_stream(stream, peer, self.inbox.clone()));
+    /// Takes an overlay stream that arrived from `peer`; `read` holds the bytes the caller
+    /// already took from it (at least the tag).
+    pub(crate) fn accept_stream(
+        &self,
+        peer: PeerId,
+        read: bytes::BytesMut,
+        stream: quinn::RecvStream,
+    ) {
+        tokio::spawn(read_stream(read, stream, peer, self.inbox.clone()));
     }
 
     /// Leaves the ring gracefully; the node's task ends once its range is handed over.
@@ -146,29 +145,30 @@ impl OverlayHandle {
 /// Starts an overlay node on its own QUIC endpoint bound to `listen`.
 pub fn spawn(key: &Keypair, listen: SocketAddr, cfg: Config) -> anyhow::Result<OverlayHandle> {
     let server = tls::server_config(key)?;
-    let mut endpoint = Endpoint::server(server, listen)?;
+    let endpoint = Endpoint::server(server, listen)?;
     let mut transport = quinn::TransportConfig::default();
     transport
         .keep_alive_interval(Some(Duration::from_secs(2)))
         .max_idle_timeout(Some(VarInt::from_u32(10_000).into()));
-    let transport = Arc::new(transport);
-    let mut client = tls::client_config(key, None)?;
-    client.transport_config(transport.clone());
-    endpoint.set_default_client_config(client);
     let addr = endpoint.local_addr()?;
-    let handle = spawn_on(endpoint.clone(), key, addr, transport, cfg);
-    tokio::spawn(accept_loop(endpoint, handle.inbox.clone()));
+    let conns = Connections::overlay_only(endpoint, key.clone(), Arc::new(transport));
+    let handle = spawn_on(conns.clone(), key, addr, cfg);
+    // The endpoint lives as long as its accept loop: for the whole process (benchmarks).
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        conns.accept_loop(stop_rx).await;
+        drop(stop);
+    });
     Ok(handle)
 }
 
-/// Starts an overlay node on an endpoint the caller owns (the segment node's): it dials from
-/// it, and the caller hands it the incoming connections that open with an overlay stream
-/// ([`OverlayHandle::accept`]). `advertise` is the address other nodes dial.
-pub fn spawn_on(
-    endpoint: Endpoint,
+/// Starts an overlay node on connections the caller owns (the segment node's): it dials
+/// through them and they hand it the overlay streams peers open. `advertise` is the address
+/// other nodes dial.
+pub(crate) fn spawn_on(
+    conns: Connections,
     key: &Keypair,
     advertise: SocketAddr,
-    transport: Arc<quinn::TransportConfig>,
     cfg: Config,
 ) -> OverlayHandle {
     let me = NodeRef::new(key.peer_id().0, advertise);
@@ -176,20 +176,20 @@ pub fn spawn_on(
     let (inbox, inbox_rx) = mpsc::unbounded_channel();
     let actor = Actor {
         node: OverlayNode::new(Instant::now(), me, cfg),
-        endpoint,
-        key: key.clone(),
-        transport,
+        conns: conns.clone(),
         inbox: inbox.clone(),
         peers: HashMap::default(),
         txs: HashMap::default(),
         left: false,
     };
     tokio::spawn(actor.run(command_rx, inbox_rx));
-    OverlayHandle {
+    let handle = OverlayHandle {
         me,
         commands,
         inbox,
-    }
+    };
+    conns.set_overlay(handle.clone());
+    handle
 }
 
 enum PeerLink {
@@ -199,9 +199,7 @@ enum PeerLink {
 
 struct Actor {
     node: OverlayNode,
-    endpoint: Endpoint,
-    key: Keypair,
-    transport: Arc<quinn::TransportConfig>,
+    conns: Connections,
     inbox: mpsc::UnboundedSender<Inbox>,
     peers: HashMap<PeerId, PeerLink>,
     txs: HashMap<u64, oneshot::Sender<TxResult>>,
@@ -354,23 +352,11 @@ impl Actor {
 
     /// Dials an address without knowing who is there, to join through it.
     fn dial_addr(&self, addr: SocketAddr) {
-        let Some(config) = self.client_config(None) else {
-            return;
-        };
-        let endpoint = self.endpoint.clone();
+        let conns = self.conns.clone();
         let inbox = self.inbox.clone();
         tokio::spawn(async move {
-            let conn = async {
-                let conn = endpoint
-                    .connect_with(config, addr, tls::server_name())?
-                    .await?;
-                let peer = tls::peer_id_of(&conn).ok_or_else(|| anyhow::anyhow!("no peer id"))?;
-                Ok::<_, anyhow::Error>((conn, peer))
-            }
-            .await;
-            match conn {
-                Ok((conn, peer)) => {
-                    tokio::spawn(read_streams(conn.clone(), peer, inbox.clone()));
+            match conns.connect(None, addr).await {
+                Ok((peer, conn)) => {
                     let _ = inbox.send(Inbox::JoinVia(NodeRef::new(peer.0, addr), conn));
                 }
                 Err(e) => warn!(%addr, error = %e, "cannot reach the overlay bootstrap node"),
@@ -378,39 +364,14 @@ impl Actor {
         });
     }
 
-    /// The client configuration for dialling `expected` (or whoever answers).
-    fn client_config(&self, expected: Option<PeerId>) -> Option<quinn::ClientConfig> {
-        match tls::client_config(&self.key, expected) {
-            Ok(mut c) => {
-                c.transport_config(self.transport.clone());
-                Some(c)
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot build a client TLS configuration");
-                None
-            }
-        }
-    }
-
+    /// Gets a connection to `to` (the node's, if it has one) to send on.
     fn dial(&self, to: NodeRef) {
-        let Some(config) = self.client_config(Some(PeerId(to.peer))) else {
-            let _ = self.inbox.send(Inbox::DialFailed(to));
-            return;
-        };
-        let endpoint = self.endpoint.clone();
+        let conns = self.conns.clone();
         let inbox = self.inbox.clone();
         tokio::spawn(async move {
-            let conn = async {
-                let conn = endpoint
-                    .connect_with(config, to.addr, tls::server_name())?
-                    .await?;
-                Ok::<_, anyhow::Error>(conn)
-            }
-            .await;
-            match conn {
-                Ok(conn) => {
-                    tokio::spawn(read_streams(conn.clone(), PeerId(to.peer), inbox.clone()));
-                    let _ = inbox.send(Inbox::Connected(PeerId(to.peer), conn));
+            match conns.connect(Some(PeerId(to.peer)), to.addr).await {
+                Ok((peer, conn)) => {
+                    let _ = inbox.send(Inbox::Connected(peer, conn));
                 }
                 Err(e) => {
                     debug!(peer = ?to, error = %e, "overlay dial failed");
@@ -421,42 +382,26 @@ impl Actor {
     }
 }
 
-async fn accept_loop(endpoint: Endpoint, inbox: mpsc::UnboundedSender<Inbox>) {
-    while let Some(incoming) = endpoint.accept().await {
-        let inbox = inbox.clone();
-        tokio::spawn(async move {
-            let Ok(conn) = incoming.await else { return };
-            let Some(peer) = tls::peer_id_of(&conn) else {
-                return;
-            };
-            let _ = inbox.send(Inbox::Connected(peer, conn.clone()));
-            read_streams(conn, peer, inbox).await;
-        });
-    }
-}
-
-/// Reads the overlay streams a peer opens on `conn`.
-async fn read_streams(conn: quinn::Connection, peer: PeerId, inbox: mpsc::UnboundedSender<Inbox>) {
-    while let Ok(recv) = conn.accept_uni().await {
-        tokio::spawn(read_stream(recv, peer, inbox.clone()));
-    }
-}
-
 /// Reads one overlay stream chunk by chunk and hands over every complete message of a chunk
 /// at once.
 async fn read_stream(
+    mut buf: bytes::BytesMut,
     mut recv: quinn::RecvStream,
     peer: PeerId,
     inbox: mpsc::UnboundedSender<Inbox>,
 ) {
-    let mut buf = bytes::BytesMut::new();
     let mut tagged = false;
     loop {
-        let chunk = match recv.read_chunk(64 * 1024, true).await {
-            Ok(Some(chunk)) => chunk.bytes,
-            Ok(None) | Err(_) => return,
-        };
-        buf.extend_from_slice(&chunk);
+        if buf.is_empty() || tagged {
+            let chunk = match recv.read_chunk(64 * 1024, true).await {
+                Ok(Some(chunk)) => chunk.bytes,
+                Ok(None) | Err(_) => return,
+            };
+            buf.extend_from_slice(&chunk);
+        }
+        if buf.is_empty() {
+            continue;
+        }
         if !tagged {
             if buf[0] != OVERLAY_STREAM {
                 let _ = recv.stop(VarInt::from_u32(0x12));

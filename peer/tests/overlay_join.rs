@@ -74,6 +74,16 @@ async fn a_viewer_bootstrapped_by_another_viewer_finds_the_channel_through_the_o
         || second.status()["segments_stored"].as_u64() >= Some(want),
     )
     .await;
+    // The first viewer reaches the source for segments and for the ring over one connection.
+    let source = broadcast.node().peer_id();
+    assert!(first.overlay().status().await.unwrap().sent > 0);
+    let to_source: Vec<usize> = first
+        .connections()
+        .into_iter()
+        .filter(|(p, _)| *p == source)
+        .map(|(_, n)| n)
+        .collect();
+    assert_eq!(to_source, vec![1], "one connection to the source");
     // It is in the ring, and the directory lists the source and both viewers.
     assert!(second.overlay().joined(Duration::from_secs(1)).await);
     let (record, members) = peer::directory::find(second.overlay(), channel, second.peer_id())

@@ -1,9 +1,10 @@
 //! The real node: drives one [`Exchange`] with tokio and quinn, and feeds the gateway's store.
 //!
 //! ```text
-//!   quinn Endpoint ──accept/dial──▶ connection task (one per peer)
+//!   quinn Endpoint ──accept/dial──▶ Connections: one connection per peer, shared with the overlay
 //!        │                              │ control stream → FrameDecoder → Msg::Frame
 //!        │                              │ uni streams    → segment reader → Msg::Segment
+//!        │                              │                  (or the overlay's reader, by tag)
 //!        ▼                              ▼
 //!   actor task: owns the Exchange, the connection table and the timer
 //!        │ Output::Send        → the connection's writer task (control stream)
@@ -14,7 +15,10 @@
 //!
 //! All protocol decisions are the exchange's; this module only moves bytes and time.
 
+mod conns;
 pub mod tls;
+
+pub(crate) use conns::Connections;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -40,11 +44,9 @@ use crate::wire::{Frame, FrameDecoder, FrameError, PeerAddr, SegmentHeader};
 
 /// Close codes of our QUIC connections (application error codes).
 mod close_code {
-    pub const DUPLICATE: u32 = 0x01;
     pub const PROTOCOL: u32 = 0x02;
     pub const SLOW: u32 = 0x03;
     pub const SHUTDOWN: u32 = 0x04;
-    pub const FULL: u32 = 0x05;
 }
 
 /// The largest segment stream accepted before its header is checked against a statement.
@@ -63,7 +65,7 @@ pub struct NodeConfig {
     /// The UDP address to listen on.
     pub listen: SocketAddr,
     /// The address other peers should dial, when it differs from what `listen` says (for a
-    /// wildcard bind, peers fill in the IP they see).
+    /// wildcard bind: the interface that routes toward the bootstrap peer).
     pub advertise: Option<SocketAddr>,
     /// The exchange's tuning.
     pub exchange: ExchangeConfig,
@@ -162,6 +164,7 @@ pub struct NodeHandle {
     local_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
     overlay: OverlayHandle,
+    net: Connections,
     tasks: Arc<tokio::sync::Mutex<JoinSet<()>>>,
 }
 
@@ -169,6 +172,12 @@ impl NodeHandle {
     /// The node's overlay node (ring, store, swarm metadata), on the same QUIC endpoint.
     pub fn overlay(&self) -> &OverlayHandle {
         &self.overlay
+    }
+
+    /// How many QUIC connections are open to each peer (the segment exchange and the overlay
+    /// share one per peer).
+    pub fn connections(&self) -> Vec<(PeerId, usize)> {
+        self.net.open()
     }
 
     /// Peers to try as partners (e.g. the channel's members, found through the overlay).
@@ -378,7 +387,15 @@ async fn start(
         addr: config.listen,
         source,
     })?;
-    let advertise = config.advertise.unwrap_or(local_addr);
+    let toward = config.overlay_bootstrap.or_else(|| {
+        bootstrap.first().map(|b| match b {
+            Bootstrap::Peer(p) => p.addr,
+            Bootstrap::Addr(a) => *a,
+        })
+    });
+    let advertise = config
+        .advertise
+        .unwrap_or_else(|| routable_addr(local_addr, toward));
     let peer_id = key.peer_id();
     let now = Instant::now();
     let mut exchange = match record {
@@ -451,21 +468,12 @@ async fn start(
         None => None,
     };
 
+    let conns = Connections::new(endpoint.clone(), key.clone(), transport, Some(tx.clone()));
     let mut candidates = Vec::new();
     for b in &bootstrap {
         match b {
             Bootstrap::Peer(p) => candidates.push(*p),
-            Bootstrap::Addr(addr) => {
-                spawn_dial(
-                    &endpoint,
-                    &key,
-                    &transport,
-                    None,
-                    *addr,
-                    tx.clone(),
-                    peer_id,
-                );
-            }
+            Bootstrap::Addr(addr) => spawn_dial(&conns, None, *addr, tx.clone(), peer_id),
         }
     }
     exchange.add_candidates(now, candidates);
@@ -474,28 +482,18 @@ async fn start(
         seed: rand::random(),
         ..tracker_overlay::Config::default()
     };
-    let overlay = crate::overlay_net::spawn_on(
-        endpoint.clone(),
-        &key,
-        advertise,
-        transport.clone(),
-        overlay_config,
-    );
+    let overlay = crate::overlay_net::spawn_on(conns.clone(), &key, advertise, overlay_config);
     let span = tracing::info_span!("node", peer = %peer_id.short());
     tasks.spawn(
-        accept_loop(
-            endpoint.clone(),
-            tx.clone(),
-            overlay.clone(),
-            stop_rx.clone(),
-        )
-        .instrument(span.clone()),
+        conns
+            .clone()
+            .accept_loop(stop_rx.clone())
+            .instrument(span.clone()),
     );
     let actor = Actor {
         exchange,
         endpoint,
-        key,
-        transport,
+        net: conns.clone(),
         conns: HashMap::new(),
         next_gen: 0,
         tx: tx.clone(),
@@ -527,8 +525,40 @@ async fn start(
         local_addr,
         http_addr,
         overlay,
+        net: conns,
         tasks: Arc::new(tokio::sync::Mutex::new(tasks)),
     })
+}
+
+/// The address others can dial us at when we were told none: `local` itself unless it is a
+/// wildcard, else the address of the interface the system would use toward `toward` (or
+/// toward the Internet), found by connecting an unbound UDP socket, which sends nothing.
+fn routable_addr(local: SocketAddr, toward: Option<SocketAddr>) -> SocketAddr {
+    if !local.ip().is_unspecified() {
+        return local;
+    }
+    let probe = |target: SocketAddr| {
+        let any = SocketAddr::new(local.ip(), 0);
+        let socket = std::net::UdpSocket::bind(any).ok()?;
+        socket.connect(target).ok()?;
+        socket.local_addr().ok().map(|a| a.ip())
+    };
+    // A documentation address (RFC 5737 / 3849): routed like any public one, never reached.
+    let internet = if local.is_ipv4() {
+        SocketAddr::from(([192, 0, 2, 1], 9))
+    } else {
+        SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1], 9))
+    };
+    let ip = toward
+        .and_then(probe)
+        .or_else(|| probe(internet))
+        .filter(|ip| !ip.is_unspecified())
+        .unwrap_or(if local.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    SocketAddr::new(ip, local.port())
 }
 
 fn with_transport(
@@ -542,8 +572,8 @@ fn with_transport(
 struct Actor {
     exchange: Exchange,
     endpoint: Endpoint,
-    key: Keypair,
-    transport: Arc<quinn::TransportConfig>,
+    /// Connections to peers (shared with the overlay).
+    net: Connections,
     conns: HashMap<PeerId, Conn>,
     next_gen: u64,
     tx: mpsc::UnboundedSender<Msg>,
@@ -617,15 +647,7 @@ impl Actor {
             );
             let me = self.exchange.me();
             for addr in self.bootstrap.clone() {
-                spawn_dial(
-                    &self.endpoint,
-                    &self.key,
-                    &self.transport,
-                    None,
-                    addr,
-                    self.tx.clone(),
-                    me,
-                );
+                spawn_dial(&self.net, None, addr, self.tx.clone(), me);
             }
             self.retry_backoff = (self.retry_backoff * 2).min(MAX_RETRY);
         } else {
@@ -715,22 +737,16 @@ impl Actor {
         } = link;
         let me = self.exchange.me();
         if let Some(existing) = self.conns.get(&peer) {
-            // Both sides dialled at once. Both keep the connection dialled by the smaller id,
-            // so they agree without talking.
+            // Both sides opened a control stream at once. Both keep the one opened by the
+            // smaller id, so they agree without talking; the other one just ends (the
+            // connection under it stays, the overlay may be using it).
             let keep_new = dialled_by == me.min(peer) && existing.dialled_by != dialled_by;
             if !keep_new {
-                conn.close(
-                    VarInt::from_u32(close_code::DUPLICATE),
-                    b"duplicate connection",
-                );
+                debug!(peer = %peer.short(), "duplicate control stream dropped");
                 return;
             }
-            if let Some(old) = self.conns.remove(&peer) {
-                old.conn.close(
-                    VarInt::from_u32(close_code::DUPLICATE),
-                    b"duplicate connection",
-                );
-            }
+            // Dropping the old link finishes its control stream.
+            self.conns.remove(&peer);
             self.exchange
                 .handle_input(now, Input::Disconnected { peer });
         }
@@ -788,34 +804,29 @@ impl Actor {
                 }
                 Output::Dial(target) => {
                     let me = self.exchange.me();
-                    spawn_dial(
-                        &self.endpoint,
-                        &self.key,
-                        &self.transport,
-                        Some(target.id),
-                        target.addr,
-                        self.tx.clone(),
-                        me,
-                    );
+                    spawn_dial(&self.net, Some(target.id), target.addr, self.tx.clone(), me);
                 }
                 Output::Close { peer, reason } => {
+                    if reason == CloseReason::Full {
+                        // Only the segment link ends: its control stream finishes after the
+                        // frames already queued (the peers to try); the connection stays for
+                        // the overlay.
+                        debug!(peer = %peer.short(), "full: redirecting a newcomer");
+                        self.conns.remove(&peer);
+                        continue;
+                    }
                     let Some(c) = self.conns.get(&peer) else {
                         continue;
                     };
-                    let code = match reason {
-                        CloseReason::Full => close_code::FULL,
-                        CloseReason::WrongChannel | CloseReason::Misbehaved => close_code::PROTOCOL,
-                    };
-                    if reason == CloseReason::Full {
-                        debug!(peer = %peer.short(), "full: redirecting a newcomer");
-                    } else {
-                        warn!(peer = %peer.short(), reason = reason.as_str(), "closing connection");
-                    }
-                    // Let the frames already queued (the peers to try) leave first.
+                    warn!(peer = %peer.short(), reason = reason.as_str(), "closing connection");
+                    // Let the frames already queued leave first.
                     let conn = c.conn.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(Duration::from_millis(300)).await;
-                        conn.close(VarInt::from_u32(code), reason.as_str().as_bytes());
+                        conn.close(
+                            VarInt::from_u32(close_code::PROTOCOL),
+                            reason.as_str().as_bytes(),
+                        );
                     });
                 }
                 Output::Event(event) => self.on_event(event),
@@ -905,6 +916,7 @@ impl Actor {
             "statements_rejected": stats.statements_rejected,
             "requests_retried": stats.requests_retried,
             "partners": partners,
+            "connections": self.net.open().iter().map(|(_, n)| n).sum::<usize>(),
             "qos": qos,
         });
         if let Ok(mut status) = self.status.lock() {
@@ -971,29 +983,19 @@ impl NodeQos {
     }
 }
 
+/// Opens a control stream to `expected` (or whoever listens at `addr`), on the connection the
+/// node already has to it or on a new one.
 fn spawn_dial(
-    endpoint: &Endpoint,
-    key: &Keypair,
-    transport: &Arc<quinn::TransportConfig>,
+    conns: &Connections,
     expected: Option<PeerId>,
     addr: SocketAddr,
     tx: mpsc::UnboundedSender<Msg>,
     me: PeerId,
 ) {
-    let config = match tls::client_config(key, expected) {
-        Ok(c) => with_transport(c, transport),
-        Err(e) => {
-            warn!(error = %e, "cannot build a client TLS configuration");
-            let _ = tx.send(Msg::DialFailed { peer: expected });
-            return;
-        }
-    };
-    let endpoint = endpoint.clone();
+    let conns = conns.clone();
     tokio::spawn(async move {
         let result = async {
-            let connecting = endpoint.connect_with(config, addr, tls::server_name())?;
-            let conn = connecting.await?;
-            let peer = tls::peer_id_of(&conn).ok_or(DialError::Other("no peer identity"))?;
+            let (peer, conn) = conns.connect(expected, addr).await?;
             let (send, recv) = conn.open_bi().await?;
             Ok::<_, DialError>(Link {
                 peer,
@@ -1018,8 +1020,9 @@ fn spawn_dial(
     });
 }
 
+/// Why a peer could not be reached.
 #[derive(Debug, thiserror::Error)]
-enum DialError {
+pub(crate) enum DialError {
     #[error(transparent)]
     Connect(#[from] quinn::ConnectError),
     #[error(transparent)]
@@ -1028,65 +1031,9 @@ enum DialError {
     Stream(#[from] quinn::ReadError),
     #[error("{0}")]
     Other(&'static str),
-}
-
-async fn accept_loop(
-    endpoint: Endpoint,
-    tx: mpsc::UnboundedSender<Msg>,
-    overlay: OverlayHandle,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        let incoming = tokio::select! {
-            i = endpoint.accept() => i,
-            _ = stop.wait_for(|s| *s) => None,
-        };
-        let Some(incoming) = incoming else { break };
-        let tx = tx.clone();
-        let overlay = overlay.clone();
-        tokio::spawn(async move {
-            let remote = incoming.remote_address();
-            let result = async {
-                let conn = incoming.await?;
-                let peer = tls::peer_id_of(&conn).ok_or(DialError::Other("no peer identity"))?;
-                // A segment partner opens the control stream with its Hello; an overlay node
-                // opens a unidirectional overlay stream.
-                let first = async {
-                    tokio::select! {
-                        bi = conn.accept_bi() => bi.map(First::Control),
-                        uni = conn.accept_uni() => uni.map(First::Overlay),
-                    }
-                };
-                let first = tokio::time::timeout(Duration::from_secs(10), first)
-                    .await
-                    .map_err(|_| DialError::Other("no stream within 10 s"))??;
-                Ok::<_, DialError>((peer, conn, first))
-            }
-            .await;
-            match result {
-                Ok((peer, conn, First::Control((send, recv)))) => {
-                    let link = Link {
-                        peer,
-                        conn,
-                        send,
-                        recv,
-                    };
-                    let _ = tx.send(Msg::Connected {
-                        link,
-                        dialled_by: peer,
-                    });
-                }
-                Ok((peer, conn, First::Overlay(stream))) => overlay.accept(conn, peer, stream),
-                Err(e) => debug!(%remote, error = %e, "incoming connection failed"),
-            }
-        });
-    }
-}
-
-/// The first stream a dialler opens tells what the connection is for.
-enum First {
-    Control((SendStream, RecvStream)),
-    Overlay(RecvStream),
+    /// Another task's dial to the same address failed so.
+    #[error("{0}")]
+    Shared(String),
 }
 
 /// Writes queued control frames to the control stream.
@@ -1109,38 +1056,29 @@ async fn read_connection(
     tx: mpsc::UnboundedSender<Msg>,
 ) {
     let mut decoder = FrameDecoder::default();
-    let mut control_open = true;
     loop {
-        tokio::select! {
-            chunk = control.read_chunk(64 * 1024, true), if control_open => match chunk {
-                Ok(Some(chunk)) => {
-                    decoder.extend(&chunk.bytes);
-                    loop {
-                        match decoder.next_frame() {
-                            Ok(Some(frame)) => {
-                                let _ = tx.send(Msg::Frame { peer, gen, frame });
-                            }
-                            Ok(None) => break,
-                            Err(error) => {
-                                reject_frame(&conn, peer, &error);
-                                let _ = tx.send(Msg::ConnClosed { peer, gen });
-                                return;
-                            }
+        match control.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => {
+                decoder.extend(&chunk.bytes);
+                loop {
+                    match decoder.next_frame() {
+                        Ok(Some(frame)) => {
+                            let _ = tx.send(Msg::Frame { peer, gen, frame });
+                        }
+                        Ok(None) => break,
+                        Err(error) => {
+                            reject_frame(&conn, peer, &error);
+                            let _ = tx.send(Msg::ConnClosed { peer, gen });
+                            return;
                         }
                     }
                 }
-                Ok(None) | Err(_) => control_open = false,
-            },
-            stream = conn.accept_uni() => match stream {
-                Ok(stream) => {
-                    tokio::spawn(read_segment(stream, peer, tx.clone()));
-                }
-                Err(e) => {
-                    debug!(peer = %peer.short(), reason = %e, "connection closed");
-                    let _ = tx.send(Msg::ConnClosed { peer, gen });
-                    return;
-                }
-            },
+            }
+            Ok(None) | Err(_) => {
+                debug!(peer = %peer.short(), gen, "control stream ended");
+                let _ = tx.send(Msg::ConnClosed { peer, gen });
+                return;
+            }
         }
     }
 }
@@ -1155,8 +1093,13 @@ fn reject_frame(conn: &Connection, peer: PeerId, error: &FrameError) {
 
 /// Reads one segment stream: its header, then at most the number of bytes the broadcaster
 /// signed for that segment (and only if we asked this peer for it).
-async fn read_segment(mut stream: RecvStream, peer: PeerId, tx: mpsc::UnboundedSender<Msg>) {
-    let mut buf = BytesMut::new();
+/// `buf` holds what the connection's dispatcher already read from it.
+async fn read_segment(
+    mut stream: RecvStream,
+    mut buf: BytesMut,
+    peer: PeerId,
+    tx: mpsc::UnboundedSender<Msg>,
+) {
     let (header, used) = loop {
         match SegmentHeader::parse(&buf) {
             Ok(Some(parsed)) => break parsed,
@@ -1239,4 +1182,23 @@ enum SendError {
     Write(#[from] quinn::WriteError),
     #[error(transparent)]
     Closed(#[from] quinn::ClosedStream),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wildcard_listener_advertises_the_interface_toward_its_bootstrap() {
+        let wildcard = SocketAddr::from(([0, 0, 0, 0], 4000));
+        let toward = SocketAddr::from(([127, 0, 0, 1], 5000));
+        assert_eq!(
+            routable_addr(wildcard, Some(toward)),
+            SocketAddr::from(([127, 0, 0, 1], 4000))
+        );
+        let bound = SocketAddr::from(([127, 0, 0, 1], 4000));
+        assert_eq!(routable_addr(bound, Some(toward)), bound);
+        // Without a bootstrap: some concrete address (the default route's, or loopback).
+        assert!(!routable_addr(wildcard, None).ip().is_unspecified());
+    }
 }
