@@ -11,6 +11,8 @@
 //!   headers.
 //! - [`exchange`]: the segment exchange state machine (`handle_input(now, …)` /
 //!   `poll_output()`): who has what, what to request from whom, verification before storing.
+//! - [`nat`]: NAT classes, which pairs can punch, the punching state machine, the relay's
+//!   forwarding table (and, with `node`, STUN, the shared UDP socket and the traversal task).
 //! - [`qos`]: the QoS definitions (continuity, startup delay, live latency, offload) that the
 //!   node and `sim` both compute.
 //!
@@ -29,6 +31,7 @@
 
 pub mod exchange;
 pub mod identity;
+pub mod nat;
 pub mod qos;
 pub mod segment;
 pub mod wire;

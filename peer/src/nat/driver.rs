@@ -1,0 +1,687 @@
+//! The traversal task: drives [`Punch`] with tokio, classifies the NAT at start, keeps relay
+//! registrations alive, and finds the path to a peer before the node dials it.
+//!
+//! ```text
+//!   Nat::start ── classify: STUN to the bootstrap peer and its partner (OTHER-ADDRESS),
+//!   │             CHANGE-REQUEST through the partner → NatClass
+//!   │             open: relay for others, offer to partner with the server
+//!   │             behind a NAT: register at the first server (the home relay), every 10 s
+//!   ▼
+//!   actor: NatSocket events + commands → Punch (sans-IO) → datagrams, path events
+//!   ▲
+//!   Nat::path_to(peer, addr) ── the peer's NatRecord (cache, else the overlay's store)
+//!                            ── register at its relay ── punch ── direct or virtual address
+//! ```
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+use tracker_overlay::{TxOp, Value};
+
+use super::packet::{Packet, Register};
+use super::punch::{self, Punch, PunchConfig};
+use super::relay::RelayConfig;
+use super::socket::{NatSocket, SocketEvent};
+use super::stun::{self, TxId};
+use super::{record_key, Connectivity, Filtering, Mapping, NatClass, NatRecord};
+use crate::identity::{Keypair, PeerId};
+use crate::overlay_net::OverlayHandle;
+
+/// How often registrations at relays are refreshed (also the keep-alive of the NAT mapping
+/// toward the relay).
+const REFRESH: Duration = Duration::from_secs(10);
+/// How long a STUN transaction may take.
+const STUN_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long we wait for an answer from a server's other address before we conclude that our
+/// NAT filters it.
+const FILTER_TEST: Duration = Duration::from_millis(800);
+/// How long a peer's record is reused before it is read again.
+const RECORD_TTL: Duration = Duration::from_secs(20);
+/// How long reading a record from the store may take.
+const RECORD_READ: Duration = Duration::from_secs(2);
+
+/// How to traverse NATs.
+#[derive(Debug, Clone, Default)]
+pub struct NatConfig {
+    /// STUN servers (the bootstrap peers): the first that answers is also the home relay.
+    pub stun: Vec<SocketAddr>,
+    /// Limits when this peer relays for others (it does when it is reachable).
+    pub relay: RelayConfig,
+    /// Punch timing.
+    pub punch: PunchConfig,
+}
+
+/// How a path to a peer goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    /// Straight to the peer (dialled, or through punched holes).
+    Direct,
+    /// Through the peer's relay.
+    Relayed,
+}
+
+/// The path last chosen to a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathInfo {
+    /// Direct or relayed.
+    pub kind: PathKind,
+    /// The address quinn dialled (a virtual address when relayed).
+    pub addr: SocketAddr,
+    /// From the start of [`Nat::path_to`] to the decision.
+    pub decided_in: Duration,
+    /// From the start of [`Nat::path_to`] to the QUIC connection, once the dialler reported it.
+    pub connected_in: Option<Duration>,
+}
+
+enum Command {
+    Punch {
+        peer: PeerId,
+        record: NatRecord,
+        reply: oneshot::Sender<punch::Event>,
+    },
+    AwaitStun {
+        tx: TxId,
+        reply: oneshot::Sender<(SocketAddr, stun::Response)>,
+    },
+    AwaitRegistered {
+        relay: SocketAddr,
+        reply: oneshot::Sender<()>,
+    },
+    SetSelf {
+        class: Connectivity,
+        candidates: Vec<SocketAddr>,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Shared {
+    class: NatClass,
+    reflexive: Option<SocketAddr>,
+    local: Vec<SocketAddr>,
+    home: Option<SocketAddr>,
+    paths: HashMap<PeerId, PathInfo>,
+    records: HashMap<PeerId, (NatRecord, Instant)>,
+    /// Relays we are registered with, and when we last used each.
+    relays: HashMap<SocketAddr, Instant>,
+}
+
+struct Inner {
+    socket: Arc<NatSocket>,
+    key: Keypair,
+    commands: mpsc::UnboundedSender<Command>,
+    overlay: OnceLock<OverlayHandle>,
+    shared: Mutex<Shared>,
+}
+
+/// The node's NAT traversal. Cheap to clone.
+#[derive(Clone)]
+pub struct Nat {
+    inner: Arc<Inner>,
+}
+
+impl Nat {
+    /// Starts traversal on `socket` (whose events arrive on `events`): classifies the NAT
+    /// through `config.stun` (up to a few seconds when servers do not answer), then relays for
+    /// others if this peer is reachable, or registers at its home relay if it is not.
+    pub async fn start(
+        socket: Arc<NatSocket>,
+        events: mpsc::UnboundedReceiver<SocketEvent>,
+        key: Keypair,
+        config: NatConfig,
+    ) -> Self {
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let me = key.peer_id();
+        let local = socket.local_addr_or_unspecified();
+        let shared = Shared {
+            class: NatClass::OPEN,
+            reflexive: None,
+            local: vec![local],
+            home: None,
+            paths: HashMap::new(),
+            records: HashMap::new(),
+            relays: HashMap::new(),
+        };
+        let nat = Self {
+            inner: Arc::new(Inner {
+                socket: socket.clone(),
+                key,
+                commands,
+                overlay: OnceLock::new(),
+                shared: Mutex::new(shared),
+            }),
+        };
+        let punch = Punch::new(me, Connectivity::Open, vec![local], config.punch.clone());
+        tokio::spawn(Actor::new(socket, punch, nat.clone()).run(events, command_rx));
+        nat.classify(&config).await;
+        tokio::spawn(nat.clone().refresh_relays());
+        nat
+    }
+
+    /// Lets the traversal read peers' records from the overlay's store.
+    pub fn attach_overlay(&self, overlay: OverlayHandle) {
+        let _ = self.inner.overlay.set(overlay);
+    }
+
+    /// What classification found.
+    pub fn class(&self) -> NatClass {
+        self.shared().class
+    }
+
+    /// The class published in membership records.
+    pub fn connectivity(&self) -> Connectivity {
+        self.shared().class.connectivity()
+    }
+
+    /// The address others should dial us at: our reflexive address behind a NAT, else `None`
+    /// (our own address will do).
+    pub fn advertise(&self) -> Option<SocketAddr> {
+        let s = self.shared();
+        match s.class.mapping {
+            Mapping::None => None,
+            _ => s.reflexive,
+        }
+    }
+
+    /// What we publish in the overlay's store so that others can reach us.
+    pub fn record(&self) -> NatRecord {
+        let s = self.shared();
+        NatRecord {
+            connectivity: s.class.connectivity(),
+            reflexive: s.reflexive,
+            local: s.local.iter().take(NatRecord::MAX_LOCAL).copied().collect(),
+            relay: s.home,
+        }
+    }
+
+    /// The write that publishes our record, for a transaction of the caller's.
+    pub fn publish_op(&self) -> TxOp {
+        TxOp::Write(
+            record_key(&self.inner.key.peer_id()),
+            Value::Bytes(self.record().encode()),
+        )
+    }
+
+    /// The paths chosen so far, by peer.
+    pub fn paths(&self) -> HashMap<PeerId, PathInfo> {
+        self.shared().paths.clone()
+    }
+
+    /// Whether `addr` is a relayed peer's virtual address.
+    pub fn is_relayed(&self, addr: SocketAddr) -> bool {
+        super::is_virtual(addr) && self.inner.socket.relayed(addr).is_some()
+    }
+
+    /// Notes that the QUIC connection to `peer` came up `elapsed` after its path search began.
+    pub fn connected(&self, peer: PeerId, elapsed: Duration) {
+        if let Some(p) = self.shared().paths.get_mut(&peer) {
+            p.connected_in.get_or_insert(elapsed);
+        }
+    }
+
+    /// A JSON summary for the node's status.
+    pub fn status(&self) -> serde_json::Value {
+        let s = self.shared();
+        let paths: Vec<_> = s
+            .paths
+            .iter()
+            .map(|(peer, p)| {
+                json!({
+                    "peer": peer.short(),
+                    "kind": match p.kind { PathKind::Direct => "direct", PathKind::Relayed => "relayed" },
+                    "addr": p.addr.to_string(),
+                    "decided_ms": p.decided_in.as_millis() as u64,
+                    "connected_ms": p.connected_in.map(|d| d.as_millis() as u64),
+                })
+            })
+            .collect();
+        json!({
+            "connectivity": format!("{:?}", s.class.connectivity()),
+            "mapping": format!("{:?}", s.class.mapping),
+            "filtering": format!("{:?}", s.class.filtering),
+            "reflexive": s.reflexive.map(|a| a.to_string()),
+            "relay": s.home.map(|a| a.to_string()),
+            "relaying": self.inner.socket.relay_stats().map(|r| json!({
+                "forwarded": r.forwarded, "forwarded_bytes": r.forwarded_bytes,
+                "over_budget": r.over_budget, "registrations": r.registrations,
+            })),
+            "paths": paths,
+        })
+    }
+
+    /// The address to dial `peer` at (advertised at `addr`): `addr` itself when the peer needs
+    /// no help or its record is unknown, a punched address, or a virtual address through its
+    /// relay.
+    pub async fn path_to(&self, peer: PeerId, addr: SocketAddr) -> SocketAddr {
+        let started = Instant::now();
+        let Some(record) = self.peer_record(peer).await else {
+            return addr;
+        };
+        if let Some(relay) = record.relay {
+            if !self.ensure_registered(relay).await {
+                debug!(peer = %peer.short(), %relay, "cannot register at the peer's relay");
+            }
+        }
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::Punch {
+            peer,
+            record,
+            reply,
+        });
+        let event = rx.await.unwrap_or(punch::Event::Unreachable { peer });
+        let decided_in = started.elapsed();
+        let (kind, dial) = match event {
+            punch::Event::Direct { addr, elapsed, .. } => {
+                info!(peer = %peer.short(), %addr, punch_ms = elapsed.as_millis() as u64, "direct path");
+                (PathKind::Direct, addr)
+            }
+            punch::Event::Relayed { relay, .. } => {
+                self.touch_relay(relay);
+                info!(peer = %peer.short(), %relay, "relayed path");
+                (
+                    PathKind::Relayed,
+                    self.inner.socket.virtual_for(relay, peer),
+                )
+            }
+            punch::Event::Unreachable { .. } => {
+                warn!(peer = %peer.short(), "no path found; dialling its address as is");
+                return addr;
+            }
+        };
+        self.shared().paths.insert(
+            peer,
+            PathInfo {
+                kind,
+                addr: dial,
+                decided_in,
+                connected_in: None,
+            },
+        );
+        dial
+    }
+
+    fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
+        // Nothing panics while holding this lock; a poisoned lock still holds valid data.
+        self.inner.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn command(&self, command: Command) {
+        let _ = self.inner.commands.send(command);
+    }
+
+    /// The peer's record: cached, or read from the overlay's store.
+    async fn peer_record(&self, peer: PeerId) -> Option<NatRecord> {
+        if let Some((record, at)) = self.shared().records.get(&peer) {
+            if at.elapsed() < RECORD_TTL {
+                return Some(record.clone());
+            }
+        }
+        let overlay = self.inner.overlay.get()?;
+        let read = overlay.transact(vec![TxOp::Read(record_key(&peer))]);
+        let values = match tokio::time::timeout(RECORD_READ, read).await {
+            Ok(Ok(values)) => values,
+            Ok(Err(e)) => {
+                debug!(peer = %peer.short(), error = %e, "cannot read the peer's NAT record");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let record = match values.into_iter().next().flatten() {
+            Some(Value::Bytes(bytes)) => NatRecord::decode(&bytes)?,
+            _ => return None,
+        };
+        self.shared()
+            .records
+            .insert(peer, (record.clone(), Instant::now()));
+        Some(record)
+    }
+
+    /// One STUN transaction with `server`, resent with backoff.
+    async fn stun(
+        &self,
+        server: SocketAddr,
+        change: bool,
+        limit: Duration,
+    ) -> Option<(SocketAddr, stun::Response)> {
+        let tx: TxId = rand::random();
+        let (reply, mut rx) = oneshot::channel();
+        self.command(Command::AwaitStun { tx, reply });
+        let request = stun::binding_request(tx, change);
+        let deadline = tokio::time::sleep(limit);
+        tokio::pin!(deadline);
+        let mut interval = Duration::from_millis(100);
+        loop {
+            self.inner.socket.send_to(&request, server);
+            tokio::select! {
+                r = &mut rx => return r.ok(),
+                () = tokio::time::sleep(interval) => interval = (interval * 2).min(Duration::from_millis(500)),
+                () = &mut deadline => return None,
+            }
+        }
+    }
+
+    /// Classifies our NAT (RFC 5780 style, with peers as servers) and acts on the result.
+    async fn classify(&self, config: &NatConfig) {
+        let port = self.inner.socket.local_addr_or_unspecified().port();
+        let mut first = None;
+        for server in &config.stun {
+            if let Some((_, r)) = self.stun(*server, false, STUN_TIMEOUT).await {
+                first = Some((*server, r));
+                break;
+            }
+        }
+        let Some((server, r1)) = first else {
+            // No server: the first peer of a ring (reachable by assumption: others bootstrap
+            // through it), or no server answers, in which case punching may still work.
+            let class = if config.stun.is_empty() {
+                NatClass::OPEN
+            } else {
+                warn!("no STUN server answered; NAT unknown");
+                NatClass {
+                    mapping: Mapping::Unknown,
+                    filtering: Filtering::Unknown,
+                }
+            };
+            let local = vec![local_toward(port, None, &self.inner.socket)];
+            self.settle(class, None, local, None);
+            return;
+        };
+        let local = local_toward(port, Some(server), &self.inner.socket);
+        if r1.mapped == local {
+            self.settle(NatClass::OPEN, Some(r1.mapped), vec![local], None);
+            // Offer to be the server's partner, so that it can answer CHANGE-REQUESTs.
+            if self.inner.socket.partner().is_none() {
+                self.inner
+                    .socket
+                    .send_to(&Packet::Partner { accept: false }.encode(), server);
+            }
+            return;
+        }
+        let second = r1
+            .other
+            .or_else(|| config.stun.iter().copied().find(|s| *s != server));
+        let mapping = async {
+            let s2 = second?;
+            let (_, r2) = self.stun(s2, false, STUN_TIMEOUT).await?;
+            Some(r2.mapped == r1.mapped)
+        };
+        let filtering = async {
+            r1.other?;
+            Some(self.stun(server, true, FILTER_TEST).await.is_some())
+        };
+        let (same, open) = tokio::join!(mapping, filtering);
+        let class = NatClass {
+            mapping: match same {
+                Some(true) => Mapping::EndpointIndependent,
+                Some(false) => Mapping::Dependent,
+                None => Mapping::Unknown,
+            },
+            filtering: match open {
+                Some(true) => Filtering::EndpointIndependent,
+                Some(false) => Filtering::Dependent,
+                None => Filtering::Unknown,
+            },
+        };
+        self.settle(class, Some(r1.mapped), vec![local], Some(server));
+        if !self.ensure_registered(server).await {
+            warn!(relay = %server, "the home relay did not confirm our registration");
+        }
+    }
+
+    fn settle(
+        &self,
+        class: NatClass,
+        reflexive: Option<SocketAddr>,
+        local: Vec<SocketAddr>,
+        home: Option<SocketAddr>,
+    ) {
+        info!(
+            connectivity = ?class.connectivity(), mapping = ?class.mapping,
+            filtering = ?class.filtering, reflexive = ?reflexive, relay = ?home,
+            "NAT classified"
+        );
+        if class.mapping == Mapping::None {
+            self.inner.socket.enable_relay(RelayConfig::default());
+        }
+        let candidates = {
+            let mut s = self.shared();
+            s.class = class;
+            s.reflexive = reflexive;
+            s.local = local;
+            s.home = home;
+            drop(s);
+            self.record().candidates()
+        };
+        self.command(Command::SetSelf {
+            class: class.connectivity(),
+            candidates,
+        });
+    }
+
+    /// Registers at `relay` unless a registration is fresh; true once it holds.
+    async fn ensure_registered(&self, relay: SocketAddr) -> bool {
+        let fresh = self
+            .shared()
+            .relays
+            .get(&relay)
+            .is_some_and(|at| at.elapsed() < REFRESH);
+        if fresh {
+            return true;
+        }
+        let ok = self.register(relay).await;
+        if ok {
+            self.touch_relay(relay);
+        }
+        ok
+    }
+
+    fn touch_relay(&self, relay: SocketAddr) {
+        self.shared().relays.insert(relay, Instant::now());
+    }
+
+    /// Learns our address as `relay` sees it, then registers there, signed.
+    async fn register(&self, relay: SocketAddr) -> bool {
+        for _ in 0..3 {
+            let Some((_, seen)) = self.stun(relay, false, STUN_TIMEOUT).await else {
+                continue;
+            };
+            let unix_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let reg = Register::sign(&self.inner.key, seen.mapped, unix_ms);
+            let (reply, rx) = oneshot::channel();
+            self.command(Command::AwaitRegistered { relay, reply });
+            let packet = Packet::Register(Box::new(reg)).encode();
+            self.inner.socket.send_to(&packet, relay);
+            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(500), rx).await {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Refreshes our registrations (home relay always, others while in use), forever.
+    async fn refresh_relays(self) {
+        let stale_after = Duration::from_secs(120);
+        loop {
+            tokio::time::sleep(REFRESH).await;
+            if self.inner.commands.is_closed() {
+                return;
+            }
+            let (home, relays): (_, Vec<_>) = {
+                let s = self.shared();
+                let relays = s
+                    .relays
+                    .iter()
+                    .filter(|(_, at)| at.elapsed() < stale_after)
+                    .map(|(r, _)| *r)
+                    .collect();
+                (s.home, relays)
+            };
+            for relay in home
+                .into_iter()
+                .chain(relays)
+                .collect::<std::collections::BTreeSet<_>>()
+            {
+                if !self.register(relay).await {
+                    debug!(%relay, "relay registration not refreshed");
+                }
+            }
+        }
+    }
+}
+
+impl NatSocket {
+    fn local_addr_or_unspecified(&self) -> SocketAddr {
+        quinn::AsyncUdpSocket::local_addr(self)
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+}
+
+/// Our own address toward `server`: the socket's address, or for a wildcard bind the address of
+/// the interface the system routes toward `server` (found by connecting a throwaway UDP socket,
+/// which sends nothing).
+fn local_toward(port: u16, server: Option<SocketAddr>, socket: &NatSocket) -> SocketAddr {
+    let bound = socket.local_addr_or_unspecified();
+    if !bound.ip().is_unspecified() {
+        return bound;
+    }
+    let target = server.unwrap_or_else(|| SocketAddr::from(([192, 0, 2, 1], 9)));
+    let ip = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0)))
+        .and_then(|s| s.connect(target).and_then(|()| s.local_addr()))
+        .map(|a| a.ip())
+        .unwrap_or(bound.ip());
+    SocketAddr::new(ip, port)
+}
+
+/// The task that owns the punching core and routes socket events.
+struct Actor {
+    socket: Arc<NatSocket>,
+    punch: Punch,
+    nat: Nat,
+    stun_waiters: HashMap<TxId, oneshot::Sender<(SocketAddr, stun::Response)>>,
+    reg_waiters: HashMap<SocketAddr, Vec<oneshot::Sender<()>>>,
+    path_waiters: HashMap<PeerId, Vec<oneshot::Sender<punch::Event>>>,
+}
+
+impl Actor {
+    fn new(socket: Arc<NatSocket>, punch: Punch, nat: Nat) -> Self {
+        Self {
+            socket,
+            punch,
+            nat,
+            stun_waiters: HashMap::new(),
+            reg_waiters: HashMap::new(),
+            path_waiters: HashMap::new(),
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut events: mpsc::UnboundedReceiver<SocketEvent>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+    ) {
+        loop {
+            let deadline = self.punch.poll_timeout();
+            let timer = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(e) => self.on_event(e),
+                    None => return,
+                },
+                command = commands.recv() => match command {
+                    Some(c) => self.on_command(c),
+                    None => return,
+                },
+                () = timer => self.punch.handle_timeout(Instant::now()),
+            }
+            self.drain();
+        }
+    }
+
+    fn on_event(&mut self, event: SocketEvent) {
+        let now = Instant::now();
+        match event {
+            SocketEvent::Stun { from, response } => {
+                if let Some(w) = self.stun_waiters.remove(&response.tx) {
+                    let _ = w.send((from, response));
+                }
+            }
+            SocketEvent::Registered { relay, .. } => {
+                for w in self.reg_waiters.remove(&relay).unwrap_or_default() {
+                    let _ = w.send(());
+                }
+            }
+            SocketEvent::Signal { from, signal } => self.punch.handle_signal(now, from, signal),
+            SocketEvent::Probe {
+                addr,
+                session,
+                from,
+                ack,
+            } => self.punch.handle_probe(now, addr, session, from, ack),
+            SocketEvent::Partner { from, accept } => {
+                if accept {
+                    self.socket.set_partner(from);
+                } else if self.nat.class().mapping == Mapping::None
+                    && self.socket.partner().is_none()
+                {
+                    info!(partner = %from, "STUN partner: CHANGE-REQUESTs are answered from there");
+                    self.socket.set_partner(from);
+                    self.socket
+                        .send_to(&Packet::Partner { accept: true }.encode(), from);
+                }
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        let now = Instant::now();
+        match command {
+            Command::Punch {
+                peer,
+                record,
+                reply,
+            } => {
+                self.path_waiters.entry(peer).or_default().push(reply);
+                self.punch.connect(now, peer, &record);
+            }
+            Command::AwaitStun { tx, reply } => {
+                self.stun_waiters.retain(|_, w| !w.is_closed());
+                self.stun_waiters.insert(tx, reply);
+            }
+            Command::AwaitRegistered { relay, reply } => {
+                let waiters = self.reg_waiters.entry(relay).or_default();
+                waiters.retain(|w| !w.is_closed());
+                waiters.push(reply);
+            }
+            Command::SetSelf { class, candidates } => self.punch.set_self(class, candidates),
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(out) = self.punch.poll_output() {
+            match out {
+                punch::Output::Transmit { to, datagram } => self.socket.send_to(&datagram, to),
+                punch::Output::Event(event) => {
+                    let peer = match &event {
+                        punch::Event::Direct { peer, .. }
+                        | punch::Event::Relayed { peer, .. }
+                        | punch::Event::Unreachable { peer } => *peer,
+                    };
+                    for w in self.path_waiters.remove(&peer).unwrap_or_default() {
+                        let _ = w.send(event.clone());
+                    }
+                }
+            }
+        }
+    }
+}
