@@ -27,6 +27,9 @@ use crate::scenario::Traversal;
 /// How long a dial to an unreachable host takes to fail, and how long a connection to a
 /// crashed or cut-off host takes to be noticed (the real node's QUIC idle timeout).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// QUIC's first probe timeout for a handshake (quinn: three times the initial RTT estimate of
+/// 333 ms).
+const FIRST_PTO: Duration = Duration::from_secs(1);
 
 /// A sans-IO core as the engine hosts it.
 pub trait Core {
@@ -125,6 +128,14 @@ enum Ev {
     DialFailed {
         dialer: HostId,
         target: HostId,
+    },
+    /// A handshake cut off by a partition sends its Initial again (QUIC's probe timeout,
+    /// doubling after each try), until the idle timeout since `started`.
+    DialRetry {
+        dialer: HostId,
+        target: HostId,
+        started: u64,
+        wait: u64,
     },
     /// `host` learns that its connection to `peer` is gone.
     Closed {
@@ -631,6 +642,25 @@ impl<C: Core, X> Engine<C, X> {
                 }
                 self.input(dialer, Input::Disconnected(target));
             }
+            Ev::DialRetry {
+                dialer,
+                target,
+                started,
+                wait,
+            } => {
+                if !self.is_alive(dialer) {
+                    return;
+                }
+                if self.conn(dialer, target).is_none()
+                    && self.is_alive(target)
+                    && self.net.can_connect(dialer, target)
+                {
+                    // The partition healed: this Initial gets through.
+                    self.dial(dialer, target);
+                } else if self.conn(dialer, target).is_none() {
+                    self.retry_dial(dialer, target, started, wait);
+                }
+            }
             Ev::Closed { host, peer } => self.input(host, Input::Disconnected(peer)),
             Ev::CloseAt { a, b } => {
                 if self.unlink(a, b) {
@@ -797,8 +827,8 @@ impl<C: Core, X> Engine<C, X> {
             return;
         }
         if !self.is_alive(target) || !self.net.can_connect(dialer, target) {
-            let at = self.now + IDLE_TIMEOUT.as_nanos() as u64;
-            self.push(at, Ev::DialFailed { dialer, target });
+            let (now, first) = (self.now, FIRST_PTO.as_nanos() as u64);
+            self.retry_dial(dialer, target, now, first);
             return;
         }
         let one_way = self.net.base_delay(dialer, target).as_nanos() as u64;
@@ -818,6 +848,26 @@ impl<C: Core, X> Engine<C, X> {
             last_arrival: self.now + 2 * one_way,
             base_delay: one_way,
         });
+    }
+
+    /// Schedules the next Initial of a handshake that got no answer, or its failure at the
+    /// idle timeout.
+    fn retry_dial(&mut self, dialer: HostId, target: HostId, started: u64, wait: u64) {
+        let give_up = started + IDLE_TIMEOUT.as_nanos() as u64;
+        if self.now + wait < give_up {
+            let at = self.now + wait;
+            self.push(
+                at,
+                Ev::DialRetry {
+                    dialer,
+                    target,
+                    started,
+                    wait: wait * 2,
+                },
+            );
+        } else {
+            self.push(give_up.max(self.now), Ev::DialFailed { dialer, target });
+        }
     }
 
     fn remove(&mut self, host: HostId, notice: Duration) {

@@ -189,13 +189,18 @@ pub struct RingReport {
     /// Whether the live nodes formed one consistent ring at the end.
     pub ring_consistent: bool,
     /// After a partition healed, how long until the live nodes formed one consistent ring
-    /// again (checked every second); `None` if no partition or not by the end.
+    /// again (checked every 250 ms); `None` if no partition or not by the end.
     pub merge_seconds: Option<f64>,
     /// Messages sent per node per second, over the measurement.
     pub messages_per_node_s: f64,
+    /// Ring unification (merge gossip) messages sent.
+    pub unify_messages: u64,
     /// Engine events processed.
     pub events: u64,
 }
+
+/// How often a healed ring is checked for consistency.
+const MERGE_CHECK_NS: u64 = 250_000_000;
 
 /// Longer than a lookup's timeout: lookups start no later than this before the end.
 const LOOKUP_GRACE: Duration = Duration::from_secs(12);
@@ -359,7 +364,7 @@ pub fn run_ring(x: &RingExperiment) -> RingReport {
             Step::External(Ext::Heal) => {
                 ring.engine.heal();
                 healed_at = Some(ring.engine.now());
-                let next = ring.engine.now() + 1_000_000_000;
+                let next = ring.engine.now() + MERGE_CHECK_NS;
                 ring.engine.schedule(next, Ext::CheckMerged);
             }
             Step::External(Ext::CheckMerged) => {
@@ -368,7 +373,7 @@ pub fn run_ring(x: &RingExperiment) -> RingReport {
                         let since = ring.engine.now() - healed_at.unwrap_or_default();
                         merge_seconds = Some(since as f64 / 1e9);
                     } else {
-                        let next = ring.engine.now() + 1_000_000_000;
+                        let next = ring.engine.now() + MERGE_CHECK_NS;
                         ring.engine.schedule(next, Ext::CheckMerged);
                     }
                 }
@@ -460,6 +465,11 @@ pub fn run_ring(x: &RingExperiment) -> RingReport {
         ring_consistent: ring.consistent(),
         merge_seconds,
         messages_per_node_s: sent as f64 / n as f64 / x.measure.as_secs_f64(),
+        unify_messages: ring
+            .engine
+            .traffic()
+            .get("unify")
+            .map_or(0, |t| t.count),
         events: ring.engine.processed(),
     }
 }

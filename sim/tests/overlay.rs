@@ -53,4 +53,5 @@ fn a_fifty_fifty_split_for_a_minute_heals_into_one_ring_within_thirty_seconds() 
     let merged = report.merge_seconds.unwrap_or(f64::INFINITY);
     assert!(merged <= 30.0, "{report:?}");
     assert!(report.ring_consistent, "{report:?}");
+    assert!(report.unify_messages > 0, "the rings unified by gossip");
 }

@@ -111,6 +111,14 @@ pub enum Body {
         /// The sender's successor, for ring merge.
         succ: Option<NodeRef>,
     },
+    /// Ring unification (gossip): `contact` may belong to another ring; look up your own
+    /// successor through it, and pass this on while `ttl` lasts.
+    Unify {
+        /// A node of the ring to merge with.
+        contact: NodeRef,
+        /// Gossip rounds left.
+        ttl: u8,
+    },
 
     // Store.
     /// The answer to a routed [`Op::Read`].
@@ -443,6 +451,7 @@ impl Message {
             Body::Found { .. } => "found",
             Body::Ping { .. } => "ping",
             Body::Pong { .. } => "pong",
+            Body::Unify { .. } => "unify",
             Body::ReadReply { .. } => "read_reply",
             Body::Items { .. } => "items",
             Body::Vote(_) => "vote",

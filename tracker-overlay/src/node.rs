@@ -180,6 +180,8 @@ pub struct Stats {
     pub takeovers: u64,
     /// Ranges this node recovered from its siblings after taking them over.
     pub recovered: u64,
+    /// Ring unifications this node took part in (ring merge gossip).
+    pub unifications: u64,
 }
 
 /// Timers are data: what to do when a deadline passes.
@@ -210,6 +212,8 @@ pub(crate) enum LookupFor {
     App,
     Finger(usize),
     Rtm(u8),
+    /// Our successor in another ring (ring unification).
+    Merge,
 }
 
 /// The overlay node. See the module docs for the call contract.
@@ -233,6 +237,8 @@ pub struct OverlayNode {
     pub(crate) watches: HashMap<RingId, Watch>,
     /// Nodes suspected and not heard from since, probed for ring merge.
     pub(crate) suspected: BTreeMap<RingId, (NodeRef, Instant)>,
+    /// No new ring unification before this (one wave of gossip reaches a node many times).
+    pub(crate) unify_quiet_until: Instant,
     pub(crate) rtms: Vec<Option<NodeRef>>,
     pub(crate) store: Store,
     pub(crate) lookups: HashMap<u64, (LookupFor, RingId)>,
@@ -276,6 +282,7 @@ impl OverlayNode {
             next_finger: 0,
             watches: HashMap::default(),
             suspected: BTreeMap::new(),
+            unify_quiet_until: now,
             rtms: vec![None; replicas],
             store: Store::new(),
             lookups: HashMap::default(),
@@ -512,6 +519,7 @@ impl OverlayNode {
                 self.send(from, Body::Pong { nonce, succ });
             }
             Body::Pong { succ, .. } => self.on_pong(succ),
+            Body::Unify { contact, ttl } => self.unify(contact, ttl),
             Body::ReadReply {
                 req,
                 sure,
@@ -579,7 +587,11 @@ impl OverlayNode {
             self.stats.dropped_hops += 1;
             return;
         }
-        let next = self.next_hop(from, routed.key);
+        // A message with no hops yet was handed to us by a node outside our routing tables
+        // (ring unification asks a node of another ring): route it from here, not as the hop
+        // after `from`.
+        let prev = if routed.hops == 0 { self.me } else { from };
+        let next = self.next_hop(prev, routed.key);
         match next {
             Some(next) => {
                 routed.hops += 1;
@@ -656,9 +668,13 @@ impl OverlayNode {
     /// A lookup not answered yet goes out again, through another first hop: the path it took
     /// may have lost it with a node that crashed.
     fn retry_lookup(&mut self, req: u64) {
-        let Some(&(_, key)) = self.lookups.get(&req) else {
+        let Some(&(purpose, key)) = self.lookups.get(&req) else {
             return;
         };
+        if matches!(purpose, LookupFor::Merge) {
+            // Routed through the other ring; our own would only find our successor.
+            return;
+        }
         self.reroute_to(key, Op::Lookup { req });
         self.set_timer(self.now + LOOKUP_RETRY, Timer::LookupRetry(req));
     }
@@ -714,6 +730,7 @@ impl OverlayNode {
                     *r = Some(node);
                 }
             }
+            Some(LookupFor::Merge) => self.reconsider(node),
             None => {}
         }
     }

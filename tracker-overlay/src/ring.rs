@@ -27,6 +27,15 @@ const FINGER_PROBE_EVERY: Duration = Duration::from_secs(2);
 
 /// The most suspected nodes a node keeps probing.
 const MAX_SUSPECTED: usize = 64;
+/// Gossip rounds of a ring unification, and how many nodes each round reaches per node: with
+/// one round per hop, 2^8 nodes of a ring hear of the other ring within 8 hops even where the
+/// random choices overlap, and nodes passed over still zip in by stabilization.
+const UNIFY_TTL: u8 = 8;
+const UNIFY_FANOUT: usize = 2;
+/// The shortest gap between two probes of one suspected node.
+const PROBE_NOW_GAP: Duration = Duration::from_millis(500);
+/// A node takes part in one unification per this long (the gossip reaches it many times).
+const UNIFY_QUIET: Duration = Duration::from_secs(3);
 
 /// What the failure detector knows of one node.
 #[derive(Clone, Copy, Debug)]
@@ -298,12 +307,33 @@ impl OverlayNode {
         self.succs.clear();
         self.merge_succs(from, &succs);
         if let Some(p) = pred {
-            if p != self.me && p.id.in_open(self.me.id, from.id) && !self.is_suspected(p) {
-                self.succs.insert(0, p);
-                self.succs.truncate(self.cfg.succ_list_len);
-                self.watch(p);
-                self.send_stabilize();
+            if p != self.me && p.id.in_open(self.me.id, from.id) {
+                if self.is_suspected(p) {
+                    // Our successor hears from a node we suspected: probe it now rather
+                    // than in its turn (after a partition heals, this is how the rings find
+                    // each other's nodes between ours).
+                    self.probe_now(p);
+                } else {
+                    self.succs.insert(0, p);
+                    self.succs.truncate(self.cfg.succ_list_len);
+                    self.watch(p);
+                    self.send_stabilize();
+                }
             }
+        }
+    }
+
+    /// Probes a suspected node at once, unless it was probed within the last half second.
+    fn probe_now(&mut self, node: NodeRef) {
+        let now = self.now;
+        let due = self
+            .suspected
+            .get(&node.id)
+            .is_some_and(|(_, probed)| now.saturating_duration_since(*probed) >= PROBE_NOW_GAP);
+        if due {
+            self.suspected.insert(node.id, (node, now));
+            let nonce = self.random();
+            self.send(node, Body::Ping { nonce });
         }
     }
 
@@ -506,6 +536,18 @@ impl OverlayNode {
             w.timeout = (w.timeout * 2).min(MAX_TIMEOUT);
             w.last_heard = now;
             self.reconsider(node);
+            // It may speak for another ring (a partition healed): unify both rings, from
+            // both sides at once.
+            if self.phase == Phase::Member && self.now >= self.unify_quiet_until {
+                self.send(
+                    node,
+                    Body::Unify {
+                        contact: self.me,
+                        ttl: UNIFY_TTL,
+                    },
+                );
+                self.unify(node, UNIFY_TTL);
+            }
         }
     }
 
@@ -637,6 +679,66 @@ impl OverlayNode {
         // `heard_from` already took the sender back; its successor may be a stranger too.
         if let Some(s) = succ.filter(|s| *s != self.me && !self.is_suspected(*s)) {
             self.reconsider(s);
+        }
+    }
+
+    /// Ring merge, second half: gossip-based ring unification. `contact` may belong to another
+    /// ring. We look up our successor *in its ring* (a lookup for the key after us, routed
+    /// from `contact`), take it if it is closer than ours, and pass the contact on to a few
+    /// random nodes of our routing table, which do the same. So every part of a ring finds
+    /// its place in the other one within O(log N) gossip rounds instead of waiting for the
+    /// successor pointers to zip the rings one node at a time; stabilization finishes the
+    /// job (predecessors, successor lists) and the store's repair moves the data.
+    pub(crate) fn unify(&mut self, contact: NodeRef, ttl: u8) {
+        if self.phase != Phase::Member || contact == self.me || self.now < self.unify_quiet_until {
+            return;
+        }
+        self.unify_quiet_until = self.now + UNIFY_QUIET;
+        // A partition healed somewhere: every node we suspected may be back. Probe them all
+        // now rather than one per round.
+        let suspected: Vec<NodeRef> = self.suspected.values().map(|(n, _)| *n).collect();
+        for node in suspected {
+            self.probe_now(node);
+        }
+        self.stats.unifications += 1;
+        let req = self.new_req();
+        let key = self.me.id.plus(1);
+        self.lookups.insert(req, (LookupFor::Merge, key));
+        self.set_timer(self.now + self.cfg.lookup_timeout, Timer::Lookup(req));
+        let routed = Routed {
+            key,
+            hops: 0,
+            origin: self.me,
+            op: Op::Lookup { req },
+        };
+        self.send(contact, Body::Route(Box::new(routed)));
+        if !self.is_suspected(contact) {
+            self.reconsider(contact);
+        }
+        if ttl == 0 {
+            return;
+        }
+        let mut known: Vec<NodeRef> = self
+            .fingers
+            .iter()
+            .flatten()
+            .chain(self.succs.iter())
+            .chain(self.pred.iter())
+            .copied()
+            .filter(|n| *n != contact && *n != self.me)
+            .collect();
+        known.sort_by_key(|n| n.id);
+        known.dedup();
+        for _ in 0..UNIFY_FANOUT.min(known.len()) {
+            let i = (self.random() % known.len() as u64) as usize;
+            let to = known.swap_remove(i);
+            self.send(
+                to,
+                Body::Unify {
+                    contact,
+                    ttl: ttl - 1,
+                },
+            );
         }
     }
 
