@@ -15,7 +15,7 @@
 //! the previous plan must gain `margin` points per dropped edge and fit the round's move budget.
 
 use crate::candidates::Candidates;
-use crate::swarm::{Swarm, SOURCE};
+use crate::swarm::{Adjacency, Swarm, MAX_QUALITY, SOURCE};
 
 /// One receiver's edge from one sender.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,16 +162,14 @@ impl Budget {
     }
 }
 
-/// Extra candidate senders of a receiver (previous partners, current connections).
-pub(crate) type Extra<'a> = &'a dyn Fn(u32) -> Vec<u32>;
-
-/// Runs greedy then switching sweeps over the receivers in `work`.
+/// Runs greedy then switching sweeps over the receivers in `work`. `extra` holds, per
+/// receiver, senders to consider besides the nearest (previous partners, current connections).
 pub(crate) fn solve(
     swarm: &Swarm,
     cands: &mut Candidates,
     asg: &mut Assignment,
     work: &[u32],
-    extra: Extra<'_>,
+    extra: &Adjacency,
     budget: &mut Budget,
     sweeps: u8,
 ) {
@@ -182,18 +180,45 @@ pub(crate) fn solve(
         asg,
         extra,
         budget,
+        generation: 1,
+        no_spare: vec![0; swarm.n],
+        touched: Vec::new(),
     };
+    // The first sweep visits every receiver; later ones those a switch touched, and those still
+    // missing slots if a switch freed upload somewhere.
+    let mut active = work.to_vec();
+    let mut queued = vec![false; swarm.n];
     for _ in 0..sweeps {
-        let mut improved = false;
-        for &r in work {
-            improved |= s.fill(r);
-            improved |= s.improve(r);
+        let generation = s.generation;
+        // Unmet slots first: they get the move budget before quality does.
+        for &r in &active {
+            s.fill(r);
         }
-        if !improved {
+        for &r in &active {
+            s.improve(r);
+        }
+        let mut next = std::mem::take(&mut s.touched);
+        if s.generation != generation {
+            next.extend(
+                work.iter()
+                    .copied()
+                    .filter(|&r| s.asg.unmet[r as usize] > 0),
+            );
+        }
+        next.retain(|&r| !std::mem::replace(&mut queued[r as usize], true));
+        for &r in &next {
+            queued[r as usize] = false;
+        }
+        if next.is_empty() {
             break;
         }
+        next.sort_unstable_by_key(|&r| (swarm.tier[r as usize], r));
+        active = next;
     }
 }
+
+/// Full senders a partner's swap search looks at (the best ones above the partner).
+const SWAP_CANDIDATES: usize = 4;
 
 /// Candidate pairs of receivers with unmet demand, each taken while both sides can.
 ///
@@ -206,17 +231,16 @@ fn greedy(
     cands: &mut Candidates,
     asg: &mut Assignment,
     work: &[u32],
-    extra: Extra<'_>,
+    extra: &Adjacency,
 ) {
     let mut pairs: Vec<(u8, usize, i32, u32, u32)> = Vec::new();
     for &r in work {
         if asg.unmet[r as usize] == 0 {
             continue;
         }
-        let ex = extra(r);
         let tier = swarm.tier[r as usize];
         let narrow = 2 - swarm.conn[r as usize].group();
-        for &(s, u) in cands.of(swarm, r, &ex) {
+        for &(s, u) in cands.of(swarm, r, extra.of(r)) {
             pairs.push((tier, narrow, u, r, s));
         }
     }
@@ -236,12 +260,7 @@ fn greedy(
         if spare == 0 {
             continue;
         }
-        let already = asg
-            .links(r)
-            .iter()
-            .find(|l| l.sender == s)
-            .map_or(0, |l| l.slots);
-        let room = swarm.edge_cap(s, r).saturating_sub(already);
+        let room = room(swarm, asg, r, s);
         let slots = u32::from(unmet.min(room)).min(spare) as u8;
         if slots > 0 {
             asg.add(r, s, slots, u, false);
@@ -249,12 +268,28 @@ fn greedy(
     }
 }
 
+/// Slots the edge from `s` to `r` may still take.
+fn room(swarm: &Swarm, asg: &Assignment, r: u32, s: u32) -> u8 {
+    let already = asg
+        .links(r)
+        .iter()
+        .find(|l| l.sender == s)
+        .map_or(0, |l| l.slots);
+    swarm.edge_cap(s, r).saturating_sub(already)
+}
+
 struct Switcher<'a> {
     swarm: &'a Swarm,
     cands: &'a mut Candidates,
     asg: &'a mut Assignment,
-    extra: Extra<'a>,
+    extra: &'a Adjacency,
     budget: &'a mut Budget,
+    /// Bumped whenever a sender may have gained spare upload.
+    generation: u32,
+    /// Per receiver, the generation at which it had no candidate with spare upload.
+    no_spare: Vec<u32>,
+    /// Receivers whose edges changed this sweep.
+    touched: Vec<u32>,
 }
 
 /// A switch found for one receiver.
@@ -281,64 +316,92 @@ enum Switch {
     },
 }
 
+/// The best switch so far: (gain, previous-plan edges it drops, the switch).
+type Best = Option<(i64, usize, Switch)>;
+
 impl Switcher<'_> {
-    fn candidates(&mut self, r: u32) -> Vec<(u32, i32)> {
-        let ex = (self.extra)(r);
-        self.cands.of(self.swarm, r, &ex).to_vec()
+    /// Computes `r`'s candidate list if needed; returns its length.
+    fn candidates(&mut self, r: u32) -> usize {
+        self.cands.ensure(self.swarm, r, self.extra.of(r))
     }
 
     /// The receiver's best sender with spare upload that it has no edge from (or whose edge can
     /// grow), excluding `not`.
     fn best_spare(&mut self, r: u32, not: u32) -> Option<(u32, i32)> {
-        let list = self.candidates(r);
-        list.into_iter()
-            .find(|&(s, _)| s != not && self.asg.spare(self.swarm, s) > 0 && self.room(r, s) > 0)
+        if self.no_spare[r as usize] == self.generation {
+            return None;
+        }
+        let len = self.candidates(r);
+        for i in 0..len {
+            let (s, u) = self.cands.get(r, i);
+            if s != not && self.asg.spare(self.swarm, s) > 0 && room(self.swarm, self.asg, r, s) > 0
+            {
+                return Some((s, u));
+            }
+        }
+        // Only `not` may have had spare upload; the answer holds until a slot frees up.
+        if self.asg.spare(self.swarm, not) == 0 {
+            self.no_spare[r as usize] = self.generation;
+        }
+        None
     }
 
-    /// Slots the edge from `s` to `r` may still take.
-    fn room(&self, r: u32, s: u32) -> u8 {
-        let already = self
-            .asg
+    /// The stored utility of the edge from `s` to `r`, and whether it is the previous plan's.
+    fn link(&self, r: u32, s: u32) -> Option<(i32, bool)> {
+        self.asg
             .links(r)
             .iter()
             .find(|l| l.sender == s)
-            .map_or(0, |l| l.slots);
-        self.swarm.edge_cap(s, r).saturating_sub(already)
+            .map(|l| (l.utility, l.prev))
     }
 
-    fn is_prev(&self, r: u32, s: u32) -> bool {
-        self.asg.links(r).iter().any(|l| l.sender == s && l.prev)
+    fn consider(&self, best: &mut Best, gain: i64, dropped: usize, sw: Switch) {
+        if self.budget.accepts(gain, dropped) && best.is_none_or(|b| gain > b.0) {
+            *best = Some((gain, dropped, sw));
+        }
+    }
+
+    /// The least gain a switch must beat to matter now.
+    fn floor(&self, best: &Best) -> i64 {
+        best.map_or(0, |b| b.0)
     }
 
     /// Fills unmet slots of `r` with the best switch each, while one improves.
     fn fill(&mut self, r: u32) -> bool {
         let mut any = false;
         while self.asg.unmet[r as usize] > 0 {
-            let mut best: Option<(i64, usize, Switch)> = None;
-            let mut consider = |gain: i64, dropped: usize, sw: Switch, budget: &Budget| {
-                if budget.accepts(gain, dropped) && best.is_none_or(|b| gain > b.0) {
-                    best = Some((gain, dropped, sw));
+            let mut best: Best = None;
+            let len = self.candidates(r);
+            // A sender with spare upload serves the slot without disturbing anyone: the best
+            // one is taken, and steals are searched only when none is in reach (the quality
+            // sweeps may still swap it later).
+            for i in 0..len {
+                let (s, u) = self.cands.get(r, i);
+                if self.asg.spare(self.swarm, s) > 0 && room(self.swarm, self.asg, r, s) > 0 {
+                    best = Some((i64::from(u), 0, Switch::Take { s, u }));
+                    break;
                 }
-            };
-            for (s, u) in self.candidates(r) {
-                if self.room(r, s) == 0 {
+            }
+            for i in 0..len {
+                if best.is_some_and(|b| matches!(b.2, Switch::Take { .. })) {
+                    break;
+                }
+                let (s, u) = self.cands.get(r, i);
+                if room(self.swarm, self.asg, r, s) == 0 {
                     continue;
                 }
-                if self.asg.spare(self.swarm, s) > 0 {
-                    consider(i64::from(u), 0, Switch::Take { s, u }, self.budget);
-                    continue;
-                }
-                let victims = self.asg.children[s as usize].clone();
-                for victim in victims {
+                for vi in 0..self.asg.children[s as usize].len() {
+                    let victim = self.asg.children[s as usize][vi];
                     if victim == r {
                         continue;
                     }
-                    let Some(lost) = self.swarm.utility(s, victim) else {
+                    let Some((lost, prev)) = self.link(victim, s) else {
                         continue;
                     };
-                    let dropped = usize::from(self.is_prev(victim, s));
+                    let dropped = usize::from(prev);
                     let plain = i64::from(u) - i64::from(lost);
-                    consider(
+                    self.consider(
+                        &mut best,
                         plain,
                         dropped,
                         Switch::Steal {
@@ -347,10 +410,15 @@ impl Switcher<'_> {
                             victim,
                             rehome: None,
                         },
-                        self.budget,
                     );
+                    // The victim's new sender can give back at most a full slot's utility.
+                    let most = i64::from(self.swarm.base(victim) + MAX_QUALITY);
+                    if plain + most <= self.floor(&best) {
+                        continue;
+                    }
                     if let Some((s2, u2)) = self.best_spare(victim, s) {
-                        consider(
+                        self.consider(
+                            &mut best,
                             plain + i64::from(u2),
                             dropped,
                             Switch::Steal {
@@ -359,7 +427,6 @@ impl Switcher<'_> {
                                 victim,
                                 rehome: Some((s2, u2)),
                             },
-                            self.budget,
                         );
                     }
                 }
@@ -376,15 +443,17 @@ impl Switcher<'_> {
     /// Replaces or swaps each of `r`'s peer partners for a better one, if a switch improves.
     fn improve(&mut self, r: u32) -> bool {
         let mut any = false;
-        let list = self.candidates(r);
+        let len = self.candidates(r);
         let current: Vec<Link> = self.asg.links(r).to_vec();
         for old in current {
             if old.sender == SOURCE || !self.asg.linked(r, old.sender) {
                 continue;
             }
             let old_prev = usize::from(old.prev);
-            let mut best: Option<(i64, usize, Switch)> = None;
-            for &(s, u) in &list {
+            let mut best: Best = None;
+            let mut swaps_tried = 0;
+            for i in 0..len {
+                let (s, u) = self.cands.get(r, i);
                 if u <= old.utility {
                     break;
                 }
@@ -393,46 +462,47 @@ impl Switcher<'_> {
                 }
                 let gain = i64::from(u) - i64::from(old.utility);
                 if self.asg.spare(self.swarm, s) > 0 {
-                    if self.budget.accepts(gain, old_prev) && best.is_none_or(|b| gain > b.0) {
-                        best = Some((
-                            gain,
-                            old_prev,
-                            Switch::Replace {
-                                old: old.sender,
-                                s,
-                                u,
-                            },
-                        ));
-                    }
+                    let sw = Switch::Replace {
+                        old: old.sender,
+                        s,
+                        u,
+                    };
+                    self.consider(&mut best, gain, old_prev, sw);
                     continue;
                 }
-                for &other in &self.asg.children[s as usize] {
-                    if other == r || self.asg.linked(other, old.sender) {
+                if swaps_tried == SWAP_CANDIDATES {
+                    continue;
+                }
+                swaps_tried += 1;
+                for oi in 0..self.asg.children[s as usize].len() {
+                    let other = self.asg.children[s as usize][oi];
+                    if other == r {
+                        continue;
+                    }
+                    let Some((lost, prev)) = self.link(other, s) else {
+                        continue;
+                    };
+                    // `other` gets at most a full slot from the old partner.
+                    let most = i64::from(self.swarm.base(other) + MAX_QUALITY);
+                    if gain - i64::from(lost) + most <= self.floor(&best) {
+                        continue;
+                    }
+                    if self.asg.linked(other, old.sender) {
                         continue;
                     }
                     let Some(other_u) = self.swarm.utility(old.sender, other) else {
                         continue;
                     };
-                    let Some(lost) = self.swarm.utility(s, other) else {
-                        continue;
-                    };
                     let swap_gain = gain + i64::from(other_u) - i64::from(lost);
-                    let dropped = old_prev + usize::from(self.is_prev(other, s));
-                    if self.budget.accepts(swap_gain, dropped)
-                        && best.is_none_or(|b| swap_gain > b.0)
-                    {
-                        best = Some((
-                            swap_gain,
-                            dropped,
-                            Switch::Swap {
-                                old: old.sender,
-                                s,
-                                u,
-                                other,
-                                other_u,
-                            },
-                        ));
-                    }
+                    let dropped = old_prev + usize::from(prev);
+                    let sw = Switch::Swap {
+                        old: old.sender,
+                        s,
+                        u,
+                        other,
+                        other_u,
+                    };
+                    self.consider(&mut best, swap_gain, dropped, sw);
                 }
             }
             if let Some((_, dropped, sw)) = best {
@@ -445,10 +515,12 @@ impl Switcher<'_> {
 
     fn apply(&mut self, r: u32, sw: Switch, dropped: usize) {
         self.budget.spend(dropped);
+        self.touched.push(r);
         match sw {
             Switch::Take { s, u } => {
-                let slots = u32::from(self.asg.unmet[r as usize].min(self.room(r, s)))
-                    .min(self.asg.spare(self.swarm, s)) as u8;
+                let slots =
+                    u32::from(self.asg.unmet[r as usize].min(room(self.swarm, self.asg, r, s)))
+                        .min(self.asg.spare(self.swarm, s)) as u8;
                 self.asg.add(r, s, slots.max(1), u, false);
             }
             Switch::Steal {
@@ -459,6 +531,7 @@ impl Switcher<'_> {
             } => {
                 self.asg.remove_one(victim, s);
                 self.asg.add(r, s, 1, u, false);
+                self.touched.push(victim);
                 if let Some((s2, u2)) = rehome {
                     self.asg.add(victim, s2, 1, u2, false);
                 }
@@ -466,6 +539,7 @@ impl Switcher<'_> {
             Switch::Replace { old, s, u } => {
                 self.asg.remove_one(r, old);
                 self.asg.add(r, s, 1, u, false);
+                self.generation += 1;
             }
             Switch::Swap {
                 old,
@@ -478,6 +552,7 @@ impl Switcher<'_> {
                 self.asg.remove_one(other, s);
                 self.asg.add(r, s, 1, u, false);
                 self.asg.add(other, old, 1, other_u, false);
+                self.touched.push(other);
             }
         }
     }

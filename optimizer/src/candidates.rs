@@ -182,12 +182,22 @@ impl Candidates {
     /// Receiver `r`'s candidates (sender, utility), best first. `extra` are senders to include
     /// when allowed (the previous plan's partners, current connections).
     pub fn of(&mut self, swarm: &Swarm, r: u32, extra: &[u32]) -> &[(u32, i32)] {
-        let ru = r as usize;
-        if self.start[ru] == u32::MAX {
+        let len = self.ensure(swarm, r, extra);
+        let a = self.start[r as usize] as usize;
+        &self.arena[a..a + len]
+    }
+
+    /// Computes `r`'s list if needed; returns its length.
+    pub fn ensure(&mut self, swarm: &Swarm, r: u32, extra: &[u32]) -> usize {
+        if self.start[r as usize] == u32::MAX {
             self.compute(swarm, r, extra);
         }
-        let a = self.start[ru] as usize;
-        &self.arena[a..a + usize::from(self.len[ru])]
+        usize::from(self.len[r as usize])
+    }
+
+    /// The `i`-th entry of `r`'s list, which [`Self::ensure`] computed.
+    pub fn get(&self, r: u32, i: usize) -> (u32, i32) {
+        self.arena[self.start[r as usize] as usize + i]
     }
 
     fn compute(&mut self, swarm: &Swarm, r: u32, extra: &[u32]) {

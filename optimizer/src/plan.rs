@@ -1,13 +1,12 @@
 //! Plans, their diffs, and one planning round.
 
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::assign::{self, Assignment, Budget};
 use crate::candidates::Candidates;
 use crate::exact;
 use crate::model::{Config, PeerId, PlanError, Snapshot};
-use crate::swarm::{PreviousPeer, Swarm, SOURCE};
+use crate::swarm::{Adjacency, PreviousPeer, Swarm, SOURCE};
 
 /// Where a share of a peer's stream comes from.
 ///
@@ -342,7 +341,6 @@ pub fn plan<Id: PeerId>(
     // Forwarders first, nearest the source first: their slots feed everyone behind them.
     work.sort_by_key(|&r| (swarm.tier[r as usize], r));
 
-    let extra_of = |r: u32| ctx.extra(r);
     let mut budget = Budget {
         moves_left: if previous.is_some() {
             config.max_moves
@@ -357,13 +355,13 @@ pub fn plan<Id: PeerId>(
         &mut cands,
         &mut asg,
         &work,
-        &extra_of,
+        &ctx.extras,
         &mut budget,
         config.sweeps,
     );
     let bound = (work.len() == count_receivers(swarm)).then(|| {
         work.iter()
-            .map(|&r| best_case(swarm, &mut cands, r, &ctx.extra(r)))
+            .map(|&r| best_case(swarm, &mut cands, r, ctx.extras.of(r)))
             .sum()
     });
     let mut stats = RoundStats {
@@ -439,7 +437,7 @@ struct Context<Id> {
     prev_links: Vec<(u32, u32, u8)>,
     prev: Vec<Option<PreviousPeer>>,
     /// Per receiver, its current connections and previous partners (dense indices).
-    extras: FxHashMap<u32, Vec<u32>>,
+    extras: Adjacency,
     _id: std::marker::PhantomData<Id>,
 }
 
@@ -485,7 +483,7 @@ impl<Id: PeerId> Context<Id> {
         }
         let swarm = Swarm::build(snapshot, &order, &prev, config)?;
         let mut prev_links = Vec::new();
-        let mut extras: FxHashMap<u32, Vec<u32>> = FxHashMap::default();
+        let mut extras: Vec<(u32, u32)> = Vec::new();
         if let Some(p) = previous {
             for (pp, now) in p.peers.iter().zip(&prev_index) {
                 let Some(r) = *now else { continue };
@@ -498,7 +496,7 @@ impl<Id: PeerId> Context<Id> {
                     match s {
                         Some(s) => {
                             prev_links.push((r, s, partner.slots));
-                            extras.entry(r).or_default().push(s);
+                            extras.push((r, s));
                         }
                         // The sender left: a forced removal, counted at the warm start.
                         None => prev_links.push((r, u32::MAX, partner.slots)),
@@ -510,7 +508,7 @@ impl<Id: PeerId> Context<Id> {
             let r = i as u32 + 1;
             for id in &snapshot.peers[ri].partners {
                 if let Some(s) = index_of(id) {
-                    extras.entry(r).or_default().push(s);
+                    extras.push((r, s));
                 }
             }
         }
@@ -518,17 +516,13 @@ impl<Id: PeerId> Context<Id> {
             swarm,
             prev_links,
             prev,
-            extras,
+            extras: Adjacency::new(n, extras),
             _id: std::marker::PhantomData,
         })
     }
 
     fn previous_tier(&self, r: u32) -> Option<u8> {
         self.prev.get(r as usize).copied().flatten().map(|p| p.tier)
-    }
-
-    fn extra(&self, r: u32) -> Vec<u32> {
-        self.extras.get(&r).cloned().unwrap_or_default()
     }
 
     /// Turns an assignment into a plan, its diff and the remaining figures.

@@ -6,8 +6,6 @@
 //! can use of it; leaves (free-riders, weak or unreliable peers, and contributors that found no
 //! room) form tier T + 1 and draw on whatever spare upload any tier has.
 
-use rustc_hash::FxHashSet;
-
 use crate::model::{Config, Connectivity, Coord, PeerId, PlanError, Snapshot};
 
 /// The source's node index.
@@ -28,6 +26,52 @@ const LAG_POINTS: f32 = 1000.0;
 const CONTINUITY_POINTS: f32 = 1000.0;
 /// Points for a pair already connected (the connection exists and proved the NATs passable).
 const CONNECTED_POINTS: i32 = 500;
+/// The most quality points a slot can earn (the utility above `base`).
+pub(crate) const MAX_QUALITY: i32 = RTT_POINTS as i32
+    + CAPACITY_POINTS as i32
+    + LAG_POINTS as i32
+    + CONTINUITY_POINTS as i32
+    + CONNECTED_POINTS;
+
+/// A sparse relation between nodes, as sorted lists per node (compressed rows).
+#[derive(Debug, Default)]
+pub(crate) struct Adjacency {
+    start: Vec<u32>,
+    items: Vec<u32>,
+}
+
+impl Adjacency {
+    /// The relation over `n` nodes holding `pairs` (duplicates and out-of-range nodes dropped).
+    pub fn new(n: usize, mut pairs: Vec<(u32, u32)>) -> Self {
+        pairs.retain(|&(a, b)| (a as usize) < n && (b as usize) < n);
+        pairs.sort_unstable();
+        pairs.dedup();
+        let mut start = vec![0u32; n + 1];
+        for &(a, _) in &pairs {
+            start[a as usize + 1] += 1;
+        }
+        for i in 0..n {
+            start[i + 1] += start[i];
+        }
+        Self {
+            start,
+            items: pairs.into_iter().map(|(_, b)| b).collect(),
+        }
+    }
+
+    /// The nodes related to `a`, sorted.
+    pub fn of(&self, a: u32) -> &[u32] {
+        let a = a as usize;
+        match (self.start.get(a), self.start.get(a + 1)) {
+            (Some(&x), Some(&y)) => &self.items[x as usize..y as usize],
+            _ => &[],
+        }
+    }
+
+    pub fn contains(&self, a: u32, b: u32) -> bool {
+        self.of(a).binary_search(&b).is_ok()
+    }
+}
 
 /// What the previous plan said about one peer still present.
 #[derive(Clone, Copy, Debug)]
@@ -62,8 +106,8 @@ pub(crate) struct Swarm {
     pub leaf_tier: u8,
     /// Members of each tier, 0 (the source) through the leaf tier, in placement order.
     pub members: Vec<Vec<u32>>,
-    /// Connected pairs (lower index first).
-    connected: FxHashSet<(u32, u32)>,
+    /// Existing connections, both ways.
+    connected: Adjacency,
     /// Per sender, the static part of its quality points (capacity, continuity).
     sender_points: Vec<f32>,
     per_tier_lag_ms: f32,
@@ -98,7 +142,7 @@ impl Swarm {
             target_lag: Vec::new(),
             leaf_tier: 1,
             members: Vec::new(),
-            connected: FxHashSet::default(),
+            connected: Adjacency::default(),
             sender_points: Vec::with_capacity(n),
             per_tier_lag_ms: cfg.per_tier_lag_ms.max(1) as f32,
         };
@@ -180,16 +224,19 @@ impl Swarm {
                 .ok()
                 .map(|i| i as u32 + 1)
         };
+        let mut pairs = Vec::new();
         for (i, &ri) in order.iter().enumerate() {
             let a = i as u32 + 1;
             for partner in &snapshot.peers[ri].partners {
                 if let Some(b) = index_of(partner) {
                     if a != b {
-                        swarm.connected.insert((a.min(b), a.max(b)));
+                        pairs.push((a, b));
+                        pairs.push((b, a));
                     }
                 }
             }
         }
+        swarm.connected = Adjacency::new(n, pairs);
 
         let full = f32::from(cfg.partners_per_peer) * 2.0;
         swarm.sender_points = (0..n)
@@ -329,7 +376,7 @@ impl Swarm {
         let ahead = (target - self.lag[su] as f32) / self.per_tier_lag_ms;
         let lag_points = LAG_POINTS * ahead.clamp(0.0, 1.0);
         let mut points = (rtt_points + lag_points + self.sender_points[su]) as i32;
-        if self.connected.contains(&(s.min(r), s.max(r))) {
+        if self.connected.contains(s, r) {
             points += CONNECTED_POINTS;
         }
         Some(self.base(r) + points)

@@ -10,6 +10,8 @@ use serde_json::json;
 use sim::run::{run, Mode};
 use sim::scenario::Scenario;
 
+mod bench_optimizer;
+
 /// Selfcast's simulator: the real protocol cores on thousands of simulated peers.
 #[derive(Debug, Parser)]
 #[command(name = "sim", version)]
@@ -53,8 +55,11 @@ enum Command {
         seed: u64,
     },
     /// Run a live 2 Mbit/s stream to N peers for M simulated minutes; print events/s, the
-    /// real-time factor and peak memory as a final JSON line.
+    /// real-time factor and peak memory as a final JSON line. `sim bench optimizer` times the
+    /// optimizer instead.
     Bench {
+        #[command(subcommand)]
+        what: Option<BenchWhat>,
         /// Viewers.
         #[arg(long, default_value_t = 1000)]
         peers: u32,
@@ -65,6 +70,13 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchWhat {
+    /// Plan a random heterogeneous swarm from scratch, then incrementally after perturbing it;
+    /// print round times, plan size and quality as a final JSON line.
+    Optimizer(bench_optimizer::Args),
 }
 
 fn main() -> ExitCode {
@@ -133,6 +145,14 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench {
+            what: Some(BenchWhat::Optimizer(args)),
+            ..
+        } => {
+            println!("{}", bench_optimizer::run(&args)?);
+            Ok(())
+        }
+        Command::Bench {
+            what: None,
             peers,
             minutes,
             seed,
