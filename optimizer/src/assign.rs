@@ -172,6 +172,7 @@ pub(crate) fn solve(
     extra: &Adjacency,
     budget: &mut Budget,
     sweeps: u8,
+    first_round: bool,
 ) {
     greedy(swarm, cands, asg, work, extra);
     let mut s = Switcher {
@@ -182,8 +183,12 @@ pub(crate) fn solve(
         budget,
         generation: 1,
         no_spare: vec![0; swarm.n],
+        freed: vec![false; swarm.n],
+        freed_list: Vec::new(),
         touched: Vec::new(),
+        new_lists: None,
     };
+    let limit = (!first_round).then_some(NEW_LISTS_PER_FILL);
     // The first sweep visits every receiver; later ones those a switch touched, and those still
     // missing slots if a switch freed upload somewhere.
     let mut active = work.to_vec();
@@ -192,6 +197,7 @@ pub(crate) fn solve(
         let generation = s.generation;
         // Unmet slots first: they get the move budget before quality does.
         for &r in &active {
+            s.new_lists = limit;
             s.fill(r);
         }
         for &r in &active {
@@ -199,11 +205,18 @@ pub(crate) fn solve(
         }
         let mut next = std::mem::take(&mut s.touched);
         if s.generation != generation {
-            next.extend(
-                work.iter()
-                    .copied()
-                    .filter(|&r| s.asg.unmet[r as usize] > 0),
-            );
+            // Receivers still missing slots come back if a sender they know freed upload.
+            for &r in work {
+                if s.asg.unmet[r as usize] > 0 && s.cands.computed(r) {
+                    let len = s.cands.ensure(swarm, r, &[]);
+                    if (0..len).any(|i| s.freed[s.cands.get(r, i).0 as usize]) {
+                        next.push(r);
+                    }
+                }
+            }
+            for f in std::mem::take(&mut s.freed_list) {
+                s.freed[f as usize] = false;
+            }
         }
         next.retain(|&r| !std::mem::replace(&mut queued[r as usize], true));
         for &r in &next {
@@ -290,7 +303,18 @@ struct Switcher<'a> {
     no_spare: Vec<u32>,
     /// Receivers whose edges changed this sweep.
     touched: Vec<u32>,
+    /// Senders that freed upload this sweep (flags, and the flagged ones).
+    freed: Vec<bool>,
+    freed_list: Vec<u32>,
+    /// Candidate lists the current fill may still compute for other receivers (`None`: no
+    /// limit).
+    new_lists: Option<usize>,
 }
+
+/// Candidate lists one fill may compute for the receivers it would take a slot from, in an
+/// incremental round. A first round computes every list up front, so a later round can only find
+/// fewer switches than the first did, never new ones that would unsettle a stable plan.
+const NEW_LISTS_PER_FILL: usize = 4;
 
 /// A switch found for one receiver.
 #[derive(Debug, Clone, Copy)]
@@ -330,6 +354,13 @@ impl Switcher<'_> {
     fn best_spare(&mut self, r: u32, not: u32) -> Option<(u32, i32)> {
         if self.no_spare[r as usize] == self.generation {
             return None;
+        }
+        if !self.cands.computed(r) {
+            match &mut self.new_lists {
+                Some(0) => return None,
+                Some(left) => *left -= 1,
+                None => {}
+            }
         }
         let len = self.candidates(r);
         for i in 0..len {
@@ -540,6 +571,9 @@ impl Switcher<'_> {
                 self.asg.remove_one(r, old);
                 self.asg.add(r, s, 1, u, false);
                 self.generation += 1;
+                if !std::mem::replace(&mut self.freed[old as usize], true) {
+                    self.freed_list.push(old);
+                }
             }
             Switch::Swap {
                 old,

@@ -195,6 +195,11 @@ impl Candidates {
         usize::from(self.len[r as usize])
     }
 
+    /// Whether `r`'s list is computed already.
+    pub fn computed(&self, r: u32) -> bool {
+        self.start.get(r as usize).is_some_and(|&s| s != u32::MAX)
+    }
+
     /// The `i`-th entry of `r`'s list, which [`Self::ensure`] computed.
     pub fn get(&self, r: u32, i: usize) -> (u32, i32) {
         self.arena[self.start[r as usize] as usize + i]

@@ -1,5 +1,6 @@
 //! Plans, their diffs, and one planning round.
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::assign::{self, Assignment, Budget};
@@ -311,7 +312,20 @@ pub fn plan<Id: PeerId>(
             }
         }
     }
-    kept.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    // Only where a sender's upload or a receiver's need shrank does the order matter: sort
+    // only then.
+    let mut sent = vec![0u32; swarm.n];
+    let mut got = vec![0u32; swarm.n];
+    for &(_, r, s, slots) in &kept {
+        sent[s as usize] += u32::from(slots);
+        got[r as usize] += u32::from(slots);
+    }
+    if kept.iter().any(|&(_, r, s, _)| {
+        sent[s as usize] > swarm.supply[s as usize]
+            || got[r as usize] > u32::from(swarm.demand[r as usize])
+    }) {
+        kept.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    }
     for (u, r, s, slots) in kept {
         let room = swarm.edge_cap(s, r).min(asg.unmet[r as usize]);
         if slots <= room && u32::from(slots) <= asg.spare(swarm, s) {
@@ -358,6 +372,7 @@ pub fn plan<Id: PeerId>(
         &ctx.extras,
         &mut budget,
         config.sweeps,
+        previous.is_none(),
     );
     let bound = (work.len() == count_receivers(swarm)).then(|| {
         work.iter()
@@ -459,12 +474,12 @@ impl<Id: PeerId> Context<Id> {
                 snapshot.peers[w[0]].id
             )));
         }
-        let index_of = |id: &Id| {
-            order
-                .binary_search_by(|&ri| snapshot.peers[ri].id.cmp(id))
-                .ok()
-                .map(|i| i as u32 + 1)
-        };
+        let index: FxHashMap<Id, u32> = order
+            .iter()
+            .enumerate()
+            .map(|(i, &ri)| (snapshot.peers[ri].id, i as u32 + 1))
+            .collect();
+        let index_of = |id: &Id| index.get(id).copied();
         let n = order.len() + 1;
         let mut prev = vec![None; n];
         // Previous plan index → dense index now.
@@ -481,7 +496,7 @@ impl<Id: PeerId> Context<Id> {
                 }
             }
         }
-        let swarm = Swarm::build(snapshot, &order, &prev, config)?;
+        let swarm = Swarm::build(snapshot, &order, &index, &prev, config)?;
         let mut prev_links = Vec::new();
         let mut extras: Vec<(u32, u32)> = Vec::new();
         if let Some(p) = previous {

@@ -6,6 +6,8 @@
 //! can use of it; leaves (free-riders, weak or unreliable peers, and contributors that found no
 //! room) form tier T + 1 and draw on whatever spare upload any tier has.
 
+use rustc_hash::FxHashMap;
+
 use crate::model::{Config, Connectivity, Coord, PeerId, PlanError, Snapshot};
 
 /// The source's node index.
@@ -44,8 +46,7 @@ impl Adjacency {
     /// The relation over `n` nodes holding `pairs` (duplicates and out-of-range nodes dropped).
     pub fn new(n: usize, mut pairs: Vec<(u32, u32)>) -> Self {
         pairs.retain(|&(a, b)| (a as usize) < n && (b as usize) < n);
-        pairs.sort_unstable();
-        pairs.dedup();
+        // Counting sort by row, then each (short) row sorted and deduplicated in place.
         let mut start = vec![0u32; n + 1];
         for &(a, _) in &pairs {
             start[a as usize + 1] += 1;
@@ -53,10 +54,34 @@ impl Adjacency {
         for i in 0..n {
             start[i + 1] += start[i];
         }
-        Self {
-            start,
-            items: pairs.into_iter().map(|(_, b)| b).collect(),
+        let mut next = start.clone();
+        let mut items = vec![0u32; pairs.len()];
+        for &(a, b) in &pairs {
+            items[next[a as usize] as usize] = b;
+            next[a as usize] += 1;
         }
+        let mut write = 0usize;
+        let mut row_start = 0usize;
+        for a in 0..n {
+            let end = start[a + 1] as usize;
+            let row = &mut items[row_start..end];
+            row.sort_unstable();
+            let mut last = None;
+            let begin = write;
+            for i in row_start..end {
+                let b = items[i];
+                if last != Some(b) {
+                    items[write] = b;
+                    write += 1;
+                    last = Some(b);
+                }
+            }
+            start[a] = begin as u32;
+            row_start = end;
+        }
+        start[n] = write as u32;
+        items.truncate(write);
+        Self { start, items }
     }
 
     /// The nodes related to `a`, sorted.
@@ -114,11 +139,13 @@ pub(crate) struct Swarm {
 }
 
 impl Swarm {
-    /// Builds the model and its tiers. `previous[i]` is what the last plan said about node `i`
+    /// Builds the model and its tiers. `order` lists the reports in id order, `index` maps an id
+    /// to its node. `previous[i]` is what the last plan said about node `i`
     /// (the source's entry is ignored); it makes upload slots, leaf status and tier order sticky.
     pub fn build<Id: PeerId>(
         snapshot: &Snapshot<Id>,
         order: &[usize],
+        index: &FxHashMap<Id, u32>,
         previous: &[Option<PreviousPeer>],
         cfg: &Config,
     ) -> Result<Self, PlanError> {
@@ -218,12 +245,7 @@ impl Swarm {
         }
 
         // Existing connections, by index.
-        let index_of = |id: &Id| {
-            order
-                .binary_search_by(|&ri| snapshot.peers[ri].id.cmp(id))
-                .ok()
-                .map(|i| i as u32 + 1)
-        };
+        let index_of = |id: &Id| index.get(id).copied();
         let mut pairs = Vec::new();
         for (i, &ri) in order.iter().enumerate() {
             let a = i as u32 + 1;

@@ -42,7 +42,12 @@ pub fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         "--perturb must be within 0..=1"
     );
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
-    let config = Config::default();
+    // A round may replace 2% of the plan's edges: with 5% of the peers changing per round, a
+    // fixed default bound would not let a large swarm repair what churn broke.
+    let config = Config {
+        max_moves: (args.peers as usize * 4 / 50).max(Config::default().max_moves),
+        ..Config::default()
+    };
     let mut next_id = 0u32;
     let mut snapshot = Snapshot {
         bitrate_bps: BITRATE,
@@ -128,6 +133,7 @@ pub fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         "edges_changed_per_round": (changed as f64 / rounds).round(),
         "forced_removals_per_round": (forced as f64 / rounds).round(),
         "moves_max": moves_max,
+        "max_moves": config.max_moves,
     }))
 }
 
