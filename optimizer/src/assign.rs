@@ -162,6 +162,15 @@ impl Budget {
     }
 }
 
+/// How hard a round works.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Effort {
+    /// Most switching sweeps.
+    pub sweeps: u8,
+    /// A first round (no previous plan): every candidate list is computed up front.
+    pub first_round: bool,
+}
+
 /// Runs greedy then switching sweeps over the receivers in `work`. `extra` holds, per
 /// receiver, senders to consider besides the nearest (previous partners, current connections).
 pub(crate) fn solve(
@@ -171,9 +180,12 @@ pub(crate) fn solve(
     work: &[u32],
     extra: &Adjacency,
     budget: &mut Budget,
-    sweeps: u8,
-    first_round: bool,
+    effort: Effort,
 ) {
+    let Effort {
+        sweeps,
+        first_round,
+    } = effort;
     greedy(swarm, cands, asg, work, extra);
     let mut s = Switcher {
         swarm,

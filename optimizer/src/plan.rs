@@ -371,8 +371,10 @@ pub fn plan<Id: PeerId>(
         &work,
         &ctx.extras,
         &mut budget,
-        config.sweeps,
-        previous.is_none(),
+        assign::Effort {
+            sweeps: config.sweeps,
+            first_round: previous.is_none(),
+        },
     );
     let bound = (work.len() == count_receivers(swarm)).then(|| {
         work.iter()
