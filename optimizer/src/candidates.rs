@@ -68,9 +68,10 @@ impl Grid {
         }
     }
 
-    /// Appends to `out` (as squared plane distance, node) at least the `k` nearest points to
-    /// `(x, y)` when there are that many: whole rings of cells are scanned until the `k`-th
-    /// nearest found is closer than anything an unscanned ring could hold.
+    /// Appends to `out` (as squared plane distance, node) the points of the cells around
+    /// `(x, y)`, ring by ring, until at least `k` were found and at least the first ring around
+    /// the centre cell was scanned: about the `k` nearest (nearer points can hide only just
+    /// beyond the last ring; candidates need locality, not exact neighbours).
     fn nearest(&self, swarm: &Swarm, x: f32, y: f32, k: usize, out: &mut Vec<(f32, u32)>) {
         if self.items.is_empty() || k == 0 {
             return;
@@ -89,7 +90,6 @@ impl Grid {
             clamp_cell(y, self.min.1, self.rows),
         );
         let max_ring = self.cols.max(self.rows);
-        let mut kth = Vec::new();
         for ring in 0..=max_ring {
             let (r, cx, cy) = (ring as isize, cx as isize, cy as isize);
             for gy in (cy - r)..=(cy + r) {
@@ -116,16 +116,8 @@ impl Grid {
                     };
                 }
             }
-            let found = out.len() - from;
-            if found >= k {
-                // Anything in ring + 1 or beyond is at least `ring · cell` away.
-                kth.clear();
-                kth.extend(out[from..].iter().map(|e| e.0));
-                let (_, d, _) = kth.select_nth_unstable_by(k - 1, f32::total_cmp);
-                let reach = ring as f32 * self.cell;
-                if *d <= reach * reach {
-                    break;
-                }
+            if ring >= 1 && out.len() - from >= k {
+                break;
             }
         }
     }

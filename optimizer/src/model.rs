@@ -149,10 +149,11 @@ pub struct Snapshot<Id> {
 
 /// How the optimizer plans.
 ///
-/// Utilities are integer points per slot (see `plan`'s documentation of the utility): serving a
-/// slot is worth 4,000, serving a peer that forwards (not a leaf) 6,000 more, and the quality
-/// terms (RTT, sender capacity, lag order, sender continuity, an existing connection) together
-/// at most 5,500.
+/// Utilities are integer points per slot: serving a slot is worth 4,000, serving a peer that
+/// forwards (not a leaf) 6,000 more, and the quality terms together at most 5,500: RTT (2,000 at
+/// 0 ms down to none at 400 ms), sender capacity (1,000 at twice `partners_per_peer` slots),
+/// sender at least a tier's lag ahead of the receiver's target (1,000), sender continuity
+/// (1,000), an existing connection (500).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// Partners per receiver: the stream is split into this many slots of `bitrate /
