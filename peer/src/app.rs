@@ -90,14 +90,15 @@ impl Broadcast {
             Some(addr) => overlay.join_addr(addr),
             None => overlay.create(),
         }
-        let (me, addr) = (node.peer_id(), node.local_addr());
+        let (me, addr, nat) = (node.peer_id(), node.advertised(), node.nat().clone());
         tokio::spawn(async move {
             if !overlay.joined(OVERLAY_JOIN_LIMIT).await {
                 warn!("could not join the overlay ring; viewers must use this node as --bootstrap");
                 return;
             }
             let channel = record.record.channel_id();
-            directory::keep_registered(overlay, channel, Some(record), me, addr, None).await;
+            directory::keep_registered(overlay, channel, Some(record), me, addr, Some(nat), None)
+                .await;
         });
         let stop = Arc::new(AtomicBool::new(false));
         let ingest = tokio::spawn(pump(ingest, node.clone(), stop.clone()));
@@ -236,10 +237,19 @@ pub async fn watch(
             }
             Err(e) => warn!(error = %e, "channel not in the overlay's directory yet"),
         }
-        let (me, addr) = (node.peer_id(), node.local_addr());
+        let (me, addr, nat) = (node.peer_id(), node.advertised(), node.nat().clone());
         let on_members: Box<dyn Fn(Vec<PeerAddr>) + Send + Sync> =
             Box::new(move |members| node.add_candidates(members));
-        directory::keep_registered(overlay, channel, None, me, addr, Some(on_members)).await;
+        directory::keep_registered(
+            overlay,
+            channel,
+            None,
+            me,
+            addr,
+            Some(nat),
+            Some(on_members),
+        )
+        .await;
     });
     Ok(handle)
 }

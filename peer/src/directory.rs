@@ -10,6 +10,7 @@ use tracker_overlay::swarm::{self, Connectivity, Field, Member};
 use tracker_overlay::{Abort, TxOp, Value};
 
 use crate::identity::{ChannelId, PeerId};
+use crate::nat::driver::Nat;
 use crate::overlay_net::OverlayHandle;
 use crate::segment::SignedChannel;
 use crate::wire::PeerAddr;
@@ -42,12 +43,12 @@ fn now_unix_s() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn me_as_member(peer: PeerId, addr: SocketAddr) -> Member {
+fn me_as_member(peer: PeerId, addr: SocketAddr, nat: Option<&Nat>) -> Member {
     Member {
         peer: peer.0,
         addr,
-        // The NAT issue measures this; until then every peer says it is reachable.
-        connectivity: Connectivity::Open,
+        // As classified by STUN; a node without traversal says it is reachable.
+        connectivity: nat.map_or(Connectivity::Open, Nat::connectivity),
         upload_kbps: 0,
         expires_unix_s: now_unix_s() + MEMBER_TTL.as_secs(),
     }
@@ -69,13 +70,16 @@ async fn read(
 }
 
 /// Stores the signed record (if `record` is given) and adds or refreshes `peer` in the
-/// membership sample, retrying when another member changed the sample in between.
+/// membership sample, retrying when another member changed the sample in between. With `nat`,
+/// the member carries its NAT class and the same transaction publishes its NAT record (its
+/// candidates and relay, which dialling peers read to punch or relay).
 pub async fn register(
     overlay: &OverlayHandle,
     channel: ChannelId,
     record: Option<&SignedChannel>,
     peer: PeerId,
     addr: SocketAddr,
+    nat: Option<&Nat>,
 ) -> Result<(), DirectoryError> {
     let signed = record.map(|r| postcard::to_stdvec(r).unwrap_or_default());
     let mut last = None;
@@ -95,8 +99,9 @@ pub async fn register(
                     ops.push(update.op);
                 }
             }
-            let me = me_as_member(peer, addr);
+            let me = me_as_member(peer, addr, nat);
             ops.push(swarm::join_members(&channel.0, members.as_ref(), me, now_unix_s())?.op);
+            ops.extend(nat.map(Nat::publish_op));
             overlay.transact(ops).await?;
             Ok::<_, DirectoryError>(())
         }
@@ -149,10 +154,12 @@ pub async fn keep_registered(
     record: Option<SignedChannel>,
     peer: PeerId,
     addr: SocketAddr,
+    nat: Option<Nat>,
     on_members: Option<Box<dyn Fn(Vec<PeerAddr>) + Send + Sync>>,
 ) {
     loop {
-        if let Err(e) = register(&overlay, channel, record.as_ref(), peer, addr).await {
+        if let Err(e) = register(&overlay, channel, record.as_ref(), peer, addr, nat.as_ref()).await
+        {
             warn!(error = %e, "cannot register in the overlay's directory");
         }
         if let Some(f) = &on_members {

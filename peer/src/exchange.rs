@@ -311,6 +311,8 @@ struct Partner {
     strikes: u32,
     /// It answered `Busy`: not asked again before this instant.
     busy_until: Option<Instant>,
+    /// Reached through a relay: asked only when no direct partner can serve.
+    relayed: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -501,6 +503,15 @@ impl Exchange {
         Ok(())
     }
 
+    /// Tells the exchange whether the connection to `peer` goes through a relay (the driver
+    /// knows, after [`Input::Connected`]): a relayed partner is asked for a segment only when no
+    /// direct partner holds it, so that the swarm prefers direct paths and spares relays.
+    pub fn set_relayed(&mut self, peer: PeerId, relayed: bool) {
+        if let Some(p) = self.partners.get_mut(&peer) {
+            p.relayed = relayed;
+        }
+    }
+
     /// Tells a VOD viewer where playback is (the player asked for segment `seq`, e.g. after
     /// a seek): it fetches from there on, earliest first.
     pub fn set_playhead(&mut self, now: Instant, seq: u64) {
@@ -655,6 +666,7 @@ impl Exchange {
                 greeted: false,
                 have: HaveMap::default(),
                 busy_until: None,
+                relayed: false,
                 inflight: 0,
                 strikes: 0,
             },
@@ -1060,19 +1072,20 @@ impl Exchange {
             if self.store.contains_key(&id) || self.pending.contains_key(&id) {
                 continue;
             }
-            // Another viewer first, then the least loaded holder, then the lowest id (partners
-            // are in id order, and a later one must be strictly better to be chosen).
-            let mut holder: Option<(bool, usize, usize)> = None;
+            // Another viewer first, a direct one before a relayed one, then the least loaded
+            // holder, then the lowest id (partners are in id order, and a later one must be
+            // strictly better to be chosen).
+            let mut holder: Option<(bool, bool, usize, usize)> = None;
             for (i, p) in self.partners.values().enumerate() {
                 if !usable(p) || !p.have.contains(id) {
                     continue;
                 }
-                let rank = (Some(i) == source, p.inflight);
-                if holder.is_none_or(|(s, f, _)| rank < (s, f)) {
-                    holder = Some((rank.0, rank.1, i));
+                let rank = (Some(i) == source, p.relayed, p.inflight);
+                if holder.is_none_or(|(s, r, f, _)| rank < (s, r, f)) {
+                    holder = Some((rank.0, rank.1, rank.2, i));
                 }
             }
-            let Some((is_source, _, index)) = holder else {
+            let Some((is_source, _, _, index)) = holder else {
                 continue;
             };
             if is_source && !only_source {

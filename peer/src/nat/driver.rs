@@ -42,8 +42,11 @@ const STUN_TIMEOUT: Duration = Duration::from_millis(1500);
 const FILTER_TEST: Duration = Duration::from_millis(800);
 /// How long a peer's record is reused before it is read again.
 const RECORD_TTL: Duration = Duration::from_secs(20);
-/// How long reading a record from the store may take.
-const RECORD_READ: Duration = Duration::from_secs(2);
+/// How long a dial waits for the peer's record from the store; the read goes on in the
+/// background (for the next dial) while this dial proceeds on a guess.
+const RECORD_WAIT: Duration = Duration::from_millis(300);
+/// How long reading a record from the store may take in all.
+const RECORD_READ: Duration = Duration::from_secs(3);
 
 /// How to traverse NATs.
 #[derive(Debug, Clone, Default)]
@@ -82,6 +85,7 @@ enum Command {
     Punch {
         peer: PeerId,
         record: NatRecord,
+        guessed: bool,
         reply: oneshot::Sender<punch::Event>,
     },
     AwaitStun {
@@ -104,6 +108,8 @@ struct Shared {
     reflexive: Option<SocketAddr>,
     local: Vec<SocketAddr>,
     home: Option<SocketAddr>,
+    /// The first STUN server that answered.
+    first_server: Option<SocketAddr>,
     paths: HashMap<PeerId, PathInfo>,
     records: HashMap<PeerId, (NatRecord, Instant)>,
     /// Relays we are registered with, and when we last used each.
@@ -142,6 +148,7 @@ impl Nat {
             reflexive: None,
             local: vec![local],
             home: None,
+            first_server: None,
             paths: HashMap::new(),
             records: HashMap::new(),
             relays: HashMap::new(),
@@ -206,6 +213,27 @@ impl Nat {
         )
     }
 
+    /// Our STUN partner (the other address our STUN answers name), if we have one.
+    pub fn partner(&self) -> Option<SocketAddr> {
+        self.inner.socket.partner()
+    }
+
+    /// Notes a connection `peer` opened to us from `remote` (a virtual address when it came
+    /// through a relay), unless we already chose a path to it.
+    pub fn accepted(&self, peer: PeerId, remote: SocketAddr) {
+        let kind = if self.is_relayed(remote) {
+            PathKind::Relayed
+        } else {
+            PathKind::Direct
+        };
+        self.shared().paths.entry(peer).or_insert(PathInfo {
+            kind,
+            addr: remote,
+            decided_in: Duration::ZERO,
+            connected_in: None,
+        });
+    }
+
     /// The paths chosen so far, by peer.
     pub fn paths(&self) -> HashMap<PeerId, PathInfo> {
         self.shared().paths.clone()
@@ -258,9 +286,41 @@ impl Nat {
     /// relay.
     pub async fn path_to(&self, peer: PeerId, addr: SocketAddr) -> SocketAddr {
         let started = Instant::now();
-        let Some(record) = self.peer_record(peer).await else {
+        if peer == self.inner.key.peer_id() {
             return addr;
+        }
+        let read = tokio::spawn({
+            let nat = self.clone();
+            async move { nat.peer_record(peer).await }
+        });
+        let known = tokio::time::timeout(RECORD_WAIT, read)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
+        let (record, guessed) = match known {
+            Some(record) => (record, false),
+            None => match self.inner.socket.relay_client(&peer) {
+                // It registers with us: the mapping it keeps open toward us is a direct path.
+                Some(registered) => return registered,
+                // Not published yet (e.g. a node joining the ring, which publishes once it is
+                // in): punch toward the address it gave, signalling through our own relay,
+                // which is often its relay too (peers register with their bootstrap peer); a
+                // reachable peer acknowledges our probes at once.
+                None => {
+                    let guess = NatRecord {
+                        connectivity: Connectivity::PortRestricted,
+                        reflexive: Some(addr),
+                        local: Vec::new(),
+                        relay: self.default_relay(),
+                    };
+                    (guess, true)
+                }
+            },
         };
+        if let Some(registered) = self.inner.socket.relay_client(&peer) {
+            return registered;
+        }
         if let Some(relay) = record.relay {
             if !self.ensure_registered(relay).await {
                 debug!(peer = %peer.short(), %relay, "cannot register at the peer's relay");
@@ -270,6 +330,7 @@ impl Nat {
         self.command(Command::Punch {
             peer,
             record,
+            guessed,
             reply,
         });
         let event = rx.await.unwrap_or(punch::Event::Unreachable { peer });
@@ -302,6 +363,13 @@ impl Nat {
             },
         );
         dial
+    }
+
+    /// The relay to try for a peer whose record we do not know: our home relay, or for an open
+    /// peer the first STUN server that answered.
+    fn default_relay(&self) -> Option<SocketAddr> {
+        let s = self.shared();
+        s.home.or(s.first_server)
     }
 
     fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
@@ -390,6 +458,7 @@ impl Nat {
             self.settle(class, None, local, None);
             return;
         };
+        self.shared().first_server = Some(server);
         let local = local_toward(port, Some(server), &self.inner.socket);
         if r1.mapped == local {
             self.settle(NatClass::OPEN, Some(r1.mapped), vec![local], None);
@@ -413,7 +482,10 @@ impl Nat {
             r1.other?;
             Some(self.stun(server, true, FILTER_TEST).await.is_some())
         };
-        let (same, open) = tokio::join!(mapping, filtering);
+        // The filtering test first: once we have sent to the other address, our NAT lets its
+        // packets in whatever its filtering.
+        let open = filtering.await;
+        let same = mapping.await;
         let class = NatClass {
             mapping: match same {
                 Some(true) => Mapping::EndpointIndependent,
@@ -649,10 +721,11 @@ impl Actor {
             Command::Punch {
                 peer,
                 record,
+                guessed,
                 reply,
             } => {
                 self.path_waiters.entry(peer).or_default().push(reply);
-                self.punch.connect(now, peer, &record);
+                self.punch.connect(now, peer, &record, guessed);
             }
             Command::AwaitStun { tx, reply } => {
                 self.stun_waiters.retain(|_, w| !w.is_closed());
@@ -684,4 +757,28 @@ impl Actor {
             }
         }
     }
+}
+
+/// Binds the node's UDP socket at `listen`, runs a quinn endpoint on it (serving `server`),
+/// then classifies the NAT through `config.stun` (the endpoint must be running for that: it is
+/// what reads the socket).
+pub async fn endpoint(
+    listen: SocketAddr,
+    server: quinn::ServerConfig,
+    key: &Keypair,
+    config: NatConfig,
+) -> std::io::Result<(quinn::Endpoint, Nat)> {
+    let (socket, events) = NatSocket::bind(listen)?;
+    let mut endpoint_config = quinn::EndpointConfig::default();
+    // The socket tells QUIC from STUN and relay packets by QUIC's fixed bit (RFC 9443), so
+    // peers must never grease it toward us.
+    endpoint_config.grease_quic_bit(false);
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(
+        endpoint_config,
+        Some(server),
+        socket.clone(),
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    let nat = Nat::start(socket, events, key.clone(), config).await;
+    Ok((endpoint, nat))
 }

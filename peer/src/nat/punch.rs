@@ -200,27 +200,27 @@ impl Punch {
     }
 
     /// Starts reaching `peer`, whose record is `record`; an attempt already under way goes on.
-    pub fn connect(&mut self, now: Instant, peer: PeerId, record: &NatRecord) {
+    /// A `guessed` record (the peer published none yet: its address and our own relay) is
+    /// always punched, whatever its class says.
+    pub fn connect(&mut self, now: Instant, peer: PeerId, record: &NatRecord, guessed: bool) {
         if self.attempts.contains_key(&peer) {
             return;
         }
         let candidates = record.candidates();
-        let done = |out: &mut VecDeque<Output>, event| out.push_back(Output::Event(event));
-        if dialable(record.connectivity) {
+        if dialable(record.connectivity) && !guessed {
             if let Some(&addr) = candidates.first() {
                 let elapsed = Duration::ZERO;
-                done(
-                    &mut self.out,
-                    Event::Direct {
-                        peer,
-                        addr,
-                        elapsed,
-                    },
-                );
+                let event = Event::Direct {
+                    peer,
+                    addr,
+                    elapsed,
+                };
+                self.out.push_back(Output::Event(event));
                 return;
             }
         }
-        if !can_punch(self.class, record.connectivity) || candidates.is_empty() {
+        let hopeless = !guessed && !can_punch(self.class, record.connectivity);
+        if hopeless || candidates.is_empty() {
             self.fall_back(peer, record.relay, Duration::ZERO);
             return;
         }
@@ -283,10 +283,10 @@ impl Punch {
             .responders
             .get(&from)
             .is_some_and(|r| r.session == session);
-        if !ours && !theirs {
-            return;
-        }
         if !ack {
+            // Every probe is acknowledged (a reflection no larger than the probe): a dialler
+            // that guessed our record learns that its path works. Only an acknowledgement
+            // that carries a session of ours makes us dial.
             let reply = Packet::Probe {
                 session,
                 from: self.me,
@@ -296,6 +296,9 @@ impl Punch {
                 to: addr,
                 datagram: reply.encode(),
             });
+        }
+        if !ours && !theirs {
+            return;
         }
         if theirs {
             // The dialler hears us: it will start QUIC on this path.
@@ -325,20 +328,8 @@ impl Punch {
                 continue;
             }
             if let Some(relay) = a.relay {
-                let offer = Signal::Offer {
-                    session: a.session,
-                    candidates: self.candidates.clone(),
-                }
-                .encode();
-                let datagram = Packet::SignalTo {
-                    to: *peer,
-                    payload: &offer,
-                }
-                .encode();
-                self.out.push_back(Output::Transmit {
-                    to: relay,
-                    datagram,
-                });
+                let offer = offer(*peer, relay, a.session, &self.candidates);
+                self.out.push_back(offer);
             }
             probes(&mut self.out, self.me, a.session, &a.candidates);
             a.next_send = now + a.interval;
@@ -384,6 +375,23 @@ impl Punch {
             None => Event::Unreachable { peer },
         };
         self.out.push_back(Output::Event(event));
+    }
+}
+
+/// An offer to `peer` through `relay`.
+fn offer(peer: PeerId, relay: SocketAddr, session: u64, candidates: &[SocketAddr]) -> Output {
+    let offer = Signal::Offer {
+        session,
+        candidates: candidates.to_vec(),
+    }
+    .encode();
+    Output::Transmit {
+        to: relay,
+        datagram: Packet::SignalTo {
+            to: peer,
+            payload: &offer,
+        }
+        .encode(),
     }
 }
 
@@ -495,7 +503,7 @@ mod tests {
         };
         let start = Instant::now();
         let mut now = start;
-        sides[0].punch.connect(now, b_id, &record_b);
+        sides[0].punch.connect(now, b_id, &record_b, false);
         // In flight: (arrival, to side, from address, to address, datagram).
         let mut wire: Vec<(Instant, usize, SocketAddr, SocketAddr, Vec<u8>)> = Vec::new();
         let one_way = Duration::from_millis(20);
@@ -609,7 +617,7 @@ mod tests {
             local: vec![],
             relay: Some(relay),
         };
-        p.connect(t0, PeerId([3; 32]), &record);
+        p.connect(t0, PeerId([3; 32]), &record, false);
         let mut sends = 0;
         loop {
             while let Some(out) = p.poll_output() {
@@ -636,16 +644,24 @@ mod tests {
     }
 
     #[test]
-    fn probes_with_unknown_sessions_are_ignored_and_signals_are_bounded() {
+    fn probes_with_unknown_sessions_are_only_acknowledged_and_signals_are_bounded() {
         let mut p = Punch::new(PeerId([2; 32]), Cone, vec![], PunchConfig::default());
-        p.handle_probe(
-            Instant::now(),
-            "1.2.3.4:5".parse().unwrap(),
-            7,
-            PeerId([3; 32]),
-            false,
+        let stranger: SocketAddr = "1.2.3.4:5".parse().unwrap();
+        p.handle_probe(Instant::now(), stranger, 7, PeerId([3; 32]), true);
+        assert_eq!(
+            p.poll_output(),
+            None,
+            "an unknown acknowledgement is ignored"
         );
-        assert_eq!(p.poll_output(), None, "no reflection toward strangers");
+        p.handle_probe(Instant::now(), stranger, 7, PeerId([3; 32]), false);
+        match p.poll_output() {
+            Some(Output::Transmit { to, datagram }) => {
+                assert_eq!(to, stranger, "a probe is acknowledged to its source only");
+                assert!(datagram.len() < 64);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(p.poll_output(), None, "and nothing else happens");
         let big = Signal::Offer {
             session: 1,
             candidates: vec!["1.2.3.4:5".parse().unwrap(); 9],

@@ -123,6 +123,9 @@ impl State {
 /// The node's UDP socket: QUIC, STUN and the relay protocol on one port.
 pub struct NatSocket {
     io: tokio::net::UdpSocket,
+    /// The same socket, for our own datagrams: a plain non-blocking send does not depend on
+    /// tokio having seen the socket writable yet.
+    raw: std::net::UdpSocket,
     local: SocketAddr,
     state: Mutex<State>,
     events: mpsc::UnboundedSender<SocketEvent>,
@@ -141,11 +144,13 @@ impl NatSocket {
     pub fn bind(addr: SocketAddr) -> io::Result<(Arc<Self>, mpsc::UnboundedReceiver<SocketEvent>)> {
         let std = std::net::UdpSocket::bind(addr)?;
         std.set_nonblocking(true)?;
+        let raw = std.try_clone()?;
         let io = tokio::net::UdpSocket::from_std(std)?;
         let local = io.local_addr()?;
         let (events, rx) = mpsc::unbounded_channel();
         let socket = Self {
             io,
+            raw,
             local,
             state: Mutex::new(State::default()),
             events,
@@ -155,7 +160,7 @@ impl NatSocket {
 
     /// Sends one of our datagrams (best effort, like any UDP send).
     pub fn send_to(&self, datagram: &[u8], to: SocketAddr) {
-        if let Err(e) = self.io.try_send_to(datagram, to) {
+        if let Err(e) = self.raw.send_to(datagram, to) {
             debug!(%to, error = %e, "datagram not sent");
         }
     }
@@ -176,6 +181,13 @@ impl NatSocket {
     /// What the relay did, if this peer relays.
     pub fn relay_stats(&self) -> Option<RelayStats> {
         self.state().relay.as_ref().map(|r| r.stats().clone())
+    }
+
+    /// Where `peer` is registered with us, if we relay for it: its NAT keeps that mapping open
+    /// toward us, so it is a direct path.
+    pub fn relay_client(&self, peer: &PeerId) -> Option<SocketAddr> {
+        let state = self.state();
+        state.relay.as_ref()?.client(Instant::now(), peer)
     }
 
     /// Counters of the socket.

@@ -24,6 +24,7 @@ use tracing::debug;
 
 use super::{read_segment, tls, DialError, Link, Msg};
 use crate::identity::{Keypair, PeerId};
+use crate::nat::driver::Nat;
 use crate::overlay_net::{OverlayHandle, OVERLAY_STREAM};
 
 /// What a dial that others wait for ended with.
@@ -51,6 +52,8 @@ struct Inner {
     /// The segment node's actor, if this endpoint carries segments (not in the store bench).
     node: Option<mpsc::UnboundedSender<Msg>>,
     overlay: OnceLock<OverlayHandle>,
+    /// NAT traversal, which finds the path to a peer before it is dialled.
+    nat: OnceLock<Nat>,
 }
 
 impl Connections {
@@ -78,6 +81,7 @@ impl Connections {
                 table: Mutex::new(Table::default()),
                 node,
                 overlay: OnceLock::new(),
+                nat: OnceLock::new(),
             }),
         }
     }
@@ -85,6 +89,11 @@ impl Connections {
     /// Where overlay streams go; set once, when the overlay task starts.
     pub(crate) fn set_overlay(&self, overlay: OverlayHandle) {
         let _ = self.inner.overlay.set(overlay);
+    }
+
+    /// Where dials to known peers find their path (punched, relayed or plain); set once.
+    pub(crate) fn set_nat(&self, nat: Nat) {
+        let _ = self.inner.nat.set(nat);
     }
 
     /// The connection to `expected` (or to whoever listens at `addr`), dialling if there is
@@ -141,12 +150,21 @@ impl Connections {
         let mut config = tls::client_config(&self.inner.key, expected)
             .map_err(|_| DialError::Other("cannot build a client TLS configuration"))?;
         config.transport_config(self.inner.transport.clone());
+        let started = std::time::Instant::now();
+        let nat = self.inner.nat.get();
+        let path = match (expected, nat) {
+            (Some(peer), Some(nat)) => nat.path_to(peer, addr).await,
+            _ => addr,
+        };
         let conn = self
             .inner
             .endpoint
-            .connect_with(config, addr, tls::server_name())?
+            .connect_with(config, path, tls::server_name())?
             .await?;
         let peer = tls::peer_id_of(&conn).ok_or(DialError::Other("no peer identity"))?;
+        if let Some(nat) = nat {
+            nat.connected(peer, started.elapsed());
+        }
         self.adopt(peer, conn.clone());
         Ok((peer, conn))
     }
@@ -181,7 +199,12 @@ impl Connections {
                 let remote = incoming.remote_address();
                 match incoming.await {
                     Ok(conn) => match tls::peer_id_of(&conn) {
-                        Some(peer) => this.adopt(peer, conn),
+                        Some(peer) => {
+                            if let Some(nat) = this.inner.nat.get() {
+                                nat.accepted(peer, remote);
+                            }
+                            this.adopt(peer, conn)
+                        }
                         None => conn.close(VarInt::from_u32(0), b"no peer identity"),
                     },
                     Err(e) => debug!(%remote, error = %e, "incoming connection failed"),

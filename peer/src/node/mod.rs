@@ -37,6 +37,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::exchange::{CloseReason, Event, Exchange, ExchangeConfig, Input, Output, PublishError};
 use crate::identity::{ChannelId, Keypair, PeerId};
+use crate::nat::driver::{Nat, NatConfig};
 use crate::overlay_net::OverlayHandle;
 use crate::qos::ViewerQos;
 use crate::segment::{SegmentId, SignedChannel, StreamKind};
@@ -165,6 +166,8 @@ pub struct NodeHandle {
     http_addr: Option<SocketAddr>,
     overlay: OverlayHandle,
     net: Connections,
+    nat: Nat,
+    advertise: SocketAddr,
     tasks: Arc<tokio::sync::Mutex<JoinSet<()>>>,
 }
 
@@ -178,6 +181,17 @@ impl NodeHandle {
     /// share one per peer).
     pub fn connections(&self) -> Vec<(PeerId, usize)> {
         self.net.open()
+    }
+
+    /// The node's NAT traversal (its class, its record, the paths it chose).
+    pub fn nat(&self) -> &Nat {
+        &self.nat
+    }
+
+    /// The address other peers should dial: `--advertise`, else the reflexive address behind
+    /// a NAT, else our own routable address.
+    pub fn advertised(&self) -> SocketAddr {
+        self.advertise
     }
 
     /// Peers to try as partners (e.g. the channel's members, found through the overlay).
@@ -369,8 +383,21 @@ async fn start(
     bootstrap: Vec<Bootstrap>,
 ) -> Result<NodeHandle, NodeError> {
     let server = tls::server_config(&key)?;
-    let mut endpoint =
-        Endpoint::server(server, config.listen).map_err(|source| NodeError::Bind {
+    // One UDP socket for QUIC, STUN and relaying; its bootstrap peers are its STUN servers.
+    let stun = config
+        .overlay_bootstrap
+        .into_iter()
+        .chain(bootstrap.iter().map(|b| match b {
+            Bootstrap::Peer(p) => p.addr,
+            Bootstrap::Addr(a) => *a,
+        }));
+    let nat_config = NatConfig {
+        stun: stun.collect(),
+        ..NatConfig::default()
+    };
+    let (mut endpoint, nat) = crate::nat::driver::endpoint(config.listen, server, &key, nat_config)
+        .await
+        .map_err(|source| NodeError::Bind {
             what: UDP_PURPOSE,
             addr: config.listen,
             source,
@@ -395,6 +422,7 @@ async fn start(
     });
     let advertise = config
         .advertise
+        .or_else(|| nat.advertise())
         .unwrap_or_else(|| routable_addr(local_addr, toward));
     let peer_id = key.peer_id();
     let now = Instant::now();
@@ -483,6 +511,8 @@ async fn start(
         ..tracker_overlay::Config::default()
     };
     let overlay = crate::overlay_net::spawn_on(conns.clone(), &key, advertise, overlay_config);
+    conns.set_nat(nat.clone());
+    nat.attach_overlay(overlay.clone());
     let span = tracing::info_span!("node", peer = %peer_id.short());
     tasks.spawn(
         conns
@@ -494,6 +524,7 @@ async fn start(
         exchange,
         endpoint,
         net: conns.clone(),
+        nat: nat.clone(),
         conns: HashMap::new(),
         next_gen: 0,
         tx: tx.clone(),
@@ -526,6 +557,8 @@ async fn start(
         http_addr,
         overlay,
         net: conns,
+        nat,
+        advertise,
         tasks: Arc::new(tokio::sync::Mutex::new(tasks)),
     })
 }
@@ -574,6 +607,7 @@ struct Actor {
     endpoint: Endpoint,
     /// Connections to peers (shared with the overlay).
     net: Connections,
+    nat: Nat,
     conns: HashMap<PeerId, Conn>,
     next_gen: u64,
     tx: mpsc::UnboundedSender<Msg>,
@@ -771,7 +805,12 @@ impl Actor {
             },
         );
         debug!(peer = %peer.short(), gen, "connected");
+        let relayed = self
+            .conns
+            .get(&peer)
+            .is_some_and(|c| self.nat.is_relayed(c.conn.remote_address()));
         self.exchange.handle_input(now, Input::Connected { peer });
+        self.exchange.set_relayed(peer, relayed);
     }
 
     /// Carries out everything the exchange asked for.
@@ -917,6 +956,7 @@ impl Actor {
             "requests_retried": stats.requests_retried,
             "partners": partners,
             "connections": self.net.open().iter().map(|(_, n)| n).sum::<usize>(),
+            "nat": self.nat.status(),
             "qos": qos,
         });
         if let Ok(mut status) = self.status.lock() {
