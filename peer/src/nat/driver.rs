@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
@@ -117,7 +117,8 @@ struct Shared {
 }
 
 struct Inner {
-    socket: Arc<NatSocket>,
+    /// Weak: the socket closes when quinn's endpoint lets it go, whoever still holds a `Nat`.
+    socket: Weak<NatSocket>,
     key: Keypair,
     commands: mpsc::UnboundedSender<Command>,
     overlay: OnceLock<OverlayHandle>,
@@ -155,7 +156,7 @@ impl Nat {
         };
         let nat = Self {
             inner: Arc::new(Inner {
-                socket: socket.clone(),
+                socket: Arc::downgrade(&socket),
                 key,
                 commands,
                 overlay: OnceLock::new(),
@@ -163,7 +164,8 @@ impl Nat {
             }),
         };
         let punch = Punch::new(me, Connectivity::Open, vec![local], config.punch.clone());
-        tokio::spawn(Actor::new(socket, punch, nat.clone()).run(events, command_rx));
+        tokio::spawn(Actor::new(&socket, punch, nat.clone()).run(events, command_rx));
+        drop(socket);
         nat.classify(&config).await;
         tokio::spawn(nat.clone().refresh_relays());
         nat
@@ -215,7 +217,7 @@ impl Nat {
 
     /// Our STUN partner (the other address our STUN answers name), if we have one.
     pub fn partner(&self) -> Option<SocketAddr> {
-        self.inner.socket.partner()
+        self.socket().and_then(|s| s.partner())
     }
 
     /// Notes a connection `peer` opened to us from `remote` (a virtual address when it came
@@ -241,7 +243,7 @@ impl Nat {
 
     /// Whether `addr` is a relayed peer's virtual address.
     pub fn is_relayed(&self, addr: SocketAddr) -> bool {
-        super::is_virtual(addr) && self.inner.socket.relayed(addr).is_some()
+        super::is_virtual(addr) && self.socket().is_some_and(|s| s.relayed(addr).is_some())
     }
 
     /// Notes that the QUIC connection to `peer` came up `elapsed` after its path search began.
@@ -273,7 +275,7 @@ impl Nat {
             "filtering": format!("{:?}", s.class.filtering),
             "reflexive": s.reflexive.map(|a| a.to_string()),
             "relay": s.home.map(|a| a.to_string()),
-            "relaying": self.inner.socket.relay_stats().map(|r| json!({
+            "relaying": self.socket().and_then(|s| s.relay_stats()).map(|r| json!({
                 "forwarded": r.forwarded, "forwarded_bytes": r.forwarded_bytes,
                 "over_budget": r.over_budget, "registrations": r.registrations,
             })),
@@ -300,7 +302,7 @@ impl Nat {
             .flatten();
         let (record, guessed) = match known {
             Some(record) => (record, false),
-            None => match self.inner.socket.relay_client(&peer) {
+            None => match self.socket().and_then(|s| s.relay_client(&peer)) {
                 // It registers with us: the mapping it keeps open toward us is a direct path.
                 Some(registered) => return registered,
                 // Not published yet (e.g. a node joining the ring, which publishes once it is
@@ -318,7 +320,7 @@ impl Nat {
                 }
             },
         };
-        if let Some(registered) = self.inner.socket.relay_client(&peer) {
+        if let Some(registered) = self.socket().and_then(|s| s.relay_client(&peer)) {
             return registered;
         }
         if let Some(relay) = record.relay {
@@ -345,7 +347,10 @@ impl Nat {
                 info!(peer = %peer.short(), %relay, "relayed path");
                 (
                     PathKind::Relayed,
-                    self.inner.socket.virtual_for(relay, peer),
+                    match self.socket() {
+                        Some(s) => s.virtual_for(relay, peer),
+                        None => return addr,
+                    },
                 )
             }
             punch::Event::Unreachable { .. } => {
@@ -370,6 +375,11 @@ impl Nat {
     fn default_relay(&self) -> Option<SocketAddr> {
         let s = self.shared();
         s.home.or(s.first_server)
+    }
+
+    /// The socket, while the endpoint keeps it.
+    fn socket(&self) -> Option<Arc<NatSocket>> {
+        self.inner.socket.upgrade()
     }
 
     fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
@@ -423,7 +433,10 @@ impl Nat {
         tokio::pin!(deadline);
         let mut interval = Duration::from_millis(100);
         loop {
-            self.inner.socket.send_to(&request, server);
+            match self.socket() {
+                Some(s) => s.send_to(&request, server),
+                None => return None,
+            }
             tokio::select! {
                 r = &mut rx => return r.ok(),
                 () = tokio::time::sleep(interval) => interval = (interval * 2).min(Duration::from_millis(500)),
@@ -434,7 +447,10 @@ impl Nat {
 
     /// Classifies our NAT (RFC 5780 style, with peers as servers) and acts on the result.
     async fn classify(&self, config: &NatConfig) {
-        let port = self.inner.socket.local_addr_or_unspecified().port();
+        let Some(socket) = self.socket() else {
+            return;
+        };
+        let port = socket.local_addr_or_unspecified().port();
         let mut first = None;
         for server in &config.stun {
             if let Some((_, r)) = self.stun(*server, false, STUN_TIMEOUT).await {
@@ -454,19 +470,17 @@ impl Nat {
                     filtering: Filtering::Unknown,
                 }
             };
-            let local = vec![local_toward(port, None, &self.inner.socket)];
+            let local = vec![local_toward(port, None, &socket)];
             self.settle(class, None, local, None);
             return;
         };
         self.shared().first_server = Some(server);
-        let local = local_toward(port, Some(server), &self.inner.socket);
+        let local = local_toward(port, Some(server), &socket);
         if r1.mapped == local {
             self.settle(NatClass::OPEN, Some(r1.mapped), vec![local], None);
             // Offer to be the server's partner, so that it can answer CHANGE-REQUESTs.
-            if self.inner.socket.partner().is_none() {
-                self.inner
-                    .socket
-                    .send_to(&Packet::Partner { accept: false }.encode(), server);
+            if socket.partner().is_none() {
+                socket.send_to(&Packet::Partner { accept: false }.encode(), server);
             }
             return;
         }
@@ -517,7 +531,9 @@ impl Nat {
             "NAT classified"
         );
         if class.mapping == Mapping::None {
-            self.inner.socket.enable_relay(RelayConfig::default());
+            if let Some(s) = self.socket() {
+                s.enable_relay(RelayConfig::default());
+            }
         }
         let candidates = {
             let mut s = self.shared();
@@ -568,7 +584,10 @@ impl Nat {
             let (reply, rx) = oneshot::channel();
             self.command(Command::AwaitRegistered { relay, reply });
             let packet = Packet::Register(Box::new(reg)).encode();
-            self.inner.socket.send_to(&packet, relay);
+            match self.socket() {
+                Some(s) => s.send_to(&packet, relay),
+                None => return false,
+            }
             if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(500), rx).await {
                 return true;
             }
@@ -581,7 +600,7 @@ impl Nat {
         let stale_after = Duration::from_secs(120);
         loop {
             tokio::time::sleep(REFRESH).await;
-            if self.inner.commands.is_closed() {
+            if self.socket().is_none() || self.inner.commands.is_closed() {
                 return;
             }
             let (home, relays): (_, Vec<_>) = {
@@ -632,7 +651,7 @@ fn local_toward(port: u16, server: Option<SocketAddr>, socket: &NatSocket) -> So
 
 /// The task that owns the punching core and routes socket events.
 struct Actor {
-    socket: Arc<NatSocket>,
+    socket: Weak<NatSocket>,
     punch: Punch,
     nat: Nat,
     stun_waiters: HashMap<TxId, oneshot::Sender<(SocketAddr, stun::Response)>>,
@@ -641,9 +660,9 @@ struct Actor {
 }
 
 impl Actor {
-    fn new(socket: Arc<NatSocket>, punch: Punch, nat: Nat) -> Self {
+    fn new(socket: &Arc<NatSocket>, punch: Punch, nat: Nat) -> Self {
         Self {
-            socket,
+            socket: Arc::downgrade(socket),
             punch,
             nat,
             stun_waiters: HashMap::new(),
@@ -702,14 +721,15 @@ impl Actor {
             } => self.punch.handle_probe(now, addr, session, from, ack),
             SocketEvent::Partner { from, accept } => {
                 if accept {
-                    self.socket.set_partner(from);
-                } else if self.nat.class().mapping == Mapping::None
-                    && self.socket.partner().is_none()
-                {
-                    info!(partner = %from, "STUN partner: CHANGE-REQUESTs are answered from there");
-                    self.socket.set_partner(from);
-                    self.socket
-                        .send_to(&Packet::Partner { accept: true }.encode(), from);
+                    if let Some(s) = self.socket.upgrade() {
+                        s.set_partner(from);
+                    }
+                } else if let Some(s) = self.socket.upgrade() {
+                    if self.nat.class().mapping == Mapping::None && s.partner().is_none() {
+                        info!(partner = %from, "STUN partner: CHANGE-REQUESTs are answered from there");
+                        s.set_partner(from);
+                        s.send_to(&Packet::Partner { accept: true }.encode(), from);
+                    }
                 }
             }
         }
@@ -743,7 +763,11 @@ impl Actor {
     fn drain(&mut self) {
         while let Some(out) = self.punch.poll_output() {
             match out {
-                punch::Output::Transmit { to, datagram } => self.socket.send_to(&datagram, to),
+                punch::Output::Transmit { to, datagram } => {
+                    if let Some(s) = self.socket.upgrade() {
+                        s.send_to(&datagram, to);
+                    }
+                }
                 punch::Output::Event(event) => {
                     let peer = match &event {
                         punch::Event::Direct { peer, .. }
