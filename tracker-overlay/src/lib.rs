@@ -21,6 +21,10 @@
 //!   committing twice), anti-entropy.
 //! - [`swarm`]: the typed swarm metadata on top (channel records, membership samples, VOD
 //!   holders, optimizer plans with epochs), as read-then-test-and-set updates.
+//! - [`coordinator`]: the self-managed optimizer loop on top: QoS reports routed to the node
+//!   responsible for a channel's plan key, which runs `optimizer::plan` every round and
+//!   stores the plan (sharded, with its epoch) by a transaction; its successor takes over
+//!   from the stored plan.
 //! - [`tx`]: transaction operations, logs and aborts; `commit`: quorum reads, Paxos Commit's
 //!   participants, acceptors and leaders, and the takeover by replicated managers.
 //!
@@ -29,6 +33,7 @@
 //! (the manager and its replicated managers) → they forward to the leader → the leader decides
 //! → `Decide` to participants, which apply and unlock → [`Event::TxDone`].
 
+pub mod coordinator;
 pub mod id;
 pub mod msg;
 pub mod store;

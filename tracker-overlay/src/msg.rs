@@ -19,6 +19,8 @@ pub const MAX_MESSAGE_LEN: usize = 512 * 1024;
 pub const MAX_LIST_LEN: usize = 1024;
 /// The most keys one transaction may touch.
 pub const MAX_TX_KEYS: usize = 64;
+/// The largest application payload a routed [`Op::Deliver`] carries.
+pub const MAX_DELIVER_LEN: usize = 4 * 1024;
 
 /// One message between two overlay nodes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -256,6 +258,13 @@ pub enum Op {
         /// Commit or abort.
         commit: bool,
     },
+    /// An application message for whoever is responsible for `key` (best effort: no answer,
+    /// no retransmission). The responsible node reports it as
+    /// [`crate::Event::Delivered`].
+    Deliver {
+        /// Opaque to the overlay; at most [`MAX_DELIVER_LEN`] bytes.
+        payload: Vec<u8>,
+    },
 }
 
 /// A transaction's request to one replica of one of its keys.
@@ -397,9 +406,15 @@ impl Message {
                 if !node_ok(&routed.origin) {
                     return Err(OutOfBounds("origin id does not match its peer id"));
                 }
-                if let Op::Prepare(p) = &routed.op {
-                    tx(&p.acceptors, &p.keys, (p.item, p.replica))?;
-                    p.entry.check().map_err(OutOfBounds)?;
+                match &routed.op {
+                    Op::Prepare(p) => {
+                        tx(&p.acceptors, &p.keys, (p.item, p.replica))?;
+                        p.entry.check().map_err(OutOfBounds)?;
+                    }
+                    Op::Deliver { payload } if payload.len() > MAX_DELIVER_LEN => {
+                        return Err(OutOfBounds("delivered payload"));
+                    }
+                    _ => {}
                 }
             }
             Body::JoinAccept { succs, .. }
@@ -439,6 +454,7 @@ impl Message {
                 Op::Fetch { .. } => "fetch",
                 Op::Prepare(_) => "prepare",
                 Op::Decide { .. } => "decide",
+                Op::Deliver { .. } => "deliver",
             },
             Body::JoinAccept { .. } => "join_accept",
             Body::JoinReject => "join_reject",

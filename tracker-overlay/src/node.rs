@@ -137,6 +137,17 @@ pub enum Event {
         /// The responsible node and the hops the lookup took, or `None` on timeout.
         found: Option<(NodeRef, u8)>,
     },
+    /// A message sent with [`OverlayNode::deliver_to`] reached this node, which is
+    /// responsible for `key`.
+    Delivered {
+        /// The position it was sent to.
+        key: RingId,
+        /// The node that sent it (as it named itself: routed messages are not authenticated
+        /// end to end).
+        origin: NodeRef,
+        /// The application's bytes.
+        payload: Vec<u8>,
+    },
     /// A transaction finished.
     TxDone {
         /// The id [`OverlayNode::transact`] returned.
@@ -386,6 +397,20 @@ impl OverlayNode {
         self.start_client(req, ops);
         self.drain_local();
         req
+    }
+
+    /// Routes `payload` to the node responsible for `key`, which reports it as
+    /// [`Event::Delivered`]. Best effort: a message lost with a crashed node on its path is
+    /// not sent again, so callers send what they must repeat periodically (reports, not
+    /// commands). A payload over [`crate::msg::MAX_DELIVER_LEN`] is dropped (`false`).
+    pub fn deliver_to(&mut self, now: Instant, key: RingId, payload: Vec<u8>) -> bool {
+        self.now = now;
+        if payload.len() > crate::msg::MAX_DELIVER_LEN {
+            return false;
+        }
+        self.route_to(key, Op::Deliver { payload });
+        self.drain_local();
+        true
     }
 
     /// Leaves the ring gracefully: the range and its data go to the successor, the neighbours
@@ -655,6 +680,11 @@ impl OverlayNode {
             Op::Fetch { req, to } => self.on_fetch(origin, req, routed.key, to),
             Op::Prepare(prepare) => self.on_prepare(routed.key, *prepare),
             Op::Decide { tid, commit } => self.on_decide(tid, commit),
+            Op::Deliver { payload } => self.emit(Event::Delivered {
+                key: routed.key,
+                origin,
+                payload,
+            }),
         }
     }
 

@@ -14,7 +14,7 @@
 use crate::id::{replica_stride, NodeRef, RangeSet, RingId};
 use crate::msg::{Body, Op};
 use crate::node::{OverlayNode, Phase, Timer};
-use crate::store::Item;
+use crate::store::{Item, MAX_CHUNK_BYTES};
 
 /// The most items in one hand-over or fetch answer.
 pub(crate) const CHUNK: usize = 256;
@@ -69,9 +69,20 @@ impl OverlayNode {
         items: Vec<(RingId, Item)>,
         leaving: Option<Option<NodeRef>>,
     ) -> Vec<u64> {
-        let mut chunks: Vec<Vec<(RingId, Item)>> = items.chunks(CHUNK).map(<[_]>::to_vec).collect();
-        if chunks.is_empty() {
-            chunks.push(Vec::new());
+        // At most CHUNK items and MAX_CHUNK_BYTES of values per message (at least one item).
+        let mut chunks: Vec<Vec<(RingId, Item)>> = vec![Vec::new()];
+        let mut bytes = 0;
+        for item in items {
+            let size = item.1.value.size();
+            let full = chunks.last().map_or(0, Vec::len);
+            if full == CHUNK || (full > 0 && bytes + size > MAX_CHUNK_BYTES) {
+                chunks.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += size;
+            if let Some(chunk) = chunks.last_mut() {
+                chunk.push(item);
+            }
         }
         let last = chunks.len() - 1;
         let mut ids = Vec::with_capacity(chunks.len());

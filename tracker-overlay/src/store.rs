@@ -20,6 +20,10 @@ use crate::tx::{TxEntry, TxId};
 /// The largest value the store takes, in bytes (a list counts its elements' bytes).
 pub const MAX_VALUE_LEN: usize = 64 * 1024;
 
+/// The most value bytes one hand-over or repair message carries (a few items at the value
+/// limit; more would push the message over [`crate::msg::MAX_MESSAGE_LEN`]).
+pub const MAX_CHUNK_BYTES: usize = 4 * MAX_VALUE_LEN;
+
 /// A stored value.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Value {
@@ -32,14 +36,19 @@ pub enum Value {
 }
 
 impl Value {
-    /// Checks the size bound.
-    pub fn check(&self) -> Result<(), &'static str> {
-        let len = match self {
+    /// The size the bound counts: a number's 8 bytes, the bytes, or the list's elements plus
+    /// one byte each.
+    pub fn size(&self) -> usize {
+        match self {
             Value::Int(_) => 8,
             Value::Bytes(b) => b.len(),
             Value::List(l) => l.iter().map(|e| e.len() + 1).sum(),
-        };
-        if len > MAX_VALUE_LEN {
+        }
+    }
+
+    /// Checks the size bound.
+    pub fn check(&self) -> Result<(), &'static str> {
+        if self.size() > MAX_VALUE_LEN {
             Err("value too large")
         } else {
             Ok(())
@@ -141,10 +150,12 @@ impl Store {
         }
     }
 
-    /// Copies of the items in `(from, to]`, at most `limit`, in ring order from `from`; and
+    /// Copies of the items in `(from, to]`, at most `limit` and [`MAX_CHUNK_BYTES`] of values
+    /// (at least one item), in ring order from `from`; and
     /// where the copy stopped (`to` if it got everything).
     pub fn range(&self, from: RingId, to: RingId, limit: usize) -> (Vec<(RingId, Item)>, RingId) {
         let mut out = Vec::new();
+        let mut bytes = 0;
         let mut last = to;
         let parts: Vec<(RingId, RingId)> = RangeSet::interval(from, to).intervals().collect();
         // The interval unrolls into at most two linear pieces; walk them in ring order from
@@ -155,7 +166,8 @@ impl Store {
             let lo = f.plus(1);
             for (&key, slot) in self.slots.range(lo..=t) {
                 let Some(item) = &slot.item else { continue };
-                if out.len() == limit {
+                bytes += item.value.size();
+                if out.len() == limit || (!out.is_empty() && bytes > MAX_CHUNK_BYTES) {
                     break 'outer;
                 }
                 out.push((key, item.clone()));

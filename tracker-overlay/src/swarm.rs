@@ -7,8 +7,12 @@
 //! - `members`: a bounded sample of current viewers ([`Member`]: address, connectivity class,
 //!   upload capacity, an expiry), refreshed by each member and pruned of expired entries;
 //! - `vod`: which peers hold which segment ranges of an on-demand channel ([`Holder`]);
-//! - `plan`: the optimizer's current plan and its epoch ([`Plan`]); a plan replaces the stored
-//!   one only if its epoch is the next one, so two optimizers never both win a round.
+//! - `plan`: the optimizer's current plan: a small [`PlanHeader`] (epoch, shard count, the
+//!   epoch each shard was last written in) at this key and the peers' entries ([`PeerHint`])
+//!   in [`PlanShard`]s at `plan/<i>` (split by id prefix, [`shard_of`], each under the store's
+//!   value limit), written together by one transaction; a plan replaces the stored one only if
+//!   its epoch is the next one, so two coordinators never both win a round. A viewer reads the
+//!   header and its own shard ([`read_plan_for`], [`plan_for`]).
 //!
 //! Updates are read-then-test-and-set: the caller reads the current value, [`Update`] computes
 //! the new one, and a test-and-set commits it only if nobody changed it in between (on
@@ -18,6 +22,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::msg::MAX_TX_KEYS;
 use crate::store::{Value, MAX_VALUE_LEN};
 use crate::tx::TxOp;
 
@@ -98,17 +103,8 @@ pub struct Holder {
     pub expires_unix_s: u64,
 }
 
-/// The optimizer's plan for a channel.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Plan {
-    /// Rounds since the channel started; each new plan takes the next one.
-    pub epoch: u64,
-    /// The plan itself, encoded by the optimizer.
-    pub body: Vec<u8>,
-}
-
 /// Why stored metadata could not be used.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MetaError {
     /// The stored value is not what this field holds.
@@ -117,6 +113,15 @@ pub enum MetaError {
     /// The new value would exceed the store's value size limit.
     #[error("{0} too large for the store")]
     TooLarge(&'static str),
+    /// A plan shard read does not belong to the header read with it (a newer plan was
+    /// stored in between, or the shard count changed): read both again.
+    #[error("plan shard {index} is not the one header epoch {epoch} names")]
+    StaleShard {
+        /// The shard's index.
+        index: usize,
+        /// The header's epoch.
+        epoch: u64,
+    },
     /// A plan must take the epoch after the stored one.
     #[error("plan epoch {got} does not follow the stored epoch {stored}")]
     StaleEpoch {
@@ -267,39 +272,238 @@ pub fn announce_holder(
     Update::new(key(channel, Field::Vod), read.cloned(), value)
 }
 
-/// The stored plan.
-pub fn plan(value: Option<&Value>) -> Result<Option<Plan>, MetaError> {
-    match value {
-        None => Ok(None),
-        Some(Value::Bytes(b)) => postcard::from_bytes(b)
-            .map(Some)
-            .map_err(|_| MetaError::Malformed("plan")),
-        Some(_) => Err(MetaError::Malformed("plan")),
+/// The most shards a plan is split into: one transaction writes the header and every shard
+/// that changed, and a transaction touches at most [`MAX_TX_KEYS`] keys.
+pub const MAX_PLAN_SHARDS: usize = MAX_TX_KEYS - 1;
+
+/// The store key of shard `index` of a channel's plan (the header is at [`Field::Plan`]).
+pub fn plan_shard_key(channel: &ChannelKey, index: usize) -> Vec<u8> {
+    let mut k = key(channel, Field::Plan);
+    k.push(b'/');
+    k.extend_from_slice(index.to_string().as_bytes());
+    k
+}
+
+/// Which of `shards` shards holds `peer`'s entry: peers are split by the first four bytes of
+/// their id into equal ranges, so a shard is a contiguous run of the plan's id order and a
+/// peer's shard moves only when the shard count changes.
+pub fn shard_of(peer: &[u8; 32], shards: usize) -> usize {
+    let prefix = u64::from(u32::from_be_bytes([peer[0], peer[1], peer[2], peer[3]]));
+    ((prefix * shards.max(1) as u64) >> 32) as usize
+}
+
+/// The stored plan's header, at the channel's [`Field::Plan`] key: the epoch and where the
+/// peers' entries are.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanHeader {
+    /// Rounds since the channel's first plan (1 for the first); each new plan takes the next.
+    pub epoch: u64,
+    /// The tier of peers that do not forward.
+    pub leaf_tier: u8,
+    /// Peers in the plan.
+    pub peers: u32,
+    /// Per shard, the epoch it was last written in (a round rewrites only the shards whose
+    /// entries changed); the length is the shard count, 1..=[`MAX_PLAN_SHARDS`].
+    pub shards: Vec<u64>,
+}
+
+/// Where one share of a peer's stream comes from, by peer id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartnerHint {
+    /// The sender.
+    pub from: optimizer::Upstream<[u8; 32]>,
+    /// How many slots of the stream it sends.
+    pub slots: u8,
+}
+
+/// What the plan says to one peer: the hints its swarm core takes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerHint {
+    /// The peer.
+    pub peer: [u8; 32],
+    /// Its tier (1 pulls from the source).
+    pub tier: u8,
+    /// How far behind the live edge it should play (ms).
+    pub target_lag_ms: u32,
+    /// Upload slots the plan counts on.
+    pub upload_slots: u16,
+    /// Its partners, best first.
+    pub partners: Vec<PartnerHint>,
+}
+
+/// One shard of a stored plan: the entries of the peers whose ids fall in its range.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanShard {
+    /// The epoch it was written in.
+    pub epoch: u64,
+    /// Its index.
+    pub index: u32,
+    /// Its peers, sorted by id.
+    pub peers: Vec<PeerHint>,
+}
+
+impl PlanShard {
+    /// `peer`'s entry, if the shard holds one.
+    pub fn plan_for(&self, peer: &[u8; 32]) -> Option<&PeerHint> {
+        self.peers
+            .binary_search_by(|h| h.peer.cmp(peer))
+            .ok()
+            .map(|i| &self.peers[i])
     }
 }
 
-/// Replaces the stored plan with `next`, which must carry the next epoch.
+/// The stored plan header.
+pub fn plan_header(value: Option<&Value>) -> Result<Option<PlanHeader>, MetaError> {
+    let bad = MetaError::Malformed("plan header");
+    let header: PlanHeader = match value {
+        None => return Ok(None),
+        Some(Value::Bytes(b)) => postcard::from_bytes(b).map_err(|_| bad.clone())?,
+        Some(_) => return Err(bad),
+    };
+    if header.epoch == 0
+        || header.shards.is_empty()
+        || header.shards.len() > MAX_PLAN_SHARDS
+        || header.shards.iter().any(|&e| e == 0 || e > header.epoch)
+    {
+        return Err(bad);
+    }
+    Ok(Some(header))
+}
+
+/// Shard `index` of the plan whose header is `header`, checked against it: it must be the
+/// shard the header names (same index, written in the epoch the header records for it) and
+/// its peers must be sorted and belong to it.
+pub fn plan_shard(
+    header: &PlanHeader,
+    index: usize,
+    value: Option<&Value>,
+) -> Result<PlanShard, MetaError> {
+    let stale = MetaError::StaleShard {
+        index,
+        epoch: header.epoch,
+    };
+    let shard: PlanShard = match value {
+        None => return Err(stale),
+        Some(Value::Bytes(b)) => {
+            postcard::from_bytes(b).map_err(|_| MetaError::Malformed("plan shard"))?
+        }
+        Some(_) => return Err(MetaError::Malformed("plan shard")),
+    };
+    if header.shards.get(index) != Some(&shard.epoch) || shard.index as usize != index {
+        return Err(stale);
+    }
+    let count = header.shards.len();
+    let sorted = shard.peers.windows(2).all(|w| w[0].peer < w[1].peer);
+    if !sorted
+        || shard
+            .peers
+            .iter()
+            .any(|h| shard_of(&h.peer, count) != index)
+    {
+        return Err(MetaError::Malformed("plan shard"));
+    }
+    Ok(shard)
+}
+
+/// The operations that read `peer`'s part of a channel's plan: the header and the shard that
+/// holds `peer` if the plan has `shards` shards (a reader's guess from its last read; 1 at
+/// first). Pass the two values read to [`plan_for`].
+pub fn read_plan_for(channel: &ChannelKey, peer: &[u8; 32], shards: usize) -> Vec<TxOp> {
+    vec![
+        TxOp::Read(key(channel, Field::Plan)),
+        TxOp::Read(plan_shard_key(channel, shard_of(peer, shards))),
+    ]
+}
+
+/// What a viewer learned from one read of its part of the plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PlanRead {
+    /// No plan is stored yet.
+    NoPlan,
+    /// The plan of `epoch`; `hint` is `None` if it does not name the peer (it has not
+    /// reported yet).
+    Found {
+        /// The plan's epoch.
+        epoch: u64,
+        /// The peer's entry.
+        hint: Option<PeerHint>,
+    },
+    /// The guessed shard count was wrong: read again with this many.
+    Reshard(usize),
+}
+
+/// `peer`'s entry from the values read by [`read_plan_for`] with the guess `shards`.
+pub fn plan_for(
+    peer: &[u8; 32],
+    shards: usize,
+    header: Option<&Value>,
+    shard: Option<&Value>,
+) -> Result<PlanRead, MetaError> {
+    let Some(h) = plan_header(header)? else {
+        return Ok(PlanRead::NoPlan);
+    };
+    if h.shards.len() != shards {
+        return Ok(PlanRead::Reshard(h.shards.len()));
+    }
+    let index = shard_of(peer, shards);
+    let shard = plan_shard(&h, index, shard)?;
+    Ok(PlanRead::Found {
+        epoch: h.epoch,
+        hint: shard.plan_for(peer).cloned(),
+    })
+}
+
+/// Stores plan `next` with the shards that changed: a test-and-set of the header read as
+/// `read_header` (so only the next epoch wins, and two coordinators never both store one)
+/// and a write of each shard, all in one transaction. Every shard `next` records as written
+/// in its own epoch must be among `written`. A malformed stored header counts as epoch 0: it
+/// is replaced (still only if nobody changed it in between).
 pub fn publish_plan(
     channel: &ChannelKey,
-    read: Option<&Value>,
-    next: &Plan,
-) -> Result<Update, MetaError> {
-    let stored = plan(read)?.map_or(0, |p| p.epoch);
+    read_header: Option<&Value>,
+    next: &PlanHeader,
+    written: &[PlanShard],
+) -> Result<Vec<Update>, MetaError> {
+    let stored = plan_header(read_header)
+        .ok()
+        .flatten()
+        .map_or(0, |h| h.epoch);
     if next.epoch != stored + 1 {
         return Err(MetaError::StaleEpoch {
             stored,
             got: next.epoch,
         });
     }
-    let bytes = postcard::to_stdvec(next).map_err(|_| MetaError::Malformed("plan"))?;
-    if bytes.len() > MAX_VALUE_LEN {
+    if next.shards.is_empty() || next.shards.len() > MAX_PLAN_SHARDS {
         return Err(MetaError::TooLarge("plan"));
     }
-    Update::new(
+    let fresh = next.shards.iter().filter(|&&e| e == next.epoch).count();
+    let complete = written.len() == fresh
+        && written.iter().all(|s| {
+            s.epoch == next.epoch && next.shards.get(s.index as usize) == Some(&next.epoch)
+        });
+    if !complete || next.shards.iter().any(|&e| e == 0 || e > next.epoch) {
+        return Err(MetaError::Malformed("plan shards"));
+    }
+    let header = postcard::to_stdvec(next).map_err(|_| MetaError::Malformed("plan header"))?;
+    let mut ops = vec![Update::new(
         key(channel, Field::Plan),
-        read.cloned(),
-        Value::Bytes(bytes),
-    )
+        read_header.cloned(),
+        Value::Bytes(header),
+    )?];
+    for shard in written {
+        let bytes = postcard::to_stdvec(shard).map_err(|_| MetaError::Malformed("plan shard"))?;
+        if bytes.len() > MAX_VALUE_LEN {
+            return Err(MetaError::TooLarge("plan shard"));
+        }
+        ops.push(Update {
+            op: TxOp::Write(
+                plan_shard_key(channel, shard.index as usize),
+                Value::Bytes(bytes),
+            ),
+        });
+    }
+    Ok(ops)
 }
 
 #[cfg(test)]
@@ -352,32 +556,119 @@ mod tests {
         assert_eq!(members(Some(&v), 50).unwrap().len(), MAX_MEMBERS - 1);
     }
 
+    fn hint(first: u8) -> PeerHint {
+        let mut peer = [0u8; 32];
+        peer[0] = first;
+        PeerHint {
+            peer,
+            tier: 1,
+            target_lag_ms: 1500,
+            upload_slots: 4,
+            partners: vec![PartnerHint {
+                from: optimizer::Upstream::Source,
+                slots: 4,
+            }],
+        }
+    }
+
+    fn value_of(u: &Update) -> Value {
+        match &u.op {
+            TxOp::TestAndSet { new, .. } | TxOp::Write(_, new) => new.clone(),
+            other => panic!("not a write: {other:?}"),
+        }
+    }
+
     #[test]
-    fn plans_advance_one_epoch_at_a_time() {
+    fn plans_advance_one_epoch_at_a_time_and_viewers_find_their_shard() {
         let ch = [1u8; 20];
-        let p1 = Plan {
+        // Two shards: ids below 0x80.. in shard 0, the rest in shard 1.
+        let header = PlanHeader {
             epoch: 1,
-            body: vec![1, 2, 3],
+            leaf_tier: 2,
+            peers: 2,
+            shards: vec![1, 1],
         };
-        let v = new_value(&publish_plan(&ch, None, &p1).unwrap());
-        assert_eq!(plan(Some(&v)).unwrap(), Some(p1));
-        let stale = Plan {
-            epoch: 1,
-            body: vec![],
+        let shards = vec![
+            PlanShard {
+                epoch: 1,
+                index: 0,
+                peers: vec![hint(0x10)],
+            },
+            PlanShard {
+                epoch: 1,
+                index: 1,
+                peers: vec![hint(0x90)],
+            },
+        ];
+        assert_eq!(
+            publish_plan(&ch, None, &header, &shards[..1]),
+            Err(MetaError::Malformed("plan shards")),
+            "a shard the header says was written must be written"
+        );
+        let ops = publish_plan(&ch, None, &header, &shards).unwrap();
+        assert_eq!(ops.len(), 3);
+        let (h, s0, s1) = (value_of(&ops[0]), value_of(&ops[1]), value_of(&ops[2]));
+        assert_eq!(plan_header(Some(&h)).unwrap(), Some(header.clone()));
+        let me = hint(0x90).peer;
+        assert_eq!(
+            plan_for(&me, 1, Some(&h), Some(&s0)).unwrap(),
+            PlanRead::Reshard(2)
+        );
+        assert_eq!(
+            plan_for(&me, 2, Some(&h), Some(&s1)).unwrap(),
+            PlanRead::Found {
+                epoch: 1,
+                hint: Some(hint(0x90))
+            }
+        );
+        assert!(matches!(
+            plan_for(&me, 2, Some(&h), Some(&s0)),
+            Err(MetaError::StaleShard { .. } | MetaError::Malformed(_))
+        ));
+        // Epoch 2 rewrites shard 1 only; shard 0 keeps epoch 1.
+        let next = PlanHeader {
+            epoch: 2,
+            shards: vec![1, 2],
+            ..header.clone()
+        };
+        let s1b = PlanShard {
+            epoch: 2,
+            index: 1,
+            peers: vec![],
         };
         assert_eq!(
-            publish_plan(&ch, Some(&v), &stale),
+            publish_plan(&ch, Some(&h), &header, &shards),
             Err(MetaError::StaleEpoch { stored: 1, got: 1 })
         );
-        assert!(publish_plan(
-            &ch,
-            Some(&v),
-            &Plan {
+        let ops = publish_plan(&ch, Some(&h), &next, std::slice::from_ref(&s1b)).unwrap();
+        assert_eq!(ops.len(), 2);
+        let h2 = value_of(&ops[0]);
+        assert_eq!(
+            plan_for(&me, 2, Some(&h2), Some(&s1)),
+            Err(MetaError::StaleShard { index: 1, epoch: 2 }),
+            "the old shard 1 does not belong to epoch 2"
+        );
+        assert_eq!(
+            plan_for(&hint(0x10).peer, 2, Some(&h2), Some(&s0)).unwrap(),
+            PlanRead::Found {
                 epoch: 2,
-                body: vec![]
-            }
-        )
-        .is_ok());
+                hint: Some(hint(0x10))
+            },
+            "the unchanged shard 0 still belongs to epoch 2"
+        );
+    }
+
+    #[test]
+    fn shards_split_the_id_space_in_order() {
+        let mut last = 0;
+        for first in 0..=255u8 {
+            let s = shard_of(&hint(first).peer, 7);
+            assert!(s >= last && s < 7);
+            last = s;
+        }
+        assert_eq!(last, 6);
+        assert_eq!(shard_of(&[0xff; 32], 1), 0);
+        assert_eq!(shard_of(&[0xff; 32], 0), 0, "no shard count behaves as one");
     }
 
     #[test]
@@ -388,6 +679,14 @@ mod tests {
         );
         let junk = Value::List(vec![vec![0xff; 3]]);
         assert!(holders(Some(&junk), 0).is_err());
-        assert!(plan(Some(&Value::Bytes(vec![0xff]))).is_err());
+        assert!(plan_header(Some(&Value::Bytes(vec![0xff]))).is_err());
+        let zero_epoch = PlanHeader {
+            epoch: 0,
+            leaf_tier: 1,
+            peers: 0,
+            shards: vec![0],
+        };
+        let bytes = postcard::to_stdvec(&zero_epoch).unwrap();
+        assert!(plan_header(Some(&Value::Bytes(bytes))).is_err());
     }
 }

@@ -8,7 +8,9 @@ mod harness;
 use std::net::SocketAddr;
 
 use harness::Net;
-use tracker_overlay::swarm::{self, Connectivity, Field, Member, Plan};
+use tracker_overlay::swarm::{
+    self, Connectivity, Field, Member, PeerHint, PlanHeader, PlanRead, PlanShard,
+};
 use tracker_overlay::tx::Abort;
 use tracker_overlay::{TxOp, Value};
 
@@ -95,19 +97,32 @@ fn viewers_find_the_channel_and_each_other() {
     // Two optimizers race for epoch 1: never both win (optimistic concurrency may make both
     // lose a round; they then try again, as an optimizer would, until one wins).
     let key = swarm::key(&channel, Field::Plan);
+    let header = PlanHeader {
+        epoch: 1,
+        leaf_tier: 2,
+        peers: 1,
+        shards: vec![1],
+    };
+    let shard = |tier: u8| PlanShard {
+        epoch: 1,
+        index: 0,
+        peers: vec![PeerHint {
+            peer: [9; 32],
+            tier,
+            target_lag_ms: 1000,
+            upload_slots: 0,
+            partners: vec![],
+        }],
+    };
     let winner = loop {
         let current = read(&mut net, all[3], key.clone());
-        let plan = |body: u8| Plan {
-            epoch: 1,
-            body: vec![body],
-        };
-        let a = swarm::publish_plan(&channel, current.as_ref(), &plan(1));
-        let b = swarm::publish_plan(&channel, current.as_ref(), &plan(2));
+        let a = swarm::publish_plan(&channel, current.as_ref(), &header, &[shard(1)]);
+        let b = swarm::publish_plan(&channel, current.as_ref(), &header, &[shard(2)]);
         let (Ok(a), Ok(b)) = (a, b) else {
             panic!("epoch 1 already taken before anyone won")
         };
-        let ra = net.transact(all[1], vec![a.op]);
-        let rb = net.transact(all[2], vec![b.op]);
+        let ra = net.transact(all[1], a.into_iter().map(|u| u.op).collect());
+        let rb = net.transact(all[2], b.into_iter().map(|u| u.op).collect());
         let (res_a, res_b) = (net.wait_tx(all[1], ra), net.wait_tx(all[2], rb));
         assert!(
             !(res_a.is_ok() && res_b.is_ok()),
@@ -120,9 +135,18 @@ fn viewers_find_the_channel_and_each_other() {
             break 2;
         }
     };
-    let stored = swarm::plan(read(&mut net, all[4], key).as_ref())
-        .unwrap()
+    // The winner's header and shard were stored together.
+    let viewer = [9u8; 32];
+    let values = net
+        .tx(all[4], swarm::read_plan_for(&channel, &viewer, 1))
         .unwrap();
-    assert_eq!(stored.epoch, 1);
-    assert_eq!(stored.body, vec![winner]);
+    let read = swarm::plan_for(&viewer, 1, values[0].as_ref(), values[1].as_ref()).unwrap();
+    let PlanRead::Found {
+        epoch: 1,
+        hint: Some(hint),
+    } = read
+    else {
+        panic!("plan not found: {read:?}")
+    };
+    assert_eq!(hint.tier, winner);
 }
