@@ -22,12 +22,15 @@
 //! - [`hosted`]: the segment exchange as a simulated host.
 //! - [`overlay`]: the overlay node as a simulated host, and the ring experiment (lookups,
 //!   churn) behind `sim overlay`.
+//! - [`coordinator`]: the overlay node with the optimizer's coordinators and a viewer agent on
+//!   top, and the coordinator-crash experiment behind `sim coordinator`.
 //! - [`scenario`]: scenario files and their validation.
 //! - [`run`]: one run of a scenario, Selfcast or the source-only baseline.
 //! - [`metrics`], [`report`]: what a run measured, and the files made from it.
 //! - [`bench`]: `sim bench`, the simulator's own speed.
 
 pub mod bench;
+pub mod coordinator;
 pub mod engine;
 pub mod hosted;
 pub mod metrics;

@@ -54,6 +54,26 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// A ring of N overlay nodes that all watch one channel: they report QoS to the channel's
+    /// coordinator every round, which plans and stores the plan; its node crashes mid-run.
+    /// Prints the time to the next plan, the epochs and the plan's size as a final JSON line.
+    Coordinator {
+        /// Nodes (all viewers; one broadcasts).
+        #[arg(long, default_value_t = 200)]
+        nodes: usize,
+        /// Seconds between two plans.
+        #[arg(long, default_value_t = 5.0)]
+        round_s: f64,
+        /// Crash the coordinator's node this many seconds after the peers start reporting.
+        #[arg(long, default_value_t = 60.0)]
+        crash_at_s: f64,
+        /// Seconds the run goes on after the crash.
+        #[arg(long, default_value_t = 60.0)]
+        after_s: f64,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Run a live 2 Mbit/s stream to N peers for M simulated minutes; print events/s, the
     /// real-time factor and peak memory as a final JSON line. `sim bench optimizer` times the
     /// optimizer instead.
@@ -159,6 +179,37 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         } => {
             let result = sim::bench::run(peers, minutes, seed)?;
             println!("{result}");
+            Ok(())
+        }
+        Command::Coordinator {
+            nodes,
+            round_s,
+            crash_at_s,
+            after_s,
+            seed,
+        } => {
+            anyhow::ensure!(nodes >= 2, "--nodes must be at least 2");
+            anyhow::ensure!(round_s > 0.0, "--round-s must be positive");
+            anyhow::ensure!(
+                crash_at_s >= 0.0 && after_s >= 0.0,
+                "--crash-at-s and --after-s must not be negative"
+            );
+            let secs = std::time::Duration::from_secs_f64;
+            let experiment = sim::coordinator::CoordExperiment {
+                nodes,
+                seed,
+                round: secs(round_s),
+                crash_at: secs(crash_at_s),
+                after: secs(after_s),
+                ..Default::default()
+            };
+            let start = std::time::Instant::now();
+            let report = sim::coordinator::run_coordinator(&experiment);
+            let mut line = serde_json::to_value(&report)?;
+            line["bench"] = json!("coordinator");
+            line["seed"] = json!(seed);
+            line["wall_seconds"] = json!((start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0);
+            println!("{line}");
             Ok(())
         }
         Command::Overlay {

@@ -12,7 +12,7 @@
 //!   in [`PlanShard`]s at `plan/<i>` (split by id prefix, [`shard_of`], each under the store's
 //!   value limit), written together by one transaction; a plan replaces the stored one only if
 //!   its epoch is the next one, so two coordinators never both win a round. A viewer reads the
-//!   header and its own shard ([`read_plan_for`], [`plan_for`]).
+//!   header, then its own shard ([`read_plan_for`], [`plan_for`]), each by itself.
 //!
 //! Updates are read-then-test-and-set: the caller reads the current value, [`Update`] computes
 //! the new one, and a test-and-set commits it only if nobody changed it in between (on
@@ -405,52 +405,24 @@ pub fn plan_shard(
     Ok(shard)
 }
 
-/// The operations that read `peer`'s part of a channel's plan: the header and the shard that
-/// holds `peer` if the plan has `shards` shards (a reader's guess from its last read; 1 at
-/// first). Pass the two values read to [`plan_for`].
-pub fn read_plan_for(channel: &ChannelKey, peer: &[u8; 32], shards: usize) -> Vec<TxOp> {
-    vec![
-        TxOp::Read(key(channel, Field::Plan)),
-        TxOp::Read(plan_shard_key(channel, shard_of(peer, shards))),
-    ]
+/// The operation that reads `peer`'s shard of the plan whose header is `header` (read first,
+/// by itself: a transaction of one read is a plain quorum read that takes no lock, so viewers
+/// never hold up the coordinator's writes). Pass the value to [`plan_for`].
+pub fn read_plan_for(channel: &ChannelKey, peer: &[u8; 32], header: &PlanHeader) -> TxOp {
+    TxOp::Read(plan_shard_key(channel, shard_of(peer, header.shards.len())))
 }
 
-/// What a viewer learned from one read of its part of the plan.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PlanRead {
-    /// No plan is stored yet.
-    NoPlan,
-    /// The plan of `epoch`; `hint` is `None` if it does not name the peer (it has not
-    /// reported yet).
-    Found {
-        /// The plan's epoch.
-        epoch: u64,
-        /// The peer's entry.
-        hint: Option<PeerHint>,
-    },
-    /// The guessed shard count was wrong: read again with this many.
-    Reshard(usize),
-}
-
-/// `peer`'s entry from the values read by [`read_plan_for`] with the guess `shards`.
+/// `peer`'s entry (`None` if the plan does not name it: it has not reported yet) in the shard
+/// read by [`read_plan_for`]. [`MetaError::StaleShard`] means a newer plan was stored between
+/// the two reads: read the header again.
 pub fn plan_for(
     peer: &[u8; 32],
-    shards: usize,
-    header: Option<&Value>,
+    header: &PlanHeader,
     shard: Option<&Value>,
-) -> Result<PlanRead, MetaError> {
-    let Some(h) = plan_header(header)? else {
-        return Ok(PlanRead::NoPlan);
-    };
-    if h.shards.len() != shards {
-        return Ok(PlanRead::Reshard(h.shards.len()));
-    }
-    let index = shard_of(peer, shards);
-    let shard = plan_shard(&h, index, shard)?;
-    Ok(PlanRead::Found {
-        epoch: h.epoch,
-        hint: shard.plan_for(peer).cloned(),
-    })
+) -> Result<Option<PeerHint>, MetaError> {
+    let index = shard_of(peer, header.shards.len());
+    let shard = plan_shard(header, index, shard)?;
+    Ok(shard.plan_for(peer).cloned())
 }
 
 /// Stores plan `next` with the shards that changed: a test-and-set of the header read as
@@ -611,18 +583,13 @@ mod tests {
         assert_eq!(plan_header(Some(&h)).unwrap(), Some(header.clone()));
         let me = hint(0x90).peer;
         assert_eq!(
-            plan_for(&me, 1, Some(&h), Some(&s0)).unwrap(),
-            PlanRead::Reshard(2)
+            read_plan_for(&ch, &me, &header),
+            TxOp::Read(plan_shard_key(&ch, 1))
         );
-        assert_eq!(
-            plan_for(&me, 2, Some(&h), Some(&s1)).unwrap(),
-            PlanRead::Found {
-                epoch: 1,
-                hint: Some(hint(0x90))
-            }
-        );
+        assert_eq!(plan_for(&me, &header, Some(&s1)).unwrap(), Some(hint(0x90)));
+        assert_eq!(plan_for(&[0xff; 32], &header, Some(&s1)).unwrap(), None);
         assert!(matches!(
-            plan_for(&me, 2, Some(&h), Some(&s0)),
+            plan_for(&me, &header, Some(&s0)),
             Err(MetaError::StaleShard { .. } | MetaError::Malformed(_))
         ));
         // Epoch 2 rewrites shard 1 only; shard 0 keeps epoch 1.
@@ -642,18 +609,15 @@ mod tests {
         );
         let ops = publish_plan(&ch, Some(&h), &next, std::slice::from_ref(&s1b)).unwrap();
         assert_eq!(ops.len(), 2);
-        let h2 = value_of(&ops[0]);
+        let h2 = plan_header(Some(&value_of(&ops[0]))).unwrap().unwrap();
         assert_eq!(
-            plan_for(&me, 2, Some(&h2), Some(&s1)),
+            plan_for(&me, &h2, Some(&s1)),
             Err(MetaError::StaleShard { index: 1, epoch: 2 }),
             "the old shard 1 does not belong to epoch 2"
         );
         assert_eq!(
-            plan_for(&hint(0x10).peer, 2, Some(&h2), Some(&s0)).unwrap(),
-            PlanRead::Found {
-                epoch: 2,
-                hint: Some(hint(0x10))
-            },
+            plan_for(&hint(0x10).peer, &h2, Some(&s0)).unwrap(),
+            Some(hint(0x10)),
             "the unchanged shard 0 still belongs to epoch 2"
         );
     }

@@ -15,8 +15,8 @@ use optimizer::{Connectivity, Coord};
 use tracker_overlay::coordinator::{
     self, CoordEvent, CoordinatorConfig, Coordinators, QosReport, Role,
 };
-use tracker_overlay::swarm::{self, PlanRead};
-use tracker_overlay::{Event, Value};
+use tracker_overlay::swarm::{self, Field, MetaError, PeerHint};
+use tracker_overlay::{Event, TxOp, Value};
 
 const CHANNEL: [u8; 20] = [0x5c; 20];
 const ROUND: Duration = Duration::from_secs(5);
@@ -191,23 +191,31 @@ impl Swarm {
         }
     }
 
-    /// What a viewer reads of the plan through the store.
-    fn read_plan(&mut self, via: usize, viewer: usize) -> PlanRead {
-        let peer = self.net.hosts[viewer].node.me().peer;
-        let mut shards = 1;
+    fn wait(&mut self, via: usize, req: u64) -> Vec<Option<Value>> {
         loop {
-            let ops = swarm::read_plan_for(&CHANNEL, &peer, shards);
+            self.run(TICK);
+            if let Some(r) = self.net.take_tx(via, req) {
+                return r.unwrap();
+            }
+        }
+    }
+
+    /// What a viewer reads of the plan through the store: the header, then its shard.
+    fn read_plan(&mut self, via: usize, viewer: usize) -> (u64, Option<PeerHint>) {
+        let peer = self.net.hosts[viewer].node.me().peer;
+        loop {
+            let ops = vec![TxOp::Read(swarm::key(&CHANNEL, Field::Plan))];
             let req = self.net.transact(via, ops);
-            let values = loop {
-                self.run(TICK);
-                if let Some(r) = self.net.take_tx(via, req) {
-                    break r.unwrap();
-                }
-            };
-            let v: Vec<Option<&Value>> = values.iter().map(Option::as_ref).collect();
-            match swarm::plan_for(&peer, shards, v[0], v[1]).unwrap() {
-                PlanRead::Reshard(n) => shards = n,
-                read => return read,
+            let header = self.wait(via, req).remove(0);
+            let header = swarm::plan_header(header.as_ref()).unwrap().unwrap();
+            let req = self
+                .net
+                .transact(via, vec![swarm::read_plan_for(&CHANNEL, &peer, &header)]);
+            let shard = self.wait(via, req).remove(0);
+            match swarm::plan_for(&peer, &header, shard.as_ref()) {
+                Ok(hint) => return (header.epoch, hint),
+                Err(MetaError::StaleShard { .. }) => continue,
+                Err(e) => panic!("{e}"),
             }
         }
     }
@@ -247,17 +255,13 @@ fn the_successor_takes_over_from_the_stored_plan_after_a_crash() {
     // A viewer reads its own entry of the newest plan through the store.
     let viewer = (0..10).find(|&i| i != coord && i != s.source).unwrap();
     let newest = s.stored.last().unwrap().2;
-    match s.read_plan(viewer, viewer) {
-        PlanRead::Found { epoch, hint } => {
-            assert!(
-                epoch >= newest,
-                "read epoch {epoch}, newest stored {newest}"
-            );
-            let hint = hint.expect("the viewer is in the plan");
-            assert!(!hint.partners.is_empty());
-        }
-        other => panic!("no plan read: {other:?}"),
-    }
+    let (epoch, hint) = s.read_plan(viewer, viewer);
+    assert!(
+        epoch >= newest,
+        "read epoch {epoch}, newest stored {newest}"
+    );
+    let hint = hint.expect("the viewer is in the plan");
+    assert!(!hint.partners.is_empty());
 }
 
 #[test]

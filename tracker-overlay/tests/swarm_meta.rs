@@ -8,9 +8,7 @@ mod harness;
 use std::net::SocketAddr;
 
 use harness::Net;
-use tracker_overlay::swarm::{
-    self, Connectivity, Field, Member, PeerHint, PlanHeader, PlanRead, PlanShard,
-};
+use tracker_overlay::swarm::{self, Connectivity, Field, Member, PeerHint, PlanHeader, PlanShard};
 use tracker_overlay::tx::Abort;
 use tracker_overlay::{TxOp, Value};
 
@@ -137,16 +135,13 @@ fn viewers_find_the_channel_and_each_other() {
     };
     // The winner's header and shard were stored together.
     let viewer = [9u8; 32];
-    let values = net
-        .tx(all[4], swarm::read_plan_for(&channel, &viewer, 1))
+    let stored = read(&mut net, all[4], key);
+    let stored = swarm::plan_header(stored.as_ref()).unwrap().unwrap();
+    assert_eq!(stored, header);
+    let op = swarm::read_plan_for(&channel, &viewer, &stored);
+    let shard = net.tx(all[4], vec![op]).unwrap().remove(0);
+    let hint = swarm::plan_for(&viewer, &stored, shard.as_ref())
+        .unwrap()
         .unwrap();
-    let read = swarm::plan_for(&viewer, 1, values[0].as_ref(), values[1].as_ref()).unwrap();
-    let PlanRead::Found {
-        epoch: 1,
-        hint: Some(hint),
-    } = read
-    else {
-        panic!("plan not found: {read:?}")
-    };
     assert_eq!(hint.tier, winner);
 }
