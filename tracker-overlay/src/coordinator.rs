@@ -973,6 +973,11 @@ mod tests {
         assert!(shards.len() < crate::msg::MAX_TX_KEYS);
         assert_eq!(written.len(), shards.len());
         let total: usize = sizes.iter().sum();
+        eprintln!(
+            "10k peers: {} shards, {total} bytes, largest {} bytes",
+            shards.len(),
+            sizes.iter().max().unwrap()
+        );
         assert!(
             (150..=180).contains(&(total / 10_000)),
             "bytes per peer: {}",
