@@ -42,6 +42,10 @@ use crate::segment::{
 };
 use crate::wire::{Frame, PeerAddr, MAX_LIST_LEN};
 
+mod capacity;
+
+use capacity::{DeliveryRate, UploadMeter};
+
 /// Tuning of the exchange.
 #[derive(Debug, Clone)]
 pub struct ExchangeConfig {
@@ -72,10 +76,6 @@ pub struct ExchangeConfig {
     pub lookahead: u64,
     /// Protocol violations tolerated from one partner before it is disconnected.
     pub max_strikes: u32,
-    /// A viewer asks the source for a segment only when no other partner offered it within
-    /// this time (plus a per-viewer jitter of up to the same amount) after its announcement,
-    /// so that one viewer fetches it from the source and the others from that viewer.
-    pub source_grace: Duration,
     /// How often the exchange looks for new partners.
     pub maintenance_interval: Duration,
     /// How statements and segment bytes are checked.
@@ -84,12 +84,21 @@ pub struct ExchangeConfig {
     pub stall_timeout: Duration,
     /// Whether this peer tells others about its partners (a CDN-like source does not).
     pub share_peers: bool,
+    /// A live player's target latency: it plays each segment this long after it was
+    /// announced, so that is the segment's deadline here.
+    pub target_latency: Duration,
+    /// The fewest peers the source feeds directly (more as its measured upload allows).
+    pub source_min_children: usize,
+    /// The most peers this one feeds, whatever its upload (e.g. on a metered link).
+    pub max_children: usize,
+    /// This peer's upload capacity in bit/s until it has measured its own.
+    pub upload_guess_bps: f64,
 }
 
 impl Default for ExchangeConfig {
     fn default() -> Self {
         Self {
-            max_partners: 4,
+            max_partners: 6,
             partner_limit: 24,
             introductions: 6,
             max_inflight_per_peer: 4,
@@ -100,11 +109,14 @@ impl Default for ExchangeConfig {
             live_window: 120,
             lookahead: 12,
             max_strikes: 3,
-            source_grace: Duration::from_millis(300),
             maintenance_interval: Duration::from_secs(1),
             verifier: Arc::new(Strict),
             stall_timeout: Duration::from_secs(5),
             share_peers: true,
+            target_latency: Duration::from_secs(3),
+            source_min_children: 2,
+            max_children: usize::MAX,
+            upload_guess_bps: 2e6,
         }
     }
 }
@@ -285,6 +297,10 @@ pub struct ExchangeStats {
     pub requests_refused: u64,
     /// Requests partners turned down because their upload slots were busy.
     pub requests_busy: u64,
+    /// Segments pushed to the peers this one feeds.
+    pub segments_pushed: u64,
+    /// Segments received from our parent's pushes.
+    pub pushes_received: u64,
 }
 
 /// A partner as the application may display it.
@@ -313,11 +329,75 @@ struct Partner {
     busy_until: Option<Instant>,
     /// Reached through a relay: asked only when no direct partner can serve.
     relayed: bool,
+    /// How fast it delivered to us.
+    rate: DeliveryRate,
+    /// The upload capacity it reported.
+    upload_kbps: Option<u32>,
+    /// Its depth in the feeding tree, as it reported.
+    depth: u8,
+    /// How many more peers it said it would feed.
+    spare: u8,
+    /// It refused to feed us: not asked again before this instant.
+    refused_until: Option<Instant>,
+}
+
+impl Partner {
+    fn new() -> Self {
+        Self {
+            listen: None,
+            greeted: false,
+            have: HaveMap::default(),
+            inflight: 0,
+            strikes: 0,
+            busy_until: None,
+            relayed: false,
+            rate: DeliveryRate::default(),
+            upload_kbps: None,
+            depth: NO_DEPTH,
+            spare: 0,
+            refused_until: None,
+        }
+    }
+
+    /// The rate at which we expect it to deliver one more segment: what we measured, else
+    /// a share of what it reported, else a guess.
+    fn expected_bps(&self, guess: f64) -> f64 {
+        self.rate
+            .bps()
+            .or_else(|| self.upload_kbps.map(|k| f64::from(k) * 1000.0 / 2.0))
+            .unwrap_or(guess)
+            .max(1.0)
+    }
+}
+
+/// A segment being sent.
+#[derive(Debug, Clone, Copy)]
+struct Upload {
+    bytes: usize,
+    started: Instant,
+    /// The integral over its lifetime of how many uploads ran at once (seconds × uploads),
+    /// to measure the uplink from its rate.
+    shared: f64,
+}
+
+/// An upload waiting for a slot; the order of the fields is the order of service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Queued {
+    /// A partner's request (after every push to a peer we feed).
+    request: bool,
+    deadline: Instant,
+    /// Arrival order, among equal deadlines.
+    order: u64,
+    to: PeerId,
+    id: SegmentId,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Pending {
     peer: PeerId,
+    /// When it was asked for.
+    sent: Instant,
+    /// When it is asked elsewhere if it has not arrived.
     deadline: Instant,
 }
 
@@ -346,7 +426,37 @@ pub struct Exchange {
     backoff: HashMap<PeerId, Instant>,
     pending: HashMap<SegmentId, Pending>,
     /// Segments being sent, to whom (each holds an upload slot).
-    uploads: HashSet<(PeerId, SegmentId)>,
+    uploads: HashMap<(PeerId, SegmentId), Upload>,
+    /// When the uploads' sharing was last accounted.
+    uploads_accounted: Option<Instant>,
+    /// Uploads waiting for a slot: pushes to the peers we feed first, then accepted
+    /// requests, each earliest deadline first.
+    upload_queue: std::collections::BTreeSet<Queued>,
+    /// Arrival counter for `upload_queue`.
+    queued_total: u64,
+    /// Our own upload capacity, measured.
+    meter: UploadMeter,
+    /// What we last reported to partners, and when.
+    reported: Option<(Instant, u32)>,
+    /// The tree depth and spare room we last reported.
+    reported_tree: (u8, u8),
+    /// The partner that feeds us every segment it gets (pushes it).
+    parent: Option<PeerId>,
+    /// The partner we asked to feed us, and when.
+    asked_parent: Option<(PeerId, Instant)>,
+    /// The partners we feed.
+    children: Vec<PeerId>,
+    /// Peers we were last referred to for a parent.
+    referred: Vec<PeerId>,
+    /// Segments in a row our parent held but we had to fetch elsewhere.
+    parent_misses: u32,
+    /// On demand: when playback started (or last sought) and from which segment.
+    vod_anchor: Option<(Instant, u64)>,
+    /// Climbing the tree: when we may try next, how long we wait after that, and until when
+    /// referrals count as part of the climb.
+    next_climb: Instant,
+    climb_backoff: Duration,
+    climbing_until: Option<Instant>,
     /// The first media segment this viewer wants.
     start: Option<u64>,
     /// VOD: the segment the player asked for last; fetching continues from there.
@@ -395,6 +505,7 @@ impl Exchange {
     }
 
     fn new(now: Instant, config: ExchangeConfig, me: PeerId, channel: ChannelId) -> Self {
+        let meter = UploadMeter::new(config.upload_guess_bps);
         Self {
             next_maintenance: now + config.maintenance_interval,
             config,
@@ -412,7 +523,22 @@ impl Exchange {
             dialing: HashSet::default(),
             backoff: HashMap::default(),
             pending: HashMap::default(),
-            uploads: HashSet::default(),
+            uploads: HashMap::default(),
+            uploads_accounted: None,
+            upload_queue: std::collections::BTreeSet::new(),
+            queued_total: 0,
+            meter,
+            reported: None,
+            reported_tree: (NO_DEPTH, 0),
+            parent: None,
+            asked_parent: None,
+            children: Vec::new(),
+            referred: Vec::new(),
+            parent_misses: 0,
+            vod_anchor: None,
+            next_climb: now + FIRST_CLIMB,
+            climb_backoff: FIRST_CLIMB,
+            climbing_until: None,
             start: None,
             playhead: None,
             cursor: 0,
@@ -459,7 +585,13 @@ impl Exchange {
             }
             Input::SegmentSent { peer, id } => {
                 // Serving others cannot make a request of ours possible.
-                self.uploads.remove(&(peer, id));
+                self.account_sharing(now);
+                if let Some(up) = self.uploads.remove(&(peer, id)) {
+                    let took = now.saturating_duration_since(up.started).as_secs_f64();
+                    let sharing = up.shared / took.max(1e-3);
+                    self.meter.completed(now, up.started, up.bytes, sharing);
+                }
+                self.start_uploads(now);
                 false
             }
             Input::SegmentFailed { peer, id } => {
@@ -498,6 +630,7 @@ impl Exchange {
         if !meta.is_end_marker() {
             self.store_segment(id, meta, bytes, None);
             self.broadcast(None, Frame::Have(vec![id]));
+            self.push_children(now, id);
         }
         self.schedule(now);
         Ok(())
@@ -520,6 +653,7 @@ impl Exchange {
         }
         self.playhead = Some(seq);
         self.cursor = seq;
+        self.vod_anchor = Some((now, seq));
         self.schedule(now);
     }
 
@@ -539,6 +673,7 @@ impl Exchange {
             if let Some(partner) = self.partners.get_mut(&peer) {
                 // A partner that did not deliver in time is asked for other segments first.
                 partner.have.remove(id);
+                partner.rate.penalize();
             }
         }
         if now >= self.next_maintenance {
@@ -565,11 +700,28 @@ impl Exchange {
     /// How many payload bytes to accept for `id` from `peer`, or `None` if we did not ask that
     /// peer for that segment (the stream must then be refused).
     pub fn expected_len(&self, peer: &PeerId, id: SegmentId) -> Option<usize> {
-        let pending = self.pending.get(&id)?;
-        if pending.peer != *peer {
+        let asked = self.pending.get(&id).map(|p| p.peer == *peer);
+        // Our parent pushes what we do not hold (a request of ours elsewhere gives way).
+        let pushed = self.parent == Some(*peer) && !self.store.contains_key(&id);
+        if asked != Some(true) && !pushed {
             return None;
         }
         self.statements.get(&id).map(|s| s.meta.len as usize)
+    }
+
+    /// This peer's place in the feeding tree: its parent, how many peers it feeds, its depth
+    /// (0 at the source, 255 when not fed).
+    pub fn tree(&self) -> (Option<PeerId>, usize, u8) {
+        (self.parent, self.children.len(), self.depth())
+    }
+
+    /// This peer's measured upload capacity in bit/s, and the uploads under way and queued.
+    pub fn upload_state(&self) -> (f64, usize, usize) {
+        (
+            self.meter.estimate_bps(),
+            self.uploads.len(),
+            self.upload_queue.len(),
+        )
     }
 
     /// This peer's id.
@@ -649,7 +801,13 @@ impl Exchange {
                     listen: self.listen,
                 },
             );
-            let others = self.partner_sample(peer, 16);
+            // The peers we feed first: a newcomer finds its place in the feeding tree below.
+            let mut others = self.referrals(peer);
+            for p in self.partner_sample(peer, 16) {
+                if others.len() < 16 && !others.contains(&p) {
+                    others.push(p);
+                }
+            }
             if !others.is_empty() {
                 self.send(peer, Frame::Peers(others));
             }
@@ -659,18 +817,7 @@ impl Exchange {
             });
             return;
         }
-        self.partners.insert(
-            peer,
-            Partner {
-                listen: None,
-                greeted: false,
-                have: HaveMap::default(),
-                busy_until: None,
-                relayed: false,
-                inflight: 0,
-                strikes: 0,
-            },
-        );
+        self.partners.insert(peer, Partner::new());
         self.send(
             peer,
             Frame::Hello {
@@ -687,6 +834,15 @@ impl Exchange {
             return;
         };
         self.send(peer, Frame::Channel(Box::new(record)));
+        let (depth, spare) = (self.depth(), self.spare());
+        self.send(
+            peer,
+            Frame::Report {
+                upload_kbps: (self.meter.estimate_bps() / 1000.0) as u32,
+                depth,
+                spare,
+            },
+        );
         let statements: Vec<SignedSegment> = self.statements.values().copied().collect();
         for chunk in statements.chunks(MAX_LIST_LEN) {
             self.send(peer, Frame::Announce(chunk.to_vec()));
@@ -703,7 +859,10 @@ impl Exchange {
         if self.partners.remove(&peer).is_none() {
             return;
         }
-        self.uploads.retain(|(to, _)| *to != peer);
+        self.account_sharing(now);
+        self.uploads.retain(|(to, _), _| *to != peer);
+        self.upload_queue.retain(|q| q.to != peer);
+        self.start_uploads(now);
         let lost: Vec<SegmentId> = self
             .pending
             .iter()
@@ -713,6 +872,13 @@ impl Exchange {
         for id in lost {
             self.pending.remove(&id);
             self.stats.requests_retried += 1;
+        }
+        self.children.retain(|p| *p != peer);
+        if self.parent == Some(peer) {
+            self.parent = None;
+        }
+        if self.asked_parent.is_some_and(|(p, _)| p == peer) {
+            self.asked_parent = None;
         }
         self.maintain(now);
     }
@@ -772,7 +938,7 @@ impl Exchange {
             }
             Frame::Request(id) => {
                 // Serving others cannot make a request of ours possible.
-                self.on_request(peer, id);
+                self.on_request(now, peer, id);
                 return false;
             }
             Frame::Busy(id) => {
@@ -791,7 +957,33 @@ impl Exchange {
                     partner.have.remove(id);
                 }
             }
+            Frame::Report {
+                upload_kbps,
+                depth,
+                spare,
+            } => {
+                if let Some(partner) = self.partners.get_mut(&peer) {
+                    partner.upload_kbps = Some(upload_kbps);
+                    partner.depth = depth;
+                    partner.spare = spare;
+                }
+                if self.parent == Some(peer) && depth.saturating_add(1) > MAX_DEPTH {
+                    // A feeding loop (depths grow around it) or a chain too long: leave it.
+                    self.leave_parent(now);
+                }
+                return false;
+            }
+            Frame::Subscribe(on) => {
+                self.on_subscribe(now, peer, on);
+                return false;
+            }
+            Frame::Feed(on) => self.on_feed(now, peer, on),
             Frame::Peers(peers) => {
+                let climbing = self.climbing_until.is_some_and(|t| now < t);
+                if self.parent.is_none() || climbing {
+                    // A refusal to feed us comes with referrals: try those first.
+                    self.referred = peers.iter().map(|p| p.id).collect();
+                }
                 for p in peers {
                     if p.id != self.me && !self.partners.contains_key(&p.id) {
                         self.candidates.insert(p.id, p.addr);
@@ -890,30 +1082,127 @@ impl Exchange {
         true
     }
 
-    fn on_request(&mut self, peer: PeerId, id: SegmentId) {
-        let busy = self.uploads.len() >= self.config.upload_slots;
-        match self.store.get(&id) {
-            Some(_) if busy || self.uploads.contains(&(peer, id)) => {
-                self.stats.requests_refused += 1;
-                self.send(peer, Frame::Busy(id));
+    /// A partner asks for a segment. It is queued, earliest deadline first, if this peer's
+    /// measured upload can send everything queued before it and the segment itself before
+    /// the segment's deadline; otherwise the partner hears `Busy` at once and asks someone
+    /// else.
+    fn on_request(&mut self, now: Instant, peer: PeerId, id: SegmentId) {
+        let Some(len) = self.store.get(&id).map(Bytes::len) else {
+            self.send(peer, Frame::Missing(id));
+            return;
+        };
+        let already = self.uploads.contains_key(&(peer, id))
+            || self.upload_queue.iter().any(|q| q.to == peer && q.id == id);
+        let deadline = self.deadline(id, now);
+        // Everything that goes before it: what is being sent, every push, earlier requests.
+        let ahead: usize = self.uploads.values().map(|u| u.bytes).sum::<usize>()
+            + self
+                .upload_queue
+                .iter()
+                .filter(|q| !q.request || q.deadline <= deadline)
+                .filter_map(|q| self.store.get(&q.id).map(Bytes::len))
+                .sum::<usize>();
+        let finish =
+            Duration::from_secs_f64((ahead + len) as f64 * 8.0 / self.meter.estimate_bps());
+        // The requester's deadline may be later than ours (it plays further behind), so
+        // the bound is on the wait, not on our deadline.
+        let late = self.config.upload_slots != usize::MAX
+            && (finish > MAX_UPLOAD_WAIT || self.upload_queue.len() >= MAX_UPLOAD_QUEUE);
+        if already || late {
+            self.stats.requests_refused += 1;
+            self.send(peer, Frame::Busy(id));
+            return;
+        }
+        self.queued_total += 1;
+        self.upload_queue.insert(Queued {
+            request: true,
+            deadline,
+            order: self.queued_total,
+            to: peer,
+            id,
+        });
+        self.start_uploads(now);
+    }
+
+    /// Adds the time since the last call, times the number of uploads under way, to each
+    /// upload's sharing integral (called whenever that number is about to change).
+    fn account_sharing(&mut self, now: Instant) {
+        if let Some(last) = self.uploads_accounted {
+            let dt = now.saturating_duration_since(last).as_secs_f64();
+            let n = self.uploads.len() as f64;
+            for up in self.uploads.values_mut() {
+                up.shared += dt * n;
             }
-            Some(bytes) => {
-                self.uploads.insert((peer, id));
-                self.stats.bytes_uploaded += bytes.len() as u64;
-                let bytes = bytes.clone();
-                self.outputs.push_back(Output::SendSegment {
-                    to: peer,
-                    id,
-                    bytes,
-                });
+        }
+        self.uploads_accounted = Some(now);
+    }
+
+    /// Starts queued uploads while slots are free.
+    fn start_uploads(&mut self, now: Instant) {
+        while self.uploads.len() < self.upload_slots() {
+            let Some(Queued {
+                to: peer,
+                id,
+                deadline,
+                request,
+                ..
+            }) = self.upload_queue.pop_first()
+            else {
+                return;
+            };
+            if !request && deadline + STALE_PUSH < now {
+                // Our child plays it already (or skipped it): pushing it now wastes upload.
+                continue;
             }
-            None => self.send(peer, Frame::Missing(id)),
+            let Some(bytes) = self.store.get(&id).cloned() else {
+                // Evicted while it waited.
+                self.send(peer, Frame::Missing(id));
+                continue;
+            };
+            let holds = self.partners.get(&peer).is_none_or(|p| p.have.contains(id));
+            if !request && holds {
+                // Gone, or it got the segment elsewhere meanwhile: the push is not needed
+                // any more. (A request is served whatever we heard: the requester knows.)
+                continue;
+            }
+            self.account_sharing(now);
+            self.uploads.insert(
+                (peer, id),
+                Upload {
+                    bytes: bytes.len(),
+                    started: now,
+                    shared: 0.0,
+                },
+            );
+            self.stats.bytes_uploaded += bytes.len() as u64;
+            self.outputs.push_back(Output::SendSegment {
+                to: peer,
+                id,
+                bytes,
+            });
         }
     }
 
     fn on_segment(&mut self, now: Instant, peer: PeerId, id: SegmentId, bytes: Bytes) {
-        let _ = now;
-        if !self.take_pending(peer, id) {
+        let asked = self
+            .pending
+            .get(&id)
+            .filter(|p| p.peer == peer)
+            .map(|p| p.sent);
+        if let (Some(asked), Some(partner)) = (asked, self.partners.get_mut(&peer)) {
+            partner
+                .rate
+                .sample(bytes.len(), now.saturating_duration_since(asked));
+        }
+        let pushed = self.parent == Some(peer) && !self.store.contains_key(&id);
+        if pushed {
+            self.stats.pushes_received += 1;
+            // Whoever else we asked is too late now.
+            if let Some(other) = self.pending.get(&id).map(|p| p.peer).filter(|p| *p != peer) {
+                self.take_pending(other, id);
+            }
+        }
+        if !self.take_pending(peer, id) && !pushed {
             // Unsolicited: the driver should have refused it via `expected_len`.
             self.strike(peer);
             return;
@@ -937,8 +1226,39 @@ impl Exchange {
         } else {
             self.stats.bytes_from_peers += bytes.len() as u64;
         }
+        // A parent that had the segment and did not push it in time missed; three misses in
+        // a row and we look for another.
+        match self.parent {
+            Some(p) if p == peer => self.parent_misses = 0,
+            Some(p) if self.partners.get(&p).is_some_and(|pp| pp.have.contains(id)) => {
+                self.parent_misses += 1;
+                if self.parent_misses >= MAX_PARENT_MISSES {
+                    debug!(parent = %p.short(), "parent too slow; looking for another");
+                    self.parent_misses = 0;
+                    self.leave_parent(now);
+                }
+            }
+            _ => {}
+        }
         self.store_segment(id, statement.meta, bytes, Some(peer));
         self.broadcast(None, Frame::Have(vec![id]));
+        self.push_children(now, id);
+    }
+
+    /// Pushes a segment we just got to every peer we feed.
+    fn push_children(&mut self, now: Instant, id: SegmentId) {
+        // The children that feed the most others first: the segment reaches the most peers
+        // soonest.
+        let mut children = self.children.clone();
+        children.sort_by_key(|c| {
+            let p = self.partners.get(c);
+            let up = p.and_then(|p| p.upload_kbps).unwrap_or(0);
+            (std::cmp::Reverse(up), *c)
+        });
+        for child in children {
+            self.push_to(child, id);
+        }
+        self.start_uploads(now);
     }
 
     /// Forgets everything of the current session (the broadcaster restarted).
@@ -954,6 +1274,12 @@ impl Exchange {
         for partner in self.partners.values_mut() {
             partner.have.clear();
         }
+        // The feeding tree and the playback position were the old session's.
+        self.vod_anchor = None;
+        self.parent = None;
+        self.asked_parent = None;
+        self.children.clear();
+        self.upload_queue.clear();
         self.start = None;
         self.playhead = None;
         self.cursor = 0;
@@ -1039,14 +1365,15 @@ impl Exchange {
         matches!(id, SegmentId::Media(n) if n < self.floor)
     }
 
-    /// Sends requests for missing segments to partners that hold them.
+    /// Sends requests for missing segments, most urgent first, each to the holder expected to
+    /// deliver it soonest (its measured rate and queue); the source only if it feeds us, if it
+    /// is our only partner, or if no viewer can deliver before the deadline.
     fn schedule(&mut self, now: Instant) {
         // Recomputed below; a deadline left over from an earlier round would fire forever.
         self.next_schedule = None;
         if self.is_source() || self.record.is_none() {
             return;
         }
-        // Nothing to do while every partner is busy (the common case under load).
         let max = self.config.max_inflight_per_peer;
         let usable =
             |p: &Partner| p.greeted && p.inflight < max && p.busy_until.is_none_or(|t| t <= now);
@@ -1064,44 +1391,112 @@ impl Exchange {
         // The buffer is reused: this runs after most inputs.
         let mut wanted = std::mem::take(&mut self.wanted_buf);
         self.wanted(&mut wanted);
+        if !self.is_live() && self.vod_anchor.is_none() {
+            self.vod_anchor = self.start.map(|start| (now, start));
+        }
         let source = self.source_peer().and_then(|s| self.partners.find(&s).ok());
+        let parent = self.parent.and_then(|p| self.partners.find(&p).ok());
         // While dials are in flight, a newcomer may soon have partners other than the source.
         let only_source =
             self.dialing.is_empty() && (0..self.partners.len()).all(|i| Some(i) == source);
+        let guess = self.bitrate_bps();
+        // How close to its deadline a segment must be before the source is asked for it: on
+        // demand, with the whole film there to prefetch, early enough to keep a buffer.
+        let source_margin = if self.is_live() {
+            SOURCE_MARGIN_S
+        } else {
+            VOD_SOURCE_MARGIN_S
+        };
         for &id in &wanted {
             if self.store.contains_key(&id) || self.pending.contains_key(&id) {
                 continue;
             }
-            // Another viewer first, a direct one before a relayed one, then the least loaded
-            // holder, then the lowest id (partners are in id order, and a later one must be
-            // strictly better to be chosen).
-            let mut holder: Option<(bool, bool, usize, usize)> = None;
+            let Some(bits) = self
+                .statements
+                .get(&id)
+                .map(|s| f64::from(s.meta.len) * 8.0)
+            else {
+                continue;
+            };
+            let slack = self
+                .deadline(id, now)
+                .saturating_duration_since(now)
+                .as_secs_f64();
+            // Our parent pushes what it gets; fetch elsewhere only if it is late: if it has
+            // the segment, its push is on the way.
+            let window = match parent.and_then(|i| self.partners.values().nth(i)) {
+                Some(p) if p.have.contains(id) => PUSH_WAIT_S,
+                Some(_) => REPAIR_WINDOW_S,
+                None => f64::INFINITY,
+            };
+            if slack > window {
+                let wait = Duration::from_secs_f64(slack - window);
+                let due = now + wait.max(MIN_RESCHEDULE);
+                self.next_schedule = Some(self.next_schedule.map_or(due, |t| t.min(due)));
+                continue;
+            }
+            // Seconds until each holder would deliver: its queue, then this segment.
+            let mut viewer: Option<(f64, usize)> = None;
+            let mut from_source: Option<f64> = None;
             for (i, p) in self.partners.values().enumerate() {
                 if !usable(p) || !p.have.contains(id) {
                     continue;
                 }
-                let rank = (Some(i) == source, p.relayed, p.inflight);
-                if holder.is_none_or(|(s, r, f, _)| rank < (s, r, f)) {
-                    holder = Some((rank.0, rank.1, rank.2, i));
-                }
-            }
-            let Some((is_source, _, _, index)) = holder else {
-                continue;
-            };
-            if is_source && !only_source {
-                let due = self.source_due(id);
-                if now < due {
-                    self.next_schedule = Some(self.next_schedule.map_or(due, |t| t.min(due)));
+                let eta = bits / p.expected_bps(guess) * (p.inflight + 1) as f64;
+                if Some(i) == source {
+                    from_source = Some(eta);
                     continue;
                 }
+                // A relayed path costs the relay's bandwidth: direct holders first unless a
+                // relayed one is much sooner.
+                // Our parent's push of this segment did not come: ask it only if nobody
+                // else has the segment.
+                let eta = if Some(i) == parent {
+                    eta + PARENT_PENALTY_S
+                } else {
+                    eta
+                };
+                let cost = if p.relayed {
+                    eta + RELAY_PENALTY_S
+                } else {
+                    eta
+                };
+                if viewer.is_none_or(|(c, _)| cost < c) {
+                    viewer = Some((cost, i));
+                }
             }
+            let choice = match (viewer, from_source) {
+                (Some((eta, i)), _) if eta <= slack => Some((i, eta)),
+                (_, Some(s_eta)) if only_source || slack <= s_eta + source_margin => {
+                    source.map(|s| (s, s_eta))
+                }
+                (_, Some(s_eta)) => {
+                    // Only the source could deliver in time, and it need not yet: another
+                    // viewer may get the segment first. Look again when the source becomes
+                    // the last resort.
+                    let wait = Duration::from_secs_f64((slack - s_eta - source_margin).max(0.0));
+                    let due = now + wait.max(MIN_RESCHEDULE);
+                    self.next_schedule = Some(self.next_schedule.map_or(due, |t| t.min(due)));
+                    None
+                }
+                // Late whoever we ask: the soonest viewer still.
+                (Some((eta, i)), None) => Some((i, eta)),
+                (None, None) => None,
+            };
+            let Some((index, eta)) = choice else {
+                continue;
+            };
+            let timeout = Duration::from_secs_f64(
+                (2.0 * eta + 0.5).clamp(1.0, self.config.request_timeout.as_secs_f64()),
+            );
             let (peer, partner) = self.partners.at_mut(index);
             partner.inflight += 1;
             self.pending.insert(
                 id,
                 Pending {
                     peer,
-                    deadline: now + self.config.request_timeout,
+                    sent: now,
+                    deadline: now + timeout,
                 },
             );
             self.send(peer, Frame::Request(id));
@@ -1110,20 +1505,351 @@ impl Exchange {
         self.wanted_buf = wanted;
     }
 
-    /// When this viewer may ask the source for `id`: the segment's announcement plus the grace
-    /// and a jitter that differs between viewers, so that they do not all ask at once.
-    fn source_due(&self, id: SegmentId) -> Instant {
-        let seen = self.seen.get(&id).copied();
-        let grace = self.config.source_grace;
-        let n = match id {
-            SegmentId::Init => u64::MAX,
-            SegmentId::Media(n) => n,
+    /// When segment `id` must be here: live, the target latency after its announcement
+    /// reached us; on demand, when the player gets to it from the first missing segment.
+    fn deadline(&self, id: SegmentId, now: Instant) -> Instant {
+        let SegmentId::Media(seq) = id else {
+            return now;
         };
-        let mut me = [0u8; 8];
-        me.copy_from_slice(&self.me.0[..8]);
-        let draw = splitmix64(u64::from_le_bytes(me) ^ n);
-        let jitter = grace.mul_f64((draw % 1000) as f64 / 1000.0);
-        seen.map_or_else(|| self.next_maintenance, |seen| seen + grace + jitter)
+        if self.is_live() {
+            let seen = self.seen.get(&id).copied().unwrap_or(now);
+            return seen + self.config.target_latency.saturating_sub(PLAYBACK_MARGIN);
+        }
+        let duration = self
+            .statements
+            .get(&id)
+            .map_or(Duration::from_secs(1), |s| s.meta.duration());
+        // Playback runs from where it started (or last sought) at one segment per duration.
+        let (since, from) = self.vod_anchor.unwrap_or((now, self.cursor));
+        let ahead = u32::try_from(seq.saturating_sub(from)).unwrap_or(u32::MAX);
+        since + duration.saturating_mul(ahead) + VOD_HEADROOM
+    }
+
+    /// The stream's bit rate, from the newest segment's statement (2 Mbit/s before any).
+    fn bitrate_bps(&self) -> f64 {
+        self.statements
+            .values()
+            .rev()
+            .find(|s| s.meta.duration_us > 0 && s.meta.len > 0)
+            .map_or(2e6, |s| {
+                f64::from(s.meta.len) * 8.0 / s.meta.duration().as_secs_f64()
+            })
+    }
+
+    /// How many segments this peer sends at once: one per two streams' worth of measured
+    /// upload capacity (at least one), up to the configured bound. Few at a time, each at a
+    /// high rate, finish sooner than many sharing the uplink (requests wait in the
+    /// earliest-deadline-first queue instead).
+    fn upload_slots(&self) -> usize {
+        if self.config.upload_slots == usize::MAX {
+            return usize::MAX; // A CDN-like source: everything at once.
+        }
+        let slots =
+            (self.meter.estimate_bps() / self.bitrate_bps() / UPLOAD_STREAMS_PER_SLOT).ceil();
+        (slots as usize).clamp(1, self.config.upload_slots)
+    }
+
+    /// Our depth in the feeding tree: 0 at the source, one more than our parent's.
+    fn depth(&self) -> u8 {
+        if self.is_source() {
+            return 0;
+        }
+        self.parent
+            .and_then(|p| self.partners.get(&p))
+            .map_or(NO_DEPTH, |p| p.depth.saturating_add(1))
+    }
+
+    /// How many peers we feed at most: the source one per stream its upload carries but
+    /// one (kept for last-resort requests), a viewer one per whole stream.
+    fn child_slots(&self) -> usize {
+        let streams = self.meter.estimate_bps() / self.bitrate_bps();
+        let slots = if self.is_source() {
+            ((streams - 1.0).max(0.0) as usize).max(self.config.source_min_children)
+        } else {
+            // Whole streams only (a little below counts: measurements are noisy); what is
+            // left over serves partners' requests.
+            (streams + 0.05) as usize
+        };
+        slots.min(self.config.max_children)
+    }
+
+    /// Drops the weakest peers we feed while we feed more than our upload carries (our
+    /// measured capacity fell).
+    fn shed_children(&mut self) {
+        while self.children.len() > self.child_slots() {
+            let weakest = self.children.iter().copied().min_by_key(|c| {
+                let up = self
+                    .partners
+                    .get(c)
+                    .and_then(|p| p.upload_kbps)
+                    .unwrap_or(0);
+                (up, *c)
+            });
+            let Some(w) = weakest else { return };
+            self.children.retain(|c| *c != w);
+            self.send(w, Frame::Feed(false));
+        }
+    }
+
+    /// How many more peers we would feed.
+    fn spare(&self) -> u8 {
+        u8::try_from(self.child_slots().saturating_sub(self.children.len())).unwrap_or(u8::MAX)
+    }
+
+    /// We cannot feed `peer`: it hears `Feed(false)` and the peers we feed, those with room
+    /// first, one level further from the source (a join descends the tree until it fits).
+    fn refuse_feed(&mut self, peer: PeerId) {
+        self.send(peer, Frame::Feed(false));
+        let list = self.referrals(peer);
+        if !list.is_empty() {
+            self.send(peer, Frame::Peers(list));
+        }
+    }
+
+    /// The peers we feed, those with room and the most upload first, other than `peer`.
+    fn referrals(&self, peer: PeerId) -> Vec<PeerAddr> {
+        let mut referrals: Vec<(bool, u32, PeerAddr)> = self
+            .children
+            .iter()
+            .filter(|c| **c != peer)
+            .filter_map(|c| {
+                let p = self.partners.get(c)?;
+                let addr = p.listen?;
+                Some((
+                    p.spare == 0,
+                    u32::MAX - p.upload_kbps.unwrap_or(0),
+                    PeerAddr { id: *c, addr },
+                ))
+            })
+            .collect();
+        referrals.sort_by_key(|(full, up, a)| (*full, *up, a.id));
+        referrals.into_iter().take(8).map(|(.., a)| a).collect()
+    }
+
+    /// A partner asks us to feed it, or to stop. We accept while we have room, and otherwise
+    /// if it uploads more than the weakest peer we feed (which we drop): high-upload peers
+    /// end up near the source, where their upload feeds the most.
+    fn on_subscribe(&mut self, now: Instant, peer: PeerId, on: bool) {
+        if !on {
+            self.children.retain(|p| *p != peer);
+            return;
+        }
+        if self.children.contains(&peer) {
+            self.send(peer, Frame::Feed(true));
+            return;
+        }
+        let fed = self.is_live() && (self.is_source() || self.parent.is_some());
+        let upload = |id: &PeerId| {
+            self.partners
+                .get(id)
+                .and_then(|p| p.upload_kbps)
+                .unwrap_or(0)
+        };
+        if !fed || self.parent == Some(peer) || self.child_slots() == 0 {
+            self.refuse_feed(peer);
+            return;
+        }
+        if self.children.len() >= self.child_slots() {
+            let weakest = self
+                .children
+                .iter()
+                .copied()
+                .min_by_key(|c| (upload(c), *c));
+            match weakest {
+                Some(w) if upload(&peer) > upload(&w) + upload(&w) / 5 => {
+                    self.children.retain(|c| *c != w);
+                    self.send(w, Frame::Feed(false));
+                }
+                _ => {
+                    self.refuse_feed(peer);
+                    return;
+                }
+            }
+        }
+        self.children.push(peer);
+        self.send(peer, Frame::Feed(true));
+        // Everything it misses that we hold and it may still play goes out at once.
+        let held: Vec<SegmentId> = self
+            .store
+            .keys()
+            .filter(|id| matches!(id, SegmentId::Media(n) if *n + PUSH_BACKLOG >= self.newest().unwrap_or(0)))
+            .collect();
+        for id in held {
+            self.push_to(peer, id);
+        }
+        self.start_uploads(now);
+    }
+
+    /// A partner's answer to our subscription, or its change of mind.
+    fn on_feed(&mut self, now: Instant, peer: PeerId, on: bool) {
+        let asked = self.asked_parent.is_some_and(|(p, _)| p == peer);
+        if asked {
+            self.asked_parent = None;
+        }
+        if on {
+            if !asked && self.parent != Some(peer) {
+                // Not asked for (any more): decline.
+                self.send(peer, Frame::Subscribe(false));
+                return;
+            }
+            if let Some(old) = self.parent.filter(|p| *p != peer) {
+                self.send(old, Frame::Subscribe(false));
+            }
+            self.parent = Some(peer);
+            self.referred.clear();
+        } else {
+            if let Some(partner) = self.partners.get_mut(&peer) {
+                partner.refused_until = Some(now + REFUSED_BACKOFF);
+            }
+            if self.parent == Some(peer) {
+                self.parent = None;
+            }
+            if self.parent.is_none() {
+                self.find_parent(now);
+            }
+        }
+    }
+
+    /// Stops being fed by our parent and looks for another.
+    fn leave_parent(&mut self, now: Instant) {
+        if let Some(parent) = self.parent.take() {
+            self.send(parent, Frame::Subscribe(false));
+            if let Some(partner) = self.partners.get_mut(&parent) {
+                partner.refused_until = Some(now + REFUSED_BACKOFF);
+            }
+        }
+        self.find_parent(now);
+    }
+
+    /// Looks for a (better) parent: the partner nearest the source, then with the most
+    /// upload, that has room to feed us, or, for a peer that uploads more than two streams,
+    /// one that may drop a weaker child for us. A fed viewer moves only to a partner at least
+    /// two levels nearer the source than its parent, so the tree flattens without churning.
+    fn find_parent(&mut self, now: Instant) {
+        // On demand, viewers watch different parts: no tree, the mesh serves them.
+        if self.is_source() || !self.is_live() {
+            return;
+        }
+        if let Some((_, at)) = self.asked_parent {
+            if now.saturating_duration_since(at) < SUBSCRIBE_TIMEOUT {
+                return;
+            }
+            self.asked_parent = None;
+        }
+        let strong = self.meter.estimate_bps() >= 2.0 * self.bitrate_bps();
+        let my_kbps = (self.meter.estimate_bps() / 1000.0) as u32;
+        let current = self
+            .parent
+            .and_then(|p| self.partners.get(&p))
+            .map(|p| p.depth);
+        let children = &self.children;
+        let parent = self.parent;
+        let best = self
+            .partners
+            .iter()
+            .filter(|(id, p)| {
+                p.greeted
+                    && p.depth < MAX_DEPTH
+                    && (p.spare > 0 || strong && p.upload_kbps.is_some_and(|k| k < my_kbps * 4))
+                    && Some(**id) != parent
+                    && !children.contains(id)
+                    && p.refused_until.is_none_or(|t| t <= now)
+                    && current.is_none_or(|d| p.depth + 2 <= d)
+            })
+            .min_by_key(|(id, p)| {
+                (
+                    p.depth,
+                    p.spare == 0,
+                    std::cmp::Reverse(p.upload_kbps.unwrap_or(0)),
+                    **id,
+                )
+            })
+            .map(|(id, _)| *id);
+        if let Some(peer) = best {
+            self.asked_parent = Some((peer, now));
+            self.send(peer, Frame::Subscribe(true));
+        }
+    }
+
+    /// A peer that uploads more than two streams but sits deep in the tree climbs: it asks
+    /// the source again (a full source answers with the peers it feeds, and so on down), and
+    /// a parent that is full drops a weaker child for it. So the tree keeps the high-upload
+    /// peers near the source, where they feed the most, as Chandelier's tiers do.
+    fn climb(&mut self, now: Instant) {
+        let strong = self.meter.estimate_bps() >= 2.0 * self.bitrate_bps();
+        let depth = self.depth();
+        if !strong || self.parent.is_none() || depth < CLIMB_FROM_DEPTH || now < self.next_climb {
+            return;
+        }
+        self.next_climb = now + self.climb_backoff;
+        self.climb_backoff = (self.climb_backoff * 2).min(MAX_CLIMB_BACKOFF);
+        self.climbing_until = Some(now + SUBSCRIBE_TIMEOUT * 2);
+        let Some(source) = self.source_peer() else {
+            return;
+        };
+        if self.partners.contains_key(&source) {
+            self.find_parent(now);
+        } else if !self.dialing.contains(&source) {
+            if let Some(addr) = self.candidates.get(&source).copied() {
+                self.backoff.remove(&source);
+                self.dialing.insert(source);
+                self.outputs
+                    .push_back(Output::Dial(PeerAddr { id: source, addr }));
+            }
+        }
+    }
+
+    /// Queues segment `id` for a child that does not hold it.
+    fn push_to(&mut self, child: PeerId, id: SegmentId) {
+        let holds = self
+            .partners
+            .get(&child)
+            .is_none_or(|p| p.have.contains(id));
+        if holds || self.uploads.contains_key(&(child, id)) {
+            return;
+        }
+        let now = self.seen.get(&id).copied();
+        let deadline = match now {
+            Some(seen) => seen + self.config.target_latency,
+            None => return,
+        };
+        self.stats.segments_pushed += 1;
+        self.queued_total += 1;
+        self.upload_queue.insert(Queued {
+            request: false,
+            deadline,
+            order: self.queued_total,
+            to: child,
+            id,
+        });
+    }
+
+    /// Viewers: tells partners our measured upload capacity when it changed by a tenth, or
+    /// every ten seconds.
+    fn report(&mut self, now: Instant) {
+        let kbps = (self.meter.estimate_bps() / 1000.0) as u32;
+        let depth = self.depth();
+        let spare = self.spare();
+        let due = match self.reported {
+            None => true,
+            Some((at, last)) => {
+                let since = now.saturating_duration_since(at);
+                since >= REPORT_EVERY || since >= REPORT_GAP && kbps.abs_diff(last) * 10 > last
+            }
+        };
+        let changed = self.reported_tree != (depth, spare);
+        if (due || changed) && self.partners.len() > 0 {
+            self.reported = Some((now, kbps));
+            self.reported_tree = (depth, spare);
+            self.broadcast(
+                None,
+                Frame::Report {
+                    upload_kbps: kbps,
+                    depth,
+                    spare,
+                },
+            );
+        }
     }
 
     /// Puts the segments this viewer wants now in `wanted`, in the order it wants them.
@@ -1175,14 +1901,23 @@ impl Exchange {
     /// Dials candidates while this viewer has fewer partners than it wants.
     fn maintain(&mut self, now: Instant) {
         self.backoff.retain(|_, until| *until > now);
+        self.shed_children();
+        self.report(now);
         if self.is_source() {
             return;
         }
+        self.climb(now);
+        self.find_parent(now);
         self.redial_stalled_source(now);
-        let mut missing = self
-            .config
-            .max_partners
-            .saturating_sub(self.partners.len() + self.dialing.len());
+        // A viewer nobody feeds yet makes room for the peers it was referred to.
+        let climbing = self.climbing_until.is_some_and(|t| now < t);
+        let want = self.config.max_partners
+            + if (self.parent.is_none() || climbing) && !self.referred.is_empty() {
+                MAX_EXTRA_PARTNERS
+            } else {
+                0
+            };
+        let mut missing = want.saturating_sub(self.partners.len() + self.dialing.len());
         if missing == 0 {
             return;
         }
@@ -1196,7 +1931,9 @@ impl Exchange {
             })
             .map(|(id, addr)| (*id, *addr))
             .collect();
-        candidates.sort();
+        // Peers we were referred to (nearer the tree's top, with room) first.
+        let referred = &self.referred;
+        candidates.sort_by_key(|(id, _)| (!referred.contains(id), *id));
         for (id, addr) in candidates {
             if missing == 0 {
                 break;
@@ -1304,6 +2041,11 @@ struct PartnerMap {
 impl PartnerMap {
     fn find(&self, id: &PeerId) -> Result<usize, usize> {
         self.entries.binary_search_by(|(k, _)| k.cmp(id))
+    }
+
+    fn get(&self, id: &PeerId) -> Option<&Partner> {
+        let i = self.find(id).ok()?;
+        Some(&self.entries[i].1)
     }
 
     fn get_mut(&mut self, id: &PeerId) -> Option<&mut Partner> {
@@ -1552,19 +2294,64 @@ impl HaveMap {
 }
 
 /// How long a partner that answered `Busy` is left alone.
-const BUSY_BACKOFF: Duration = Duration::from_millis(200);
+const BUSY_BACKOFF: Duration = Duration::from_millis(1000);
+
+/// An upload is accepted if everything queued before it and itself can be sent within this
+/// time; otherwise the requester hears `Busy` and asks someone else.
+const MAX_UPLOAD_WAIT: Duration = Duration::from_millis(1500);
+/// The most requests a peer queues.
+const MAX_UPLOAD_QUEUE: usize = 64;
+
+/// Seconds a parent that failed to push a segment is handicapped by when it is asked.
+const PARENT_PENALTY_S: f64 = 10.0;
+/// Seconds a relayed holder is handicapped by against a direct one.
+const RELAY_PENALTY_S: f64 = 0.5;
+/// Seconds of margin the source is asked before a segment's deadline, as a last resort.
+const SOURCE_MARGIN_S: f64 = 0.3;
+/// The same on demand.
+const VOD_SOURCE_MARGIN_S: f64 = 3.0;
+/// The shortest wait before looking at a deferred request again.
+const MIN_RESCHEDULE: Duration = Duration::from_millis(20);
+/// A live segment's deadline comes this long before the player's target latency (the
+/// announcement reaches us a little after the segment was made).
+const PLAYBACK_MARGIN: Duration = Duration::from_millis(300);
+/// On demand: how far ahead of the player a segment is due.
+const VOD_HEADROOM: Duration = Duration::from_secs(1);
+/// Depth of a peer that is not fed (no parent chain to the source).
+const NO_DEPTH: u8 = u8::MAX;
+/// The longest feeding chain a peer joins (longer ones mean a loop or a bad tree).
+const MAX_DEPTH: u8 = 24;
+/// A subscription unanswered this long is given up.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A partner that refused to feed us is not asked again before this.
+const REFUSED_BACKOFF: Duration = Duration::from_secs(10);
+/// A new child gets the segments we hold that are at most this far behind the newest.
+const PUSH_BACKLOG: u64 = 2;
+/// Within this many seconds of a segment's deadline a fed viewer stops waiting for its
+/// parent and fetches it from whoever holds it.
+const REPAIR_WINDOW_S: f64 = 1.2;
+/// Streams' worth of upload per concurrent upload.
+const UPLOAD_STREAMS_PER_SLOT: f64 = 16.0;
+/// A parent that misses this many pushes in a row is replaced.
+const MAX_PARENT_MISSES: u32 = 3;
+/// A strong peer this deep (or deeper) tries to climb, first this long after it started,
+/// then after twice as long each time, up to the bound.
+const CLIMB_FROM_DEPTH: u8 = 3;
+const FIRST_CLIMB: Duration = Duration::from_secs(10);
+const MAX_CLIMB_BACKOFF: Duration = Duration::from_secs(120);
+/// Extra partners a viewer nobody feeds may dial, for the peers it was referred to.
+const MAX_EXTRA_PARTNERS: usize = 3;
+/// A push still queued this long after the segment's deadline is dropped.
+const STALE_PUSH: Duration = Duration::from_secs(1);
+/// ... and if the parent has it already (its push is under way), until this close.
+const PUSH_WAIT_S: f64 = 0.5;
+/// Partners hear our upload capacity at least this often.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+/// ... and at most this often.
+const REPORT_GAP: Duration = Duration::from_secs(2);
 
 /// How long a peer that failed a dial or dropped us is left alone before being dialled again.
 const REDIAL_BACKOFF: Duration = Duration::from_secs(10);
-
-/// A well-mixed 64-bit function of `x` (SplitMix64's finaliser), for per-viewer jitter that is
-/// the same in every run.
-fn splitmix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
 
 /// Why [`Exchange::publish`] failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

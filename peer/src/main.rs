@@ -71,6 +71,10 @@ struct NetArgs {
     /// bootstrap peer].
     #[arg(long)]
     advertise: Option<SocketAddr>,
+    /// Your upload capacity in kbit/s, where the node's own measurement starts (it decides
+    /// how many peers this node feeds) [2000].
+    #[arg(long, value_name = "KBPS")]
+    upload_kbps: Option<u32>,
     /// HTTP address of the local gateway (player page, HLS, status API) [broadcaster:
     /// 127.0.0.1 on any free port; viewer: 127.0.0.1:8080].
     #[arg(long)]
@@ -204,6 +208,10 @@ fn node_config(net: &NetArgs, role: Role) -> NodeConfig {
         listen: net.listen.unwrap_or_else(|| listen.into()),
         http: Some(net.http.unwrap_or_else(|| http.into())),
         advertise: net.advertise,
+        exchange: peer::exchange::ExchangeConfig {
+            upload_guess_bps: f64::from(net.upload_kbps.unwrap_or(2000)) * 1000.0,
+            ..peer::exchange::ExchangeConfig::default()
+        },
         web_root: net
             .web_root
             .clone()

@@ -51,6 +51,20 @@ pub enum Frame {
     /// The sender holds this segment but all its upload slots are taken: ask again shortly,
     /// or ask someone else.
     Busy(SegmentId),
+    /// The sender's state for the feeding tree, sent to partners now and then.
+    Report {
+        /// Measured upload capacity in kbit/s.
+        upload_kbps: u32,
+        /// Hops from the source along feeding parents (0: the source; 255: not fed).
+        depth: u8,
+        /// How many more peers the sender would feed.
+        spare: u8,
+    },
+    /// Please feed me every segment as soon as you have it (`true`), or stop (`false`).
+    Subscribe(bool),
+    /// The answer to `Subscribe`, or a change of mind: the sender feeds the receiver (`true`)
+    /// or does not (any more) (`false`).
+    Feed(bool),
 }
 
 /// A peer and where it listens.
@@ -125,6 +139,9 @@ impl Frame {
             Self::Missing(_) => "missing",
             Self::Peers(_) => "peers",
             Self::Busy(_) => "busy",
+            Self::Report { .. } => "report",
+            Self::Subscribe(_) => "subscribe",
+            Self::Feed(_) => "feed",
         }
     }
 
@@ -136,6 +153,9 @@ impl Frame {
             Self::Hello { .. }
             | Self::Channel(_)
             | Self::Request(_)
+            | Self::Report { .. }
+            | Self::Subscribe(_)
+            | Self::Feed(_)
             | Self::Missing(_)
             | Self::Busy(_) => 0,
         };

@@ -15,7 +15,10 @@ use peer::segment::{SegmentId, SegmentMeta};
 use peer::wire::{Frame, FrameDecoder, SegmentHeader, MAX_FRAME_LEN};
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 
-use common::{init_tracing, make_clip, start_broadcast, start_viewer, wait_until};
+use common::{
+    init_tracing, make_clip, node_config, start_broadcast, start_broadcast_with, start_viewer,
+    wait_until,
+};
 
 /// A peer that speaks our protocol but lies.
 struct Attacker {
@@ -83,7 +86,11 @@ async fn forged_statements_and_corrupted_segments_are_dropped_and_the_viewer_kee
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let clip = make_clip(dir.path(), 6);
-    let mut broadcast = start_broadcast(Input::File(clip), false).await;
+    // A broadcaster that feeds nobody directly: the viewer fetches every segment itself, and
+    // the attacker, which claims to hold everything, gets asked first.
+    let mut node = node_config();
+    node.exchange.max_children = 0;
+    let mut broadcast = start_broadcast_with(Input::File(clip), false, node).await;
     let viewer = start_viewer(&broadcast).await;
     let endpoint = client_endpoint();
     let mut attacker = Attacker::connect(&endpoint, &viewer).await;

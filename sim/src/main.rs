@@ -144,13 +144,16 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             for r in &runs {
                 let s = &r.summary;
                 println!(
-                    "{:<12} continuity {:.4}  offload {:.4}  latency p95 {:.2} s  startup p95 {:.2} s  peak viewers {}",
+                    "{:<12} continuity {:.4}  offload {:.4}  latency p95 {:.2} s  startup p95 {:.2} s  peak viewers {}  tree depth p50/p95 {}/{}, unfed {}",
                     r.label,
                     s.continuity,
                     s.source_offload,
                     s.latency_ms.p95 / 1000.0,
                     s.startup_ms.p95 / 1000.0,
-                    s.peak_viewers
+                    s.peak_viewers,
+                    s.tree_depth.p50,
+                    s.tree_depth.p95,
+                    s.unfed_viewers
                 );
             }
             println!("report: {}", out.join("report.html").display());

@@ -53,6 +53,10 @@ pub struct Summary {
     pub messages: BTreeMap<String, Traffic>,
     /// Discrete events the engine processed.
     pub events: u64,
+    /// Viewers' hops from the source along the feeding tree at the end (fed viewers only).
+    pub tree_depth: Percentiles,
+    /// Viewers nobody fed at the end.
+    pub unfed_viewers: u64,
 }
 
 /// p50 / p95 / p99 of a distribution (0 when empty).

@@ -465,11 +465,7 @@ pub fn run_ring(x: &RingExperiment) -> RingReport {
         ring_consistent: ring.consistent(),
         merge_seconds,
         messages_per_node_s: sent as f64 / n as f64 / x.measure.as_secs_f64(),
-        unify_messages: ring
-            .engine
-            .traffic()
-            .get("unify")
-            .map_or(0, |t| t.count),
+        unify_messages: ring.engine.traffic().get("unify").map_or(0, |t| t.count),
         events: ring.engine.processed(),
     }
 }

@@ -850,6 +850,8 @@ mod tests {
             segments_delivered: latencies as u64,
             messages,
             events: 12_345_678,
+            tree_depth: percentiles(&[3.0, 4.0, 5.0]),
+            unfed_viewers: 2,
         };
         RunSeries {
             label: label.to_owned(),

@@ -142,8 +142,8 @@ impl<'a> Runner<'a> {
                 Mode::Selfcast => protocol.max_partners,
                 Mode::SourceOnly => 1,
             },
-            source_grace: Duration::from_millis(protocol.source_grace_ms),
             live_start_behind: protocol.live_start_behind,
+            target_latency: Duration::from_secs_f64(protocol.playback_latency_s),
             verifier: Arc::new(MemoVerifier::default()),
             ..ExchangeConfig::default()
         };
@@ -206,6 +206,7 @@ impl<'a> Runner<'a> {
             config.upload_slots = usize::MAX;
             config.share_peers = false;
         }
+        config.upload_guess_bps = self.scenario.source.up_mbps * 1e6;
         let exchange = Exchange::source(
             now,
             config,
@@ -411,9 +412,15 @@ impl<'a> Runner<'a> {
         self.directory.borrow_mut().insert(peer, host);
 
         let now = self.engine.instant(self.engine.now());
+        // A viewer starts from the upload capacity its user configured (here its class);
+        // the exchange measures the real one as it uploads.
+        let config = ExchangeConfig {
+            upload_guess_bps: class.up_mbps * 1e6,
+            ..self.config.clone()
+        };
         let exchange = Exchange::viewer(
             now,
-            self.config.clone(),
+            config,
             peer,
             self.record.record.channel_id(),
             Some(host_addr(host)),
@@ -517,6 +524,16 @@ impl<'a> Runner<'a> {
     }
 
     fn finish(mut self) -> RunSeries {
+        let mut depths = Vec::new();
+        let mut unfed = 0;
+        for host in self.viewers.keys() {
+            if let Some(core) = self.engine.core(*host) {
+                match core.exchange_ref().tree() {
+                    (Some(_), _, depth) => depths.push(f64::from(depth)),
+                    (None, ..) => unfed += 1,
+                }
+            }
+        }
         let instant = self.engine.instant(self.engine.now());
         for viewer in self.viewers.values_mut() {
             viewer.qos.advance(instant);
@@ -555,6 +572,8 @@ impl<'a> Runner<'a> {
             segments_delivered: self.delivered,
             messages,
             events: self.engine.processed(),
+            tree_depth: percentiles(&depths),
+            unfed_viewers: unfed,
         };
         RunSeries {
             label: self.mode.label().to_owned(),

@@ -250,9 +250,6 @@ pub struct Protocol {
     /// Bootstrap peers a joining viewer is given besides the source.
     #[serde(default = "defaults::bootstrap_peers")]
     pub bootstrap_peers: usize,
-    /// Milliseconds a viewer waits for another viewer before asking the source.
-    #[serde(default = "defaults::source_grace_ms")]
-    pub source_grace_ms: u64,
     /// Segments behind the live edge at which a viewer starts.
     #[serde(default = "defaults::live_start_behind")]
     pub live_start_behind: u64,
@@ -292,7 +289,6 @@ impl Default for Protocol {
         Self {
             max_partners: defaults::max_partners(),
             bootstrap_peers: defaults::bootstrap_peers(),
-            source_grace_ms: defaults::source_grace_ms(),
             live_start_behind: defaults::live_start_behind(),
             playback_latency_s: defaults::playback_latency_s(),
         }
@@ -325,13 +321,10 @@ mod defaults {
         10.0
     }
     pub fn max_partners() -> usize {
-        4
+        6
     }
     pub fn bootstrap_peers() -> usize {
         8
-    }
-    pub fn source_grace_ms() -> u64 {
-        300
     }
     pub fn live_start_behind() -> u64 {
         3
@@ -571,7 +564,7 @@ mod tests {
         let s = Scenario::parse(MINIMAL, "t.toml").unwrap();
         assert_eq!(s.stream.segment_ms, 1000);
         assert_eq!(s.segment_bytes(), 250_000);
-        assert_eq!(s.protocol.max_partners, 4);
+        assert_eq!(s.protocol.max_partners, 6);
         assert_eq!(s.network.traversal, Traversal::None);
     }
 

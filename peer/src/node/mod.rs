@@ -955,6 +955,12 @@ impl Actor {
             "statements_rejected": stats.statements_rejected,
             "requests_retried": stats.requests_retried,
             "partners": partners,
+            "tree": {
+                "parent": self.exchange.tree().0.map(|p| p.short()),
+                "children": self.exchange.tree().1,
+                "depth": self.exchange.tree().2,
+            },
+            "upload_kbps": (self.exchange.upload_state().0 / 1000.0) as u64,
             "connections": self.net.open().iter().map(|(_, n)| n).sum::<usize>(),
             "nat": self.nat.status(),
             "qos": qos,

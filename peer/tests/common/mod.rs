@@ -44,13 +44,18 @@ pub fn node_config() -> NodeConfig {
 }
 
 pub async fn start_broadcast(input: Input, vod: bool) -> Broadcast {
+    start_broadcast_with(input, vod, node_config()).await
+}
+
+/// [`start_broadcast`] with a node configuration of the test's own.
+pub async fn start_broadcast_with(input: Input, vod: bool, node: NodeConfig) -> Broadcast {
     let options = BroadcastOptions {
         input,
         vod,
         name: "test".into(),
         segment_target: Duration::from_secs(1),
         progress: false,
-        node: node_config(),
+        node,
     };
     Broadcast::start(options, Keypair::generate())
         .await
