@@ -43,8 +43,12 @@ use crate::segment::{
 use crate::wire::{Frame, PeerAddr, MAX_LIST_LEN};
 
 mod capacity;
+mod tree;
+mod upload;
 
 use capacity::{DeliveryRate, UploadMeter};
+use tree::{FIRST_CLIMB, MAX_DEPTH, MAX_PARENT_MISSES, NO_DEPTH};
+use upload::{Queued, Upload};
 
 /// Tuning of the exchange.
 #[derive(Debug, Clone)]
@@ -368,28 +372,6 @@ impl Partner {
             .unwrap_or(guess)
             .max(1.0)
     }
-}
-
-/// A segment being sent.
-#[derive(Debug, Clone, Copy)]
-struct Upload {
-    bytes: usize,
-    started: Instant,
-    /// The integral over its lifetime of how many uploads ran at once (seconds × uploads),
-    /// to measure the uplink from its rate.
-    shared: f64,
-}
-
-/// An upload waiting for a slot; the order of the fields is the order of service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Queued {
-    /// A partner's request (after every push to a peer we feed).
-    request: bool,
-    deadline: Instant,
-    /// Arrival order, among equal deadlines.
-    order: u64,
-    to: PeerId,
-    id: SegmentId,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1082,107 +1064,6 @@ impl Exchange {
         true
     }
 
-    /// A partner asks for a segment. It is queued, earliest deadline first, if this peer's
-    /// measured upload can send everything queued before it and the segment itself before
-    /// the segment's deadline; otherwise the partner hears `Busy` at once and asks someone
-    /// else.
-    fn on_request(&mut self, now: Instant, peer: PeerId, id: SegmentId) {
-        let Some(len) = self.store.get(&id).map(Bytes::len) else {
-            self.send(peer, Frame::Missing(id));
-            return;
-        };
-        let already = self.uploads.contains_key(&(peer, id))
-            || self.upload_queue.iter().any(|q| q.to == peer && q.id == id);
-        let deadline = self.deadline(id, now);
-        // Everything that goes before it: what is being sent, every push, earlier requests.
-        let ahead: usize = self.uploads.values().map(|u| u.bytes).sum::<usize>()
-            + self
-                .upload_queue
-                .iter()
-                .filter(|q| !q.request || q.deadline <= deadline)
-                .filter_map(|q| self.store.get(&q.id).map(Bytes::len))
-                .sum::<usize>();
-        let finish =
-            Duration::from_secs_f64((ahead + len) as f64 * 8.0 / self.meter.estimate_bps());
-        // The requester's deadline may be later than ours (it plays further behind), so
-        // the bound is on the wait, not on our deadline.
-        let late = self.config.upload_slots != usize::MAX
-            && (finish > MAX_UPLOAD_WAIT || self.upload_queue.len() >= MAX_UPLOAD_QUEUE);
-        if already || late {
-            self.stats.requests_refused += 1;
-            self.send(peer, Frame::Busy(id));
-            return;
-        }
-        self.queued_total += 1;
-        self.upload_queue.insert(Queued {
-            request: true,
-            deadline,
-            order: self.queued_total,
-            to: peer,
-            id,
-        });
-        self.start_uploads(now);
-    }
-
-    /// Adds the time since the last call, times the number of uploads under way, to each
-    /// upload's sharing integral (called whenever that number is about to change).
-    fn account_sharing(&mut self, now: Instant) {
-        if let Some(last) = self.uploads_accounted {
-            let dt = now.saturating_duration_since(last).as_secs_f64();
-            let n = self.uploads.len() as f64;
-            for up in self.uploads.values_mut() {
-                up.shared += dt * n;
-            }
-        }
-        self.uploads_accounted = Some(now);
-    }
-
-    /// Starts queued uploads while slots are free.
-    fn start_uploads(&mut self, now: Instant) {
-        while self.uploads.len() < self.upload_slots() {
-            let Some(Queued {
-                to: peer,
-                id,
-                deadline,
-                request,
-                ..
-            }) = self.upload_queue.pop_first()
-            else {
-                return;
-            };
-            if !request && deadline + STALE_PUSH < now {
-                // Our child plays it already (or skipped it): pushing it now wastes upload.
-                continue;
-            }
-            let Some(bytes) = self.store.get(&id).cloned() else {
-                // Evicted while it waited.
-                self.send(peer, Frame::Missing(id));
-                continue;
-            };
-            let holds = self.partners.get(&peer).is_none_or(|p| p.have.contains(id));
-            if !request && holds {
-                // Gone, or it got the segment elsewhere meanwhile: the push is not needed
-                // any more. (A request is served whatever we heard: the requester knows.)
-                continue;
-            }
-            self.account_sharing(now);
-            self.uploads.insert(
-                (peer, id),
-                Upload {
-                    bytes: bytes.len(),
-                    started: now,
-                    shared: 0.0,
-                },
-            );
-            self.stats.bytes_uploaded += bytes.len() as u64;
-            self.outputs.push_back(Output::SendSegment {
-                to: peer,
-                id,
-                bytes,
-            });
-        }
-    }
-
     fn on_segment(&mut self, now: Instant, peer: PeerId, id: SegmentId, bytes: Bytes) {
         let asked = self
             .pending
@@ -1243,22 +1124,6 @@ impl Exchange {
         self.store_segment(id, statement.meta, bytes, Some(peer));
         self.broadcast(None, Frame::Have(vec![id]));
         self.push_children(now, id);
-    }
-
-    /// Pushes a segment we just got to every peer we feed.
-    fn push_children(&mut self, now: Instant, id: SegmentId) {
-        // The children that feed the most others first: the segment reaches the most peers
-        // soonest.
-        let mut children = self.children.clone();
-        children.sort_by_key(|c| {
-            let p = self.partners.get(c);
-            let up = p.and_then(|p| p.upload_kbps).unwrap_or(0);
-            (std::cmp::Reverse(up), *c)
-        });
-        for child in children {
-            self.push_to(child, id);
-        }
-        self.start_uploads(now);
     }
 
     /// Forgets everything of the current session (the broadcaster restarted).
@@ -1534,294 +1399,6 @@ impl Exchange {
             .map_or(2e6, |s| {
                 f64::from(s.meta.len) * 8.0 / s.meta.duration().as_secs_f64()
             })
-    }
-
-    /// How many segments this peer sends at once: one per two streams' worth of measured
-    /// upload capacity (at least one), up to the configured bound. Few at a time, each at a
-    /// high rate, finish sooner than many sharing the uplink (requests wait in the
-    /// earliest-deadline-first queue instead).
-    fn upload_slots(&self) -> usize {
-        if self.config.upload_slots == usize::MAX {
-            return usize::MAX; // A CDN-like source: everything at once.
-        }
-        let slots =
-            (self.meter.estimate_bps() / self.bitrate_bps() / UPLOAD_STREAMS_PER_SLOT).ceil();
-        (slots as usize).clamp(1, self.config.upload_slots)
-    }
-
-    /// Our depth in the feeding tree: 0 at the source, one more than our parent's.
-    fn depth(&self) -> u8 {
-        if self.is_source() {
-            return 0;
-        }
-        self.parent
-            .and_then(|p| self.partners.get(&p))
-            .map_or(NO_DEPTH, |p| p.depth.saturating_add(1))
-    }
-
-    /// How many peers we feed at most: the source one per stream its upload carries but
-    /// one (kept for last-resort requests), a viewer one per whole stream.
-    fn child_slots(&self) -> usize {
-        let streams = self.meter.estimate_bps() / self.bitrate_bps();
-        let slots = if self.is_source() {
-            ((streams - 1.0).max(0.0) as usize).max(self.config.source_min_children)
-        } else {
-            // Whole streams only (a little below counts: measurements are noisy); what is
-            // left over serves partners' requests.
-            (streams + 0.05) as usize
-        };
-        slots.min(self.config.max_children)
-    }
-
-    /// Drops the weakest peers we feed while we feed more than our upload carries (our
-    /// measured capacity fell).
-    fn shed_children(&mut self) {
-        while self.children.len() > self.child_slots() {
-            let weakest = self.children.iter().copied().min_by_key(|c| {
-                let up = self
-                    .partners
-                    .get(c)
-                    .and_then(|p| p.upload_kbps)
-                    .unwrap_or(0);
-                (up, *c)
-            });
-            let Some(w) = weakest else { return };
-            self.children.retain(|c| *c != w);
-            self.send(w, Frame::Feed(false));
-        }
-    }
-
-    /// How many more peers we would feed.
-    fn spare(&self) -> u8 {
-        u8::try_from(self.child_slots().saturating_sub(self.children.len())).unwrap_or(u8::MAX)
-    }
-
-    /// We cannot feed `peer`: it hears `Feed(false)` and the peers we feed, those with room
-    /// first, one level further from the source (a join descends the tree until it fits).
-    fn refuse_feed(&mut self, peer: PeerId) {
-        self.send(peer, Frame::Feed(false));
-        let list = self.referrals(peer);
-        if !list.is_empty() {
-            self.send(peer, Frame::Peers(list));
-        }
-    }
-
-    /// The peers we feed, those with room and the most upload first, other than `peer`.
-    fn referrals(&self, peer: PeerId) -> Vec<PeerAddr> {
-        let mut referrals: Vec<(bool, u32, PeerAddr)> = self
-            .children
-            .iter()
-            .filter(|c| **c != peer)
-            .filter_map(|c| {
-                let p = self.partners.get(c)?;
-                let addr = p.listen?;
-                Some((
-                    p.spare == 0,
-                    u32::MAX - p.upload_kbps.unwrap_or(0),
-                    PeerAddr { id: *c, addr },
-                ))
-            })
-            .collect();
-        referrals.sort_by_key(|(full, up, a)| (*full, *up, a.id));
-        referrals.into_iter().take(8).map(|(.., a)| a).collect()
-    }
-
-    /// A partner asks us to feed it, or to stop. We accept while we have room, and otherwise
-    /// if it uploads more than the weakest peer we feed (which we drop): high-upload peers
-    /// end up near the source, where their upload feeds the most.
-    fn on_subscribe(&mut self, now: Instant, peer: PeerId, on: bool) {
-        if !on {
-            self.children.retain(|p| *p != peer);
-            return;
-        }
-        if self.children.contains(&peer) {
-            self.send(peer, Frame::Feed(true));
-            return;
-        }
-        let fed = self.is_live() && (self.is_source() || self.parent.is_some());
-        let upload = |id: &PeerId| {
-            self.partners
-                .get(id)
-                .and_then(|p| p.upload_kbps)
-                .unwrap_or(0)
-        };
-        if !fed || self.parent == Some(peer) || self.child_slots() == 0 {
-            self.refuse_feed(peer);
-            return;
-        }
-        if self.children.len() >= self.child_slots() {
-            let weakest = self
-                .children
-                .iter()
-                .copied()
-                .min_by_key(|c| (upload(c), *c));
-            match weakest {
-                Some(w) if upload(&peer) > upload(&w) + upload(&w) / 5 => {
-                    self.children.retain(|c| *c != w);
-                    self.send(w, Frame::Feed(false));
-                }
-                _ => {
-                    self.refuse_feed(peer);
-                    return;
-                }
-            }
-        }
-        self.children.push(peer);
-        self.send(peer, Frame::Feed(true));
-        // Everything it misses that we hold and it may still play goes out at once.
-        let held: Vec<SegmentId> = self
-            .store
-            .keys()
-            .filter(|id| matches!(id, SegmentId::Media(n) if *n + PUSH_BACKLOG >= self.newest().unwrap_or(0)))
-            .collect();
-        for id in held {
-            self.push_to(peer, id);
-        }
-        self.start_uploads(now);
-    }
-
-    /// A partner's answer to our subscription, or its change of mind.
-    fn on_feed(&mut self, now: Instant, peer: PeerId, on: bool) {
-        let asked = self.asked_parent.is_some_and(|(p, _)| p == peer);
-        if asked {
-            self.asked_parent = None;
-        }
-        if on {
-            if !asked && self.parent != Some(peer) {
-                // Not asked for (any more): decline.
-                self.send(peer, Frame::Subscribe(false));
-                return;
-            }
-            if let Some(old) = self.parent.filter(|p| *p != peer) {
-                self.send(old, Frame::Subscribe(false));
-            }
-            self.parent = Some(peer);
-            self.referred.clear();
-        } else {
-            if let Some(partner) = self.partners.get_mut(&peer) {
-                partner.refused_until = Some(now + REFUSED_BACKOFF);
-            }
-            if self.parent == Some(peer) {
-                self.parent = None;
-            }
-            if self.parent.is_none() {
-                self.find_parent(now);
-            }
-        }
-    }
-
-    /// Stops being fed by our parent and looks for another.
-    fn leave_parent(&mut self, now: Instant) {
-        if let Some(parent) = self.parent.take() {
-            self.send(parent, Frame::Subscribe(false));
-            if let Some(partner) = self.partners.get_mut(&parent) {
-                partner.refused_until = Some(now + REFUSED_BACKOFF);
-            }
-        }
-        self.find_parent(now);
-    }
-
-    /// Looks for a (better) parent: the partner nearest the source, then with the most
-    /// upload, that has room to feed us, or, for a peer that uploads more than two streams,
-    /// one that may drop a weaker child for us. A fed viewer moves only to a partner at least
-    /// two levels nearer the source than its parent, so the tree flattens without churning.
-    fn find_parent(&mut self, now: Instant) {
-        // On demand, viewers watch different parts: no tree, the mesh serves them.
-        if self.is_source() || !self.is_live() {
-            return;
-        }
-        if let Some((_, at)) = self.asked_parent {
-            if now.saturating_duration_since(at) < SUBSCRIBE_TIMEOUT {
-                return;
-            }
-            self.asked_parent = None;
-        }
-        let strong = self.meter.estimate_bps() >= 2.0 * self.bitrate_bps();
-        let my_kbps = (self.meter.estimate_bps() / 1000.0) as u32;
-        let current = self
-            .parent
-            .and_then(|p| self.partners.get(&p))
-            .map(|p| p.depth);
-        let children = &self.children;
-        let parent = self.parent;
-        let best = self
-            .partners
-            .iter()
-            .filter(|(id, p)| {
-                p.greeted
-                    && p.depth < MAX_DEPTH
-                    && (p.spare > 0 || strong && p.upload_kbps.is_some_and(|k| k < my_kbps * 4))
-                    && Some(**id) != parent
-                    && !children.contains(id)
-                    && p.refused_until.is_none_or(|t| t <= now)
-                    && current.is_none_or(|d| p.depth + 2 <= d)
-            })
-            .min_by_key(|(id, p)| {
-                (
-                    p.depth,
-                    p.spare == 0,
-                    std::cmp::Reverse(p.upload_kbps.unwrap_or(0)),
-                    **id,
-                )
-            })
-            .map(|(id, _)| *id);
-        if let Some(peer) = best {
-            self.asked_parent = Some((peer, now));
-            self.send(peer, Frame::Subscribe(true));
-        }
-    }
-
-    /// A peer that uploads more than two streams but sits deep in the tree climbs: it asks
-    /// the source again (a full source answers with the peers it feeds, and so on down), and
-    /// a parent that is full drops a weaker child for it. So the tree keeps the high-upload
-    /// peers near the source, where they feed the most, as Chandelier's tiers do.
-    fn climb(&mut self, now: Instant) {
-        let strong = self.meter.estimate_bps() >= 2.0 * self.bitrate_bps();
-        let depth = self.depth();
-        if !strong || self.parent.is_none() || depth < CLIMB_FROM_DEPTH || now < self.next_climb {
-            return;
-        }
-        self.next_climb = now + self.climb_backoff;
-        self.climb_backoff = (self.climb_backoff * 2).min(MAX_CLIMB_BACKOFF);
-        self.climbing_until = Some(now + SUBSCRIBE_TIMEOUT * 2);
-        let Some(source) = self.source_peer() else {
-            return;
-        };
-        if self.partners.contains_key(&source) {
-            self.find_parent(now);
-        } else if !self.dialing.contains(&source) {
-            if let Some(addr) = self.candidates.get(&source).copied() {
-                self.backoff.remove(&source);
-                self.dialing.insert(source);
-                self.outputs
-                    .push_back(Output::Dial(PeerAddr { id: source, addr }));
-            }
-        }
-    }
-
-    /// Queues segment `id` for a child that does not hold it.
-    fn push_to(&mut self, child: PeerId, id: SegmentId) {
-        let holds = self
-            .partners
-            .get(&child)
-            .is_none_or(|p| p.have.contains(id));
-        if holds || self.uploads.contains_key(&(child, id)) {
-            return;
-        }
-        let now = self.seen.get(&id).copied();
-        let deadline = match now {
-            Some(seen) => seen + self.config.target_latency,
-            None => return,
-        };
-        self.stats.segments_pushed += 1;
-        self.queued_total += 1;
-        self.upload_queue.insert(Queued {
-            request: false,
-            deadline,
-            order: self.queued_total,
-            to: child,
-            id,
-        });
     }
 
     /// Viewers: tells partners our measured upload capacity when it changed by a tenth, or
@@ -2296,12 +1873,6 @@ impl HaveMap {
 /// How long a partner that answered `Busy` is left alone.
 const BUSY_BACKOFF: Duration = Duration::from_millis(1000);
 
-/// An upload is accepted if everything queued before it and itself can be sent within this
-/// time; otherwise the requester hears `Busy` and asks someone else.
-const MAX_UPLOAD_WAIT: Duration = Duration::from_millis(1500);
-/// The most requests a peer queues.
-const MAX_UPLOAD_QUEUE: usize = 64;
-
 /// Seconds a parent that failed to push a segment is handicapped by when it is asked.
 const PARENT_PENALTY_S: f64 = 10.0;
 /// Seconds a relayed holder is handicapped by against a direct one.
@@ -2317,32 +1888,11 @@ const MIN_RESCHEDULE: Duration = Duration::from_millis(20);
 const PLAYBACK_MARGIN: Duration = Duration::from_millis(300);
 /// On demand: how far ahead of the player a segment is due.
 const VOD_HEADROOM: Duration = Duration::from_secs(1);
-/// Depth of a peer that is not fed (no parent chain to the source).
-const NO_DEPTH: u8 = u8::MAX;
-/// The longest feeding chain a peer joins (longer ones mean a loop or a bad tree).
-const MAX_DEPTH: u8 = 24;
-/// A subscription unanswered this long is given up.
-const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// A partner that refused to feed us is not asked again before this.
-const REFUSED_BACKOFF: Duration = Duration::from_secs(10);
-/// A new child gets the segments we hold that are at most this far behind the newest.
-const PUSH_BACKLOG: u64 = 2;
 /// Within this many seconds of a segment's deadline a fed viewer stops waiting for its
 /// parent and fetches it from whoever holds it.
 const REPAIR_WINDOW_S: f64 = 1.2;
-/// Streams' worth of upload per concurrent upload.
-const UPLOAD_STREAMS_PER_SLOT: f64 = 16.0;
-/// A parent that misses this many pushes in a row is replaced.
-const MAX_PARENT_MISSES: u32 = 3;
-/// A strong peer this deep (or deeper) tries to climb, first this long after it started,
-/// then after twice as long each time, up to the bound.
-const CLIMB_FROM_DEPTH: u8 = 3;
-const FIRST_CLIMB: Duration = Duration::from_secs(10);
-const MAX_CLIMB_BACKOFF: Duration = Duration::from_secs(120);
 /// Extra partners a viewer nobody feeds may dial, for the peers it was referred to.
 const MAX_EXTRA_PARTNERS: usize = 3;
-/// A push still queued this long after the segment's deadline is dropped.
-const STALE_PUSH: Duration = Duration::from_secs(1);
 /// ... and if the parent has it already (its push is under way), until this close.
 const PUSH_WAIT_S: f64 = 0.5;
 /// Partners hear our upload capacity at least this often.

@@ -1,0 +1,160 @@
+//! Serving partners: the upload queue (pushes to the peers we feed first, then requests,
+//! each earliest deadline first), how many uploads run at once, and the measurement of the
+//! uplink that both depend on.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::{Exchange, Output};
+use crate::identity::PeerId;
+use crate::segment::SegmentId;
+use crate::wire::Frame;
+
+impl Exchange {
+    /// A partner asks for a segment. It is queued, earliest deadline first, if this peer's
+    /// measured upload can send everything queued before it and the segment itself before
+    /// the segment's deadline; otherwise the partner hears `Busy` at once and asks someone
+    /// else.
+    pub(super) fn on_request(&mut self, now: Instant, peer: PeerId, id: SegmentId) {
+        let Some(len) = self.store.get(&id).map(Bytes::len) else {
+            self.send(peer, Frame::Missing(id));
+            return;
+        };
+        let already = self.uploads.contains_key(&(peer, id))
+            || self.upload_queue.iter().any(|q| q.to == peer && q.id == id);
+        let deadline = self.deadline(id, now);
+        // Everything that goes before it: what is being sent, every push, earlier requests.
+        let ahead: usize = self.uploads.values().map(|u| u.bytes).sum::<usize>()
+            + self
+                .upload_queue
+                .iter()
+                .filter(|q| !q.request || q.deadline <= deadline)
+                .filter_map(|q| self.store.get(&q.id).map(Bytes::len))
+                .sum::<usize>();
+        let finish =
+            Duration::from_secs_f64((ahead + len) as f64 * 8.0 / self.meter.estimate_bps());
+        // The requester's deadline may be later than ours (it plays further behind), so
+        // the bound is on the wait, not on our deadline.
+        let late = self.config.upload_slots != usize::MAX
+            && (finish > MAX_UPLOAD_WAIT || self.upload_queue.len() >= MAX_UPLOAD_QUEUE);
+        if already || late {
+            self.stats.requests_refused += 1;
+            self.send(peer, Frame::Busy(id));
+            return;
+        }
+        self.queued_total += 1;
+        self.upload_queue.insert(Queued {
+            request: true,
+            deadline,
+            order: self.queued_total,
+            to: peer,
+            id,
+        });
+        self.start_uploads(now);
+    }
+
+    /// Adds the time since the last call, times the number of uploads under way, to each
+    /// upload's sharing integral (called whenever that number is about to change).
+    pub(super) fn account_sharing(&mut self, now: Instant) {
+        if let Some(last) = self.uploads_accounted {
+            let dt = now.saturating_duration_since(last).as_secs_f64();
+            let n = self.uploads.len() as f64;
+            for up in self.uploads.values_mut() {
+                up.shared += dt * n;
+            }
+        }
+        self.uploads_accounted = Some(now);
+    }
+
+    /// Starts queued uploads while slots are free.
+    pub(super) fn start_uploads(&mut self, now: Instant) {
+        while self.uploads.len() < self.upload_slots() {
+            let Some(Queued {
+                to: peer,
+                id,
+                deadline,
+                request,
+                ..
+            }) = self.upload_queue.pop_first()
+            else {
+                return;
+            };
+            if !request && deadline + STALE_PUSH < now {
+                // Our child plays it already (or skipped it): pushing it now wastes upload.
+                continue;
+            }
+            let Some(bytes) = self.store.get(&id).cloned() else {
+                // Evicted while it waited.
+                self.send(peer, Frame::Missing(id));
+                continue;
+            };
+            let holds = self.partners.get(&peer).is_none_or(|p| p.have.contains(id));
+            if !request && holds {
+                // Gone, or it got the segment elsewhere meanwhile: the push is not needed
+                // any more. (A request is served whatever we heard: the requester knows.)
+                continue;
+            }
+            self.account_sharing(now);
+            self.uploads.insert(
+                (peer, id),
+                Upload {
+                    bytes: bytes.len(),
+                    started: now,
+                    shared: 0.0,
+                },
+            );
+            self.stats.bytes_uploaded += bytes.len() as u64;
+            self.outputs.push_back(Output::SendSegment {
+                to: peer,
+                id,
+                bytes,
+            });
+        }
+    }
+
+    /// How many segments this peer sends at once: one per two streams' worth of measured
+    /// upload capacity (at least one), up to the configured bound. Few at a time, each at a
+    /// high rate, finish sooner than many sharing the uplink (requests wait in the
+    /// earliest-deadline-first queue instead).
+    pub(super) fn upload_slots(&self) -> usize {
+        if self.config.upload_slots == usize::MAX {
+            return usize::MAX; // A CDN-like source: everything at once.
+        }
+        let slots =
+            (self.meter.estimate_bps() / self.bitrate_bps() / UPLOAD_STREAMS_PER_SLOT).ceil();
+        (slots as usize).clamp(1, self.config.upload_slots)
+    }
+}
+
+/// A segment being sent.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Upload {
+    pub(super) bytes: usize,
+    pub(super) started: Instant,
+    /// The integral over its lifetime of how many uploads ran at once (seconds × uploads),
+    /// to measure the uplink from its rate.
+    pub(super) shared: f64,
+}
+
+/// An upload waiting for a slot; the order of the fields is the order of service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Queued {
+    /// A partner's request (after every push to a peer we feed).
+    pub(super) request: bool,
+    pub(super) deadline: Instant,
+    /// Arrival order, among equal deadlines.
+    pub(super) order: u64,
+    pub(super) to: PeerId,
+    pub(super) id: SegmentId,
+}
+
+/// An upload is accepted if everything queued before it and itself can be sent within this
+/// time; otherwise the requester hears `Busy` and asks someone else.
+const MAX_UPLOAD_WAIT: Duration = Duration::from_millis(1500);
+/// The most requests a peer queues.
+const MAX_UPLOAD_QUEUE: usize = 64;
+/// A push still queued this long after the segment's deadline is dropped.
+const STALE_PUSH: Duration = Duration::from_secs(1);
+/// Streams' worth of upload per concurrent upload.
+const UPLOAD_STREAMS_PER_SLOT: f64 = 16.0;
