@@ -10,6 +10,11 @@ use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use peer::app::{watch, Broadcast, BroadcastOptions, Demo};
+
+/// See the workspace's Cargo.toml: glibc malloc's locks cost more than anything else in the
+/// node's message paths.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use peer::identity::{ChannelId, Keypair};
 use peer::media::Input;
 use peer::node::{Bootstrap, NodeConfig, NodeHandle};
