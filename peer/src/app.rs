@@ -263,6 +263,9 @@ pub struct Demo {
     pub viewers: Vec<NodeHandle>,
 }
 
+/// The demo broadcaster's uplink.
+const DEMO_SOURCE_UPLINK_BPS: f64 = 10e6;
+
 impl Demo {
     /// Starts the demo swarm.
     pub async fn start(
@@ -275,13 +278,19 @@ impl Demo {
             web_root: web_root.clone(),
             ..NodeConfig::default()
         };
+        // On loopback every uplink measures in Gbit/s; the broadcaster is given what a home
+        // broadcaster's uplink carries (10 Mbit/s, about two and a half demo streams), so it
+        // feeds two viewers and the others get the stream from viewers, as on the Internet.
+        let mut source_node = node(port_after(first_http_port, 0));
+        source_node.exchange.upload_guess_bps = DEMO_SOURCE_UPLINK_BPS;
+        source_node.exchange.upload_limit_bps = Some(DEMO_SOURCE_UPLINK_BPS);
         let options = BroadcastOptions {
             input: Input::TestPattern,
             vod: false,
             name: "Selfcast demo (test pattern)".into(),
             segment_target: Duration::from_secs(1),
             progress: false,
-            node: node(port_after(first_http_port, 0)),
+            node: source_node,
         };
         let broadcast = Broadcast::start(options, Keypair::generate()).await?;
         let bootstrap = vec![Bootstrap::Peer(broadcast.node().peer_addr())];

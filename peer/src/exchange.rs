@@ -97,6 +97,9 @@ pub struct ExchangeConfig {
     pub max_children: usize,
     /// This peer's upload capacity in bit/s until it has measured its own.
     pub upload_guess_bps: f64,
+    /// What this peer's uplink carries at most, if the user said so: measurements never go
+    /// above it.
+    pub upload_limit_bps: Option<f64>,
 }
 
 impl Default for ExchangeConfig {
@@ -121,6 +124,7 @@ impl Default for ExchangeConfig {
             source_min_children: 2,
             max_children: usize::MAX,
             upload_guess_bps: 2e6,
+            upload_limit_bps: None,
         }
     }
 }
@@ -487,7 +491,7 @@ impl Exchange {
     }
 
     fn new(now: Instant, config: ExchangeConfig, me: PeerId, channel: ChannelId) -> Self {
-        let meter = UploadMeter::new(config.upload_guess_bps);
+        let meter = UploadMeter::new(config.upload_guess_bps, config.upload_limit_bps);
         Self {
             next_maintenance: now + config.maintenance_interval,
             config,
@@ -927,8 +931,13 @@ impl Exchange {
                 // It has the segment; its slots are full. Leave it alone for a moment.
                 self.take_pending(peer, id);
                 self.stats.requests_busy += 1;
+                let backoff = if self.is_live() {
+                    BUSY_BACKOFF
+                } else {
+                    VOD_BUSY_BACKOFF
+                };
                 if let Some(partner) = self.partners.get_mut(&peer) {
-                    partner.busy_until = Some(now + BUSY_BACKOFF);
+                    partner.busy_until = Some(now + backoff);
                 }
             }
             Frame::Missing(id) => {
@@ -1084,7 +1093,9 @@ impl Exchange {
             }
         }
         if !self.take_pending(peer, id) && !pushed {
-            // Unsolicited: the driver should have refused it via `expected_len`.
+            // Unsolicited: the driver should have refused it via `expected_len`. (A push from
+            // a parent we left while it was on its way lands here too and costs that parent a
+            // strike: known, to be told apart.)
             self.strike(peer);
             return;
         }
@@ -1872,6 +1883,9 @@ impl HaveMap {
 
 /// How long a partner that answered `Busy` is left alone.
 const BUSY_BACKOFF: Duration = Duration::from_millis(1000);
+/// The same on demand, where a segment has fewer holders and a viewer more time to wait for
+/// one of them.
+const VOD_BUSY_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Seconds a parent that failed to push a segment is handicapped by when it is asked.
 const PARENT_PENALTY_S: f64 = 10.0;

@@ -76,8 +76,8 @@ struct NetArgs {
     /// bootstrap peer].
     #[arg(long)]
     advertise: Option<SocketAddr>,
-    /// Your upload capacity in kbit/s, where the node's own measurement starts (it decides
-    /// how many peers this node feeds) [2000].
+    /// Your upload capacity in kbit/s: the node's own measurement starts there and never
+    /// goes above it (it decides how many peers this node feeds) [measured, from 2000].
     #[arg(long, value_name = "KBPS")]
     upload_kbps: Option<u32>,
     /// HTTP address of the local gateway (player page, HLS, status API) [broadcaster:
@@ -215,6 +215,7 @@ fn node_config(net: &NetArgs, role: Role) -> NodeConfig {
         advertise: net.advertise,
         exchange: peer::exchange::ExchangeConfig {
             upload_guess_bps: f64::from(net.upload_kbps.unwrap_or(2000)) * 1000.0,
+            upload_limit_bps: net.upload_kbps.map(|k| f64::from(k) * 1000.0),
             ..peer::exchange::ExchangeConfig::default()
         },
         web_root: net

@@ -207,6 +207,7 @@ impl<'a> Runner<'a> {
             config.share_peers = false;
         }
         config.upload_guess_bps = self.scenario.source.up_mbps * 1e6;
+        config.upload_limit_bps = Some(config.upload_guess_bps);
         let exchange = Exchange::source(
             now,
             config,
@@ -412,10 +413,11 @@ impl<'a> Runner<'a> {
         self.directory.borrow_mut().insert(peer, host);
 
         let now = self.engine.instant(self.engine.now());
-        // A viewer starts from the upload capacity its user configured (here its class);
-        // the exchange measures the real one as it uploads.
+        // A viewer's user configured its upload capacity (here its class): the exchange
+        // starts from it and measures below it.
         let config = ExchangeConfig {
             upload_guess_bps: class.up_mbps * 1e6,
+            upload_limit_bps: Some(class.up_mbps * 1e6),
             ..self.config.clone()
         };
         let exchange = Exchange::viewer(

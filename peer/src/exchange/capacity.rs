@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub(crate) struct UploadMeter {
     estimate_bps: f64,
-    /// Samples above this are capped: what the user said the uplink carries (a sample can
-    /// overshoot when uploads did not share the uplink evenly).
+    /// Samples above this are capped: what the user said the uplink carries, if they did (a
+    /// sample can overshoot when uploads did not share the uplink evenly).
     ceiling_bps: f64,
 }
 
@@ -22,11 +22,12 @@ pub(crate) struct UploadMeter {
 const MIN_SAMPLE_BYTES: usize = 64 * 1024;
 
 impl UploadMeter {
-    /// Starts from `initial` bit/s.
-    pub(crate) fn new(initial: f64) -> Self {
+    /// Starts from `initial` bit/s, never above `limit` if there is one.
+    pub(crate) fn new(initial: f64, limit: Option<f64>) -> Self {
+        let ceiling_bps = limit.unwrap_or(f64::INFINITY).max(1.0);
         Self {
-            estimate_bps: initial.max(1.0),
-            ceiling_bps: initial.max(1.0),
+            estimate_bps: initial.clamp(1.0, ceiling_bps),
+            ceiling_bps,
         }
     }
 
@@ -87,7 +88,7 @@ mod tests {
     #[test]
     fn shared_uploads_measure_the_whole_uplink() {
         let t0 = Instant::now();
-        let mut m = UploadMeter::new(5e6);
+        let mut m = UploadMeter::new(5e6, Some(5e6));
         for _ in 0..30 {
             // Two uploads of 250 kB sharing a 4 Mbit/s uplink take a second each.
             m.completed(t0 + Duration::from_secs(1), t0, 250_000, 2.0);

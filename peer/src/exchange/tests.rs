@@ -593,7 +593,7 @@ fn a_peer_turns_away_at_once_what_it_cannot_send_soon() {
     let node = h.nodes.get_mut(&source).unwrap();
     // An uplink that carries one of these segments per second: a second one queued behind
     // it would wait longer than a requester should.
-    node.meter = UploadMeter::new(8_000.0);
+    node.meter = UploadMeter::new(8_000.0, Some(8_000.0));
     let (a, b) = (PeerId([1; 32]), PeerId([2; 32]));
     for peer in [a, b] {
         node.handle_input(now, Input::Connected { peer });

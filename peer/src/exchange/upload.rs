@@ -36,7 +36,13 @@ impl Exchange {
             Duration::from_secs_f64((ahead + len) as f64 * 8.0 / self.meter.estimate_bps());
         // The requester's deadline may be later than ours (it plays further behind), so
         // the bound is on the wait, not on our deadline.
+        // Without a limit from the user the estimate starts as a guess: an idle uplink then
+        // serves whatever the estimate says (that is how it gets measured at all).
+        let idle = self.config.upload_limit_bps.is_none()
+            && self.uploads.is_empty()
+            && self.upload_queue.is_empty();
         let late = self.config.upload_slots != usize::MAX
+            && !idle
             && (finish > MAX_UPLOAD_WAIT || self.upload_queue.len() >= MAX_UPLOAD_QUEUE);
         if already || late {
             self.stats.requests_refused += 1;
