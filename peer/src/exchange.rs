@@ -15,16 +15,25 @@
 //! - Before reading a segment stream, ask [`Exchange::expected_len`]: the exchange only accepts
 //!   segments it requested from that peer, and never more bytes than the broadcaster signed.
 //!
-//! # Protocol (the minimal mesh of "first light")
+//! # Protocol: a feeding tree inside a mesh
 //!
 //! Both sides of a new connection send `Hello`; the side that knows the channel sends its signed
-//! record, its recent statements, what it holds (`Have`) and a sample of other peers. Viewers
-//! verify every statement against the broadcaster's key, forward new ones to their partners,
-//! request missing segments (earliest first) from a partner that has them — another viewer
-//! before the source — and verify each segment's length and BLAKE3 hash before storing it,
-//! announcing it with `Have` and serving it to others. A partner that sends a forged statement
-//! or bytes that fail verification gets a strike; at [`ExchangeConfig::max_strikes`] it is
-//! disconnected. Nothing unverified is ever stored, served or forwarded.
+//! record, a `Report` (measured upload, depth in the feeding tree, spare room), its recent
+//! statements, what it holds (`Have`) and a sample of other peers. Viewers verify every
+//! statement against the broadcaster's key and forward new ones to their partners.
+//!
+//! - Live, each viewer subscribes to a parent nearest the source with room, which pushes every
+//!   segment as soon as it has it (`tree`); a viewer nobody feeds, or whose parent is late,
+//!   requests missing segments itself, deadline first, from the holder expected to deliver
+//!   soonest, the source only as a last resort (`schedule`). On demand there is no tree.
+//! - Uploads wait in a queue, pushes before requests, earliest deadline first; a request that
+//!   would wait too long is answered `Busy` at once (`upload`). Upload capacity and partners'
+//!   delivery rates are measured (`capacity`).
+//!
+//! Each segment's length and BLAKE3 hash are verified before it is stored, announced with `Have`
+//! and served. A partner that sends a forged statement or bytes that fail verification gets a
+//! strike; at [`ExchangeConfig::max_strikes`] it is disconnected. Nothing unverified is ever
+//! stored, served or forwarded.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -1412,8 +1421,8 @@ impl Exchange {
             })
     }
 
-    /// Viewers: tells partners our measured upload capacity when it changed by a tenth, or
-    /// every ten seconds.
+    /// Tells partners our measured upload (when it changed by a tenth, at most every two
+    /// seconds, else every ten) and our place in the tree (whenever it changed).
     fn report(&mut self, now: Instant) {
         let kbps = (self.meter.estimate_bps() / 1000.0) as u32;
         let depth = self.depth();
@@ -1905,14 +1914,15 @@ const VOD_HEADROOM: Duration = Duration::from_secs(1);
 /// Within this many seconds of a segment's deadline a fed viewer stops waiting for its
 /// parent and fetches it from whoever holds it.
 const REPAIR_WINDOW_S: f64 = 1.2;
-/// Extra partners a viewer nobody feeds may dial, for the peers it was referred to.
-const MAX_EXTRA_PARTNERS: usize = 3;
 /// ... and if the parent has it already (its push is under way), until this close.
 const PUSH_WAIT_S: f64 = 0.5;
 /// Partners hear our upload capacity at least this often.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 /// ... and at most this often.
 const REPORT_GAP: Duration = Duration::from_secs(2);
+
+/// Extra partners a viewer nobody feeds may dial, for the peers it was referred to.
+const MAX_EXTRA_PARTNERS: usize = 3;
 
 /// How long a peer that failed a dial or dropped us is left alone before being dialled again.
 const REDIAL_BACKOFF: Duration = Duration::from_secs(10);

@@ -10,7 +10,8 @@
 //! - [`wire`]: versioned, length-prefixed control frames with a size bound, and segment stream
 //!   headers.
 //! - [`exchange`]: the segment exchange state machine (`handle_input(now, …)` /
-//!   `poll_output()`): who has what, what to request from whom, verification before storing.
+//!   `poll_output()`): the feeding tree, who has what, what to request from whom, the upload
+//!   queue, bandwidth measurement, verification before storing.
 //! - [`nat`]: NAT classes, which pairs can punch, the punching state machine, the relay's
 //!   forwarding table (and, with `node`, STUN, the shared UDP socket and the traversal task).
 //! - [`qos`]: the QoS definitions (continuity, startup delay, live latency, offload) that the
@@ -20,8 +21,10 @@
 //!
 //! - [`media`]: ffmpeg ingest: file, URL or test pattern → init + keyframe-aligned fMP4
 //!   segments (H.264/AAC passed through, anything else transcoded).
-//! - [`node`]: the tokio + quinn driver of the exchange, with TLS identities ([`node::tls`]),
-//!   feeding the gateway's verified store.
+//! - [`node`]: the tokio + quinn driver of the exchange, with TLS identities ([`node::tls`]) and
+//!   one QUIC connection per peer shared with the overlay, feeding the gateway's verified store.
+//! - [`overlay_net`]: the overlay node's driver over the node's connections; [`directory`]:
+//!   channel records and members in the overlay's store.
 //! - [`app`]: broadcast, watch and the one-process demo, as the CLI and the tests run them.
 //! - [`bench`]: the `peer bench …` programs.
 //!

@@ -938,6 +938,7 @@ impl Actor {
             .map(|p| json!({"peer": p.peer.short(), "source": p.is_source, "inflight": p.inflight}))
             .collect();
         let record = self.exchange.record().map(|r| &r.record);
+        let (parent, children, depth) = self.exchange.tree();
         let value = json!({
             "peer": self.exchange.me().to_string(),
             "channel": self.exchange.channel().to_string(),
@@ -956,9 +957,9 @@ impl Actor {
             "requests_retried": stats.requests_retried,
             "partners": partners,
             "tree": {
-                "parent": self.exchange.tree().0.map(|p| p.short()),
-                "children": self.exchange.tree().1,
-                "depth": self.exchange.tree().2,
+                "parent": parent.map(|p| p.short()),
+                "children": children,
+                "depth": depth,
             },
             "upload_kbps": (self.exchange.upload_state().0 / 1000.0) as u64,
             "connections": self.net.open().iter().map(|(_, n)| n).sum::<usize>(),
