@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, warn};
-use tracker_overlay::swarm::{self, Connectivity, Field, Member};
+use tracker_overlay::swarm::{self, Connectivity, Field, Member, Reach};
 use tracker_overlay::{Abort, TxOp, Value};
 
 use crate::identity::{ChannelId, PeerId};
@@ -19,6 +19,8 @@ use crate::wire::PeerAddr;
 pub const MEMBER_TTL: Duration = Duration::from_secs(60);
 /// How often members refresh their entry (and viewers look for new partners).
 pub const REFRESH_EVERY: Duration = Duration::from_secs(15);
+/// How long a directory read keeps trying while the ring settles.
+const READ_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Why the directory could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -44,35 +46,79 @@ fn now_unix_s() -> u64 {
 }
 
 fn me_as_member(peer: PeerId, addr: SocketAddr, nat: Option<&Nat>) -> Member {
+    // As classified by STUN, with the candidates and relay that dialling peers punch and
+    // relay with; a node without traversal says it is reachable at its address.
+    let (connectivity, reach) = match nat.map(Nat::record) {
+        Some(record) => (record.connectivity, record.reach()),
+        None => (Connectivity::Open, Reach::default()),
+    };
     Member {
         peer: peer.0,
         addr,
-        // As classified by STUN; a node without traversal says it is reachable.
-        connectivity: nat.map_or(Connectivity::Open, Nat::connectivity),
+        connectivity,
+        reach,
         upload_kbps: 0,
         expires_unix_s: now_unix_s() + MEMBER_TTL.as_secs(),
     }
 }
 
-/// Reads the channel's record and membership sample in one transaction.
+/// Whether a failed transaction may go through if simply run again: it raced with another
+/// member, or the ring is still settling (a joining node is not in yet, replicas move).
+fn transient(e: &Abort) -> bool {
+    matches!(
+        e,
+        Abort::Mismatch { .. }
+            | Abort::Conflict { .. }
+            | Abort::NoQuorum { .. }
+            | Abort::Timeout
+            | Abort::NotJoined
+    )
+}
+
+/// Reads the channel's record and membership sample in one transaction, again with
+/// randomized backoff (50 ms doubling to 1 s) while the ring answers that it cannot yet, for
+/// up to [`READ_PATIENCE`].
 async fn read(
     overlay: &OverlayHandle,
     channel: ChannelId,
 ) -> Result<(Option<Value>, Option<Value>), DirectoryError> {
-    let ops = vec![
-        TxOp::Read(swarm::key(&channel.0, Field::Record)),
-        TxOp::Read(swarm::key(&channel.0, Field::Members)),
-    ];
-    let mut values = overlay.transact(ops).await?;
-    let members = values.pop().flatten();
-    let record = values.pop().flatten();
-    Ok((record, members))
+    let give_up = tokio::time::Instant::now() + READ_PATIENCE;
+    let mut ceiling = Duration::from_millis(50);
+    loop {
+        let ops = vec![
+            TxOp::Read(swarm::key(&channel.0, Field::Record)),
+            TxOp::Read(swarm::key(&channel.0, Field::Members)),
+        ];
+        match overlay.transact(ops).await {
+            Ok(mut values) => {
+                let members = values.pop().flatten();
+                let record = values.pop().flatten();
+                return Ok((record, members));
+            }
+            Err(e) if transient(&e) && tokio::time::Instant::now() < give_up => {
+                debug!(error = %e, "directory read did not go through; retrying");
+                let pause = ceiling.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+                tokio::time::sleep(pause).await;
+                ceiling = (ceiling * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Hands the NAT records that members publish in their entries to our traversal, so that
+/// dialling one of them needs no read of its own.
+fn learn(nat: Option<&Nat>, members: Option<&Value>) {
+    if let (Some(nat), Ok(list)) = (nat, swarm::members(members, now_unix_s())) {
+        nat.learn(&list);
+    }
 }
 
 /// Stores the signed record (if `record` is given) and adds or refreshes `peer` in the
 /// membership sample, retrying when another member changed the sample in between. With `nat`,
-/// the member carries its NAT class and the same transaction publishes its NAT record (its
-/// candidates and relay, which dialling peers read to punch or relay).
+/// the entry carries its NAT class, candidates and relay (what dialling peers punch and relay
+/// with), the same transaction publishes its NAT record on its own (for overlay peers outside
+/// the channel), and the members read on the way teach `nat` theirs.
 pub async fn register(
     overlay: &OverlayHandle,
     channel: ChannelId,
@@ -91,6 +137,7 @@ pub async fn register(
         }
         let result = async {
             let (stored_record, members) = read(overlay, channel).await?;
+            learn(nat, members.as_ref());
             let mut ops = Vec::new();
             if let Some(bytes) = &signed {
                 if stored_record.as_ref() != Some(&Value::Bytes(bytes.clone())) {
@@ -109,9 +156,7 @@ pub async fn register(
         match result {
             Ok(()) => return Ok(()),
             // Raced with another member, or the ring is still settling: try again.
-            Err(DirectoryError::Overlay(
-                e @ (Abort::Mismatch { .. } | Abort::Conflict { .. } | Abort::NoQuorum { .. }),
-            )) => {
+            Err(DirectoryError::Overlay(e)) if transient(&e) => {
                 debug!(attempt, error = %e, "directory update did not go through; retrying");
                 last = Some(e);
             }
@@ -121,13 +166,25 @@ pub async fn register(
     Err(last.unwrap_or(Abort::Timeout).into())
 }
 
-/// The channel's verified record and its live members other than `me`.
+/// The channel's verified record and its live members other than `me`. A ring that cannot
+/// answer yet (a node that has just joined) is asked again for a few seconds.
 pub async fn find(
     overlay: &OverlayHandle,
     channel: ChannelId,
     me: PeerId,
 ) -> Result<(SignedChannel, Vec<PeerAddr>), DirectoryError> {
+    find_teaching(overlay, channel, me, None).await
+}
+
+/// [`find`], handing the members' NAT records to `nat` on the way.
+pub async fn find_teaching(
+    overlay: &OverlayHandle,
+    channel: ChannelId,
+    me: PeerId,
+    nat: Option<&Nat>,
+) -> Result<(SignedChannel, Vec<PeerAddr>), DirectoryError> {
     let (record, members) = read(overlay, channel).await?;
+    learn(nat, members.as_ref());
     let bytes = swarm::record(record.as_ref())?.ok_or(DirectoryError::Unknown)?;
     let signed: SignedChannel =
         postcard::from_bytes(&bytes).map_err(|e| DirectoryError::BadRecord(e.to_string()))?;
@@ -163,7 +220,7 @@ pub async fn keep_registered(
             warn!(error = %e, "cannot register in the overlay's directory");
         }
         if let Some(f) = &on_members {
-            match find(&overlay, channel, peer).await {
+            match find_teaching(&overlay, channel, peer, nat.as_ref()).await {
                 Ok((_, members)) => f(members),
                 Err(e) => debug!(error = %e, "directory lookup failed"),
             }

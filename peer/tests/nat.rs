@@ -39,15 +39,16 @@ fn hosts_behind_each_nat_type_classify_their_nat_through_two_public_peers() {
 }
 
 #[test]
-#[ignore = "known failing: every pair connects with the right path kind, but pairs whose NAT \
-            record is not read within 300 ms reach a direct path only at the 2.5 s punch \
-            deadline (over the 2 s bound), and directory reads on a settling ring sometimes \
-            fail for NATed viewers; run by hand with --ignored"]
 fn every_pair_of_nat_types_connects_directly_where_punching_can_work_and_relayed_elsewhere() {
     run(true);
 }
 
+/// One network at a time: the tests of this file would otherwise share the machine's cores
+/// (their nodes' timing is what they measure).
+static ONE_NET: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn run(matrix: bool) {
+    let _one = ONE_NET.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(why) = netns::unavailable() {
         eprintln!("SKIPPED: NAT traversal test needs network namespaces: {why}");
         return;
@@ -150,11 +151,13 @@ fn run(matrix: bool) {
     for node in &mut source_nodes {
         node.close_stdin();
     }
-    let mut source_paths: HashMap<String, Value> = HashMap::new();
-    for mut node in source_nodes {
+    // By (broadcaster's type, viewer's id).
+    let mut source_paths: HashMap<(NatType, String), Value> = HashMap::new();
+    for (mut node, host) in source_nodes.into_iter().zip(&sources) {
         for line in node.drain(Duration::from_secs(10)) {
             if line["event"] == "path" {
-                source_paths.insert(line["peer"].as_str().unwrap_or("").to_owned(), line);
+                let viewer = line["peer"].as_str().unwrap_or("").to_owned();
+                source_paths.insert((host.nat, viewer), line);
             }
         }
     }
@@ -179,10 +182,10 @@ fn run(matrix: bool) {
             let ok = r["ok"] == true;
             let kind = r["kind"].as_str().unwrap_or("none").to_owned();
             // Whoever dialled timed the connection.
-            let viewer = r["viewer"].as_str().unwrap_or("");
+            let viewer = r["viewer"].as_str().unwrap_or("").to_owned();
             let ms = r["connected_ms"].as_u64().or_else(|| {
                 source_paths
-                    .get(viewer)
+                    .get(&(st, viewer))
                     .and_then(|p| p["connected_ms"].as_u64())
             });
             let cell = if ok {
@@ -217,9 +220,9 @@ fn run(matrix: bool) {
                             st.label()
                         ));
                     }
-                    if k == "direct" && ms.is_some_and(|m| m > 2000) {
+                    if k == "direct" && ms.is_none_or(|m| m > 2000) {
                         failures.push(format!(
-                            "{} → {}: direct path after {ms:?} ms",
+                            "{} → {}: direct path after {ms:?} ms (2000 at most)",
                             vt.label(),
                             st.label()
                         ));

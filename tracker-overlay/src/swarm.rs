@@ -5,7 +5,8 @@
 //! - `record`: the broadcaster's signed channel record, as opaque bytes (the peer verifies the
 //!   signature; the overlay only keeps the bytes);
 //! - `members`: a bounded sample of current viewers ([`Member`]: address, connectivity class,
-//!   upload capacity, an expiry), refreshed by each member and pruned of expired entries;
+//!   punch candidates and relay ([`Reach`]), upload capacity, an expiry), refreshed by each
+//!   member and pruned of expired entries;
 //! - `vod`: which peers hold which segment ranges of an on-demand channel ([`Holder`]);
 //! - `plan`: the optimizer's current plan: a small [`PlanHeader`] (epoch, shard count, the
 //!   epoch each shard was last written in) at this key and the peers' entries ([`PeerHint`])
@@ -84,10 +85,35 @@ pub struct Member {
     pub addr: SocketAddr,
     /// How it can be reached.
     pub connectivity: Connectivity,
+    /// What a peer needs to punch a hole to it or relay to it, so that the directory read that
+    /// finds a member is all a dialler needs.
+    pub reach: Reach,
     /// Its measured upload capacity, kbit/s.
     pub upload_kbps: u32,
     /// When the entry lapses unless refreshed (Unix seconds).
     pub expires_unix_s: u64,
+}
+
+/// A member's punch candidates and relay (empty for a peer that needs no help: dial `addr`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reach {
+    /// Its reflexive addresses (as STUN servers saw them), the one to try first first.
+    pub reflexive: Vec<SocketAddr>,
+    /// Its own addresses (reachable from its own network).
+    pub local: Vec<SocketAddr>,
+    /// The relay it keeps registered with: it carries punch signals to the member, and its
+    /// traffic when no hole can be punched.
+    pub relay: Option<SocketAddr>,
+}
+
+impl Reach {
+    /// The most addresses of each kind an entry may carry; entries with more are left out.
+    pub const MAX_ADDRS: usize = 4;
+
+    /// Whether the entry is within its bounds.
+    pub fn is_valid(&self) -> bool {
+        self.reflexive.len() <= Self::MAX_ADDRS && self.local.len() <= Self::MAX_ADDRS
+    }
 }
 
 /// A peer that holds segments of an on-demand channel.
@@ -195,12 +221,13 @@ pub fn publish_record(
     )
 }
 
-/// The live members of a sample (expired entries left out).
+/// The live members of a sample (expired entries, and entries with more candidates than
+/// [`Reach::MAX_ADDRS`], left out).
 pub fn members(value: Option<&Value>, now_unix_s: u64) -> Result<Vec<Member>, MetaError> {
     let all: Vec<Member> = decode_list(value, "membership sample")?;
     Ok(all
         .into_iter()
-        .filter(|m| m.expires_unix_s > now_unix_s)
+        .filter(|m| m.expires_unix_s > now_unix_s && m.reach.is_valid())
         .collect())
 }
 
@@ -487,6 +514,11 @@ mod tests {
             peer: [n; 32],
             addr: SocketAddr::from(([10, 0, 0, n], 4433)),
             connectivity: Connectivity::Cone,
+            reach: Reach {
+                reflexive: vec![SocketAddr::from(([203, 0, 113, n], 4433))],
+                local: vec![SocketAddr::from(([10, 0, 0, n], 4433))],
+                relay: Some(SocketAddr::from(([198, 51, 100, 1], 4433))),
+            },
             upload_kbps: 3000,
             expires_unix_s: expires,
         }
@@ -633,6 +665,22 @@ mod tests {
         assert_eq!(last, 6);
         assert_eq!(shard_of(&[0xff; 32], 1), 0);
         assert_eq!(shard_of(&[0xff; 32], 0), 0, "no shard count behaves as one");
+    }
+
+    #[test]
+    fn members_carry_their_candidates_and_oversized_entries_are_left_out() {
+        let ch = [9u8; 20];
+        let v = new_value(&join_members(&ch, None, member(1, 100), 50).unwrap());
+        let mut greedy = member(2, 100);
+        greedy.reach.local = vec![SocketAddr::from(([10, 0, 0, 2], 1)); Reach::MAX_ADDRS + 1];
+        let v = new_value(&join_members(&ch, Some(&v), greedy, 50).unwrap());
+        let live = members(Some(&v), 50).unwrap();
+        assert_eq!(
+            live,
+            vec![member(1, 100)],
+            "the candidates survive the store"
+        );
+        assert_eq!(live[0].reach.relay, member(1, 0).reach.relay);
     }
 
     #[test]

@@ -19,6 +19,7 @@ fn member(n: u8) -> Member {
         peer: [n; 32],
         addr: SocketAddr::from(([10, 0, 0, n], 4433)),
         connectivity: Connectivity::Open,
+        reach: Default::default(),
         upload_kbps: 2500,
         expires_unix_s: NOW + 60,
     }

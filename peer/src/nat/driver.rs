@@ -21,7 +21,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
-use tracker_overlay::{TxOp, Value};
+use tracker_overlay::swarm::{self, Member};
+use tracker_overlay::{Abort, TxOp, Value};
 
 use super::packet::{Packet, Register};
 use super::punch::{self, Punch, PunchConfig};
@@ -29,7 +30,7 @@ use super::relay::RelayConfig;
 use super::socket::{NatSocket, SocketEvent};
 use super::stun::{self, TxId};
 use super::{record_key, Connectivity, Filtering, Mapping, NatClass, NatRecord};
-use crate::identity::{Keypair, PeerId};
+use crate::identity::{ChannelId, Keypair, PeerId};
 use crate::overlay_net::OverlayHandle;
 
 /// How often registrations at relays are refreshed (also the keep-alive of the NAT mapping
@@ -42,10 +43,8 @@ const STUN_TIMEOUT: Duration = Duration::from_millis(1500);
 const FILTER_TEST: Duration = Duration::from_millis(800);
 /// How long a peer's record is reused before it is read again.
 const RECORD_TTL: Duration = Duration::from_secs(20);
-/// How long a dial waits for the peer's record from the store; the read goes on in the
-/// background (for the next dial) while this dial proceeds on a guess.
-const RECORD_WAIT: Duration = Duration::from_millis(300);
-/// How long reading a record from the store may take in all.
+/// How long reading a record from the store may take in all (reads that the ring cannot answer
+/// yet are tried again within it).
 const RECORD_READ: Duration = Duration::from_secs(3);
 
 /// How to traverse NATs.
@@ -100,6 +99,8 @@ enum Command {
         class: Connectivity,
         candidates: Vec<SocketAddr>,
     },
+    /// A peer's record, read while a punch on a guess runs.
+    Learn { peer: PeerId, record: NatRecord },
 }
 
 #[derive(Debug, Clone)]
@@ -121,7 +122,8 @@ struct Inner {
     socket: Weak<NatSocket>,
     key: Keypair,
     commands: mpsc::UnboundedSender<Command>,
-    overlay: OnceLock<OverlayHandle>,
+    /// The overlay, and the channel whose membership entries carry the records we need most.
+    overlay: OnceLock<(OverlayHandle, ChannelId)>,
     shared: Mutex<Shared>,
 }
 
@@ -171,9 +173,23 @@ impl Nat {
         nat
     }
 
-    /// Lets the traversal read peers' records from the overlay's store.
-    pub fn attach_overlay(&self, overlay: OverlayHandle) {
-        let _ = self.inner.overlay.set(overlay);
+    /// Lets the traversal read peers' records from the overlay's store: from the membership
+    /// entries of `channel` (the node's own channel, whose members it dials most) or from the
+    /// peer's own record.
+    pub fn attach_overlay(&self, overlay: OverlayHandle, channel: ChannelId) {
+        let _ = self.inner.overlay.set((overlay, channel));
+    }
+
+    /// Takes the NAT records that `members` carry (a directory read), so that dialling one of
+    /// them needs no read of its own.
+    pub fn learn(&self, members: &[Member]) {
+        let me = self.inner.key.peer_id();
+        let now = Instant::now();
+        let mut s = self.shared();
+        for m in members.iter().filter(|m| m.peer != me.0) {
+            s.records
+                .insert(PeerId(m.peer), (NatRecord::from_member(m), now));
+        }
     }
 
     /// What classification found.
@@ -248,6 +264,7 @@ impl Nat {
 
     /// Notes that the QUIC connection to `peer` came up `elapsed` after its path search began.
     pub fn connected(&self, peer: PeerId, elapsed: Duration) {
+        debug!(peer = %peer.short(), elapsed_ms = elapsed.as_millis() as u64, "connected");
         if let Some(p) = self.shared().paths.get_mut(&peer) {
             p.connected_in.get_or_insert(elapsed);
         }
@@ -286,43 +303,35 @@ impl Nat {
     /// The address to dial `peer` at (advertised at `addr`): `addr` itself when the peer needs
     /// no help or its record is unknown, a punched address, or a virtual address through its
     /// relay.
+    ///
+    /// With the peer's record at hand (a directory read brought it, or an earlier dial) the
+    /// punch follows it. Without, punching starts at once on a guess (its address, signalled
+    /// through our own relay, which is often its relay too: peers register with their
+    /// bootstrap peer) while the record is read from the store: the first answer to a probe
+    /// decides, and a record that arrives before that corrects the attempt (dial at once, relay
+    /// at once, or more candidates and the peer's own relay).
     pub async fn path_to(&self, peer: PeerId, addr: SocketAddr) -> SocketAddr {
         let started = Instant::now();
         if peer == self.inner.key.peer_id() {
             return addr;
         }
-        let read = tokio::spawn({
-            let nat = self.clone();
-            async move { nat.peer_record(peer).await }
-        });
-        let known = tokio::time::timeout(RECORD_WAIT, read)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .flatten();
-        let (record, guessed) = match known {
-            Some(record) => (record, false),
-            None => match self.socket().and_then(|s| s.relay_client(&peer)) {
-                // It registers with us: the mapping it keeps open toward us is a direct path.
-                Some(registered) => return registered,
-                // Not published yet (e.g. a node joining the ring, which publishes once it is
-                // in): punch toward the address it gave, signalling through our own relay,
-                // which is often its relay too (peers register with their bootstrap peer); a
-                // reachable peer acknowledges our probes at once.
-                None => {
-                    let guess = NatRecord {
-                        connectivity: Connectivity::PortRestricted,
-                        reflexive: Some(addr),
-                        local: Vec::new(),
-                        relay: self.default_relay(),
-                    };
-                    (guess, true)
-                }
-            },
-        };
+        // It registers with us: the mapping it keeps open toward us is a direct path.
         if let Some(registered) = self.socket().and_then(|s| s.relay_client(&peer)) {
             return registered;
         }
+        let (record, guessed) = match self.cached_record(peer) {
+            Some(record) => (record, false),
+            None => {
+                let guess = NatRecord {
+                    connectivity: Connectivity::PortRestricted,
+                    reflexive: Some(addr),
+                    local: Vec::new(),
+                    relay: self.default_relay(),
+                };
+                (guess, true)
+            }
+        };
+        debug!(peer = %peer.short(), %addr, guessed, ?record, "finding a path");
         if let Some(relay) = record.relay {
             if !self.ensure_registered(relay).await {
                 debug!(peer = %peer.short(), %relay, "cannot register at the peer's relay");
@@ -335,6 +344,21 @@ impl Nat {
             guessed,
             reply,
         });
+        if guessed {
+            let nat = self.clone();
+            tokio::spawn(async move {
+                let Some(record) = nat.read_record(peer).await else {
+                    return;
+                };
+                if let Some(relay) = record.relay {
+                    if !nat.ensure_registered(relay).await {
+                        debug!(peer = %peer.short(), %relay, "cannot register at the peer's relay");
+                    }
+                }
+                debug!(peer = %peer.short(), ?record, "record read while punching on a guess");
+                nat.command(Command::Learn { peer, record });
+            });
+        }
         let event = rx.await.unwrap_or(punch::Event::Unreachable { peer });
         let decided_in = started.elapsed();
         let (kind, dial) = match event {
@@ -391,27 +415,59 @@ impl Nat {
         let _ = self.inner.commands.send(command);
     }
 
-    /// The peer's record: cached, or read from the overlay's store.
-    async fn peer_record(&self, peer: PeerId) -> Option<NatRecord> {
-        if let Some((record, at)) = self.shared().records.get(&peer) {
-            if at.elapsed() < RECORD_TTL {
-                return Some(record.clone());
+    /// The peer's record, if one read recently is at hand.
+    fn cached_record(&self, peer: PeerId) -> Option<NatRecord> {
+        let s = self.shared();
+        let (record, at) = s.records.get(&peer)?;
+        (at.elapsed() < RECORD_TTL).then(|| record.clone())
+    }
+
+    /// Reads the peer's record from the overlay's store: its entry in our channel's membership
+    /// sample and its own record, read at once (each a single-key read, which takes no lock);
+    /// the first that has it wins. Reads the ring cannot answer yet are tried again, within
+    /// [`RECORD_READ`].
+    async fn read_record(&self, peer: PeerId) -> Option<NatRecord> {
+        let (overlay, channel) = self.inner.overlay.get()?.clone();
+        let from_members = {
+            let (overlay, nat) = (overlay.clone(), self.clone());
+            async move {
+                let key = swarm::key(&channel.0, swarm::Field::Members);
+                let value = read_one(&overlay, key).await?;
+                let now_unix_s = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let members = swarm::members(Some(&value), now_unix_s).ok()?;
+                nat.learn(&members);
+                nat.cached_record(peer)
             }
-        }
-        let overlay = self.inner.overlay.get()?;
-        let read = overlay.transact(vec![TxOp::Read(record_key(&peer))]);
-        let values = match tokio::time::timeout(RECORD_READ, read).await {
-            Ok(Ok(values)) => values,
-            Ok(Err(e)) => {
-                debug!(peer = %peer.short(), error = %e, "cannot read the peer's NAT record");
-                return None;
+        };
+        let own = async move {
+            match read_one(&overlay, record_key(&peer)).await? {
+                Value::Bytes(bytes) => NatRecord::decode(&bytes),
+                _ => None,
             }
-            Err(_) => return None,
         };
-        let record = match values.into_iter().next().flatten() {
-            Some(Value::Bytes(bytes)) => NatRecord::decode(&bytes)?,
-            _ => return None,
+        let first = async {
+            tokio::pin!(from_members, own);
+            let (mut members_done, mut own_done) = (false, false);
+            loop {
+                tokio::select! {
+                    r = &mut from_members, if !members_done => match r {
+                        Some(record) => return Some(record),
+                        None => members_done = true,
+                    },
+                    r = &mut own, if !own_done => match r {
+                        Some(record) => return Some(record),
+                        None => own_done = true,
+                    },
+                    else => return None,
+                }
+            }
         };
+        let record = tokio::time::timeout(RECORD_READ, first)
+            .await
+            .ok()
+            .flatten()?;
         self.shared()
             .records
             .insert(peer, (record.clone(), Instant::now()));
@@ -633,6 +689,27 @@ impl NatSocket {
     }
 }
 
+/// Reads one key (a plain quorum read), again with backoff (20 ms doubling to 320 ms) while
+/// the ring cannot answer (replicas settling after a join); `None` if the key holds nothing or
+/// the read fails otherwise.
+async fn read_one(overlay: &OverlayHandle, key: Vec<u8>) -> Option<Value> {
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match overlay.transact(vec![TxOp::Read(key.clone())]).await {
+            Ok(values) => return values.into_iter().next().flatten(),
+            Err(e @ (Abort::NoQuorum { .. } | Abort::Timeout | Abort::NotJoined)) => {
+                debug!(error = %e, "store read did not go through; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(320));
+            }
+            Err(e) => {
+                debug!(error = %e, "store read failed");
+                return None;
+            }
+        }
+    }
+}
+
 /// Our own address toward `server`: the socket's address, or for a wildcard bind the address of
 /// the interface the system routes toward `server` (found by connecting a throwaway UDP socket,
 /// which sends nothing).
@@ -712,7 +789,11 @@ impl Actor {
                     let _ = w.send(());
                 }
             }
-            SocketEvent::Signal { from, signal } => self.punch.handle_signal(now, from, signal),
+            SocketEvent::Signal {
+                relay,
+                from,
+                signal,
+            } => self.punch.handle_signal(now, relay, from, signal),
             SocketEvent::Probe {
                 addr,
                 session,
@@ -757,6 +838,7 @@ impl Actor {
                 waiters.push(reply);
             }
             Command::SetSelf { class, candidates } => self.punch.set_self(class, candidates),
+            Command::Learn { peer, record } => self.punch.learn(now, peer, &record),
         }
     }
 

@@ -49,6 +49,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 pub use tracker_overlay::swarm::Connectivity;
+use tracker_overlay::swarm::{Member, Reach};
 
 use crate::identity::PeerId;
 
@@ -158,6 +159,34 @@ impl NatRecord {
         out
     }
 
+    /// The candidates and relay as a membership entry carries them ([`Member::reach`]).
+    pub fn reach(&self) -> Reach {
+        Reach {
+            reflexive: self.reflexive.into_iter().collect(),
+            local: self.local.iter().take(Reach::MAX_ADDRS).copied().collect(),
+            relay: self.relay,
+        }
+    }
+
+    /// The record a membership entry carries: its class, candidates and relay. A member that
+    /// published no candidates (a node without traversal) is reached at its address.
+    pub fn from_member(m: &Member) -> Self {
+        let mut addrs = m.reach.reflexive.iter().chain(&m.reach.local).copied();
+        let reflexive = addrs.next().or(Some(m.addr));
+        let mut local: Vec<SocketAddr> = Vec::new();
+        for a in addrs {
+            if Some(a) != reflexive && !local.contains(&a) && local.len() < Self::MAX_LOCAL {
+                local.push(a);
+            }
+        }
+        Self {
+            connectivity: m.connectivity,
+            reflexive,
+            local,
+            relay: m.reach.relay,
+        }
+    }
+
     /// The encoded form stored in the overlay.
     pub fn encode(&self) -> Vec<u8> {
         // Serializing plain data into a Vec cannot fail.
@@ -265,5 +294,36 @@ mod tests {
             "the reflexive address is not repeated"
         );
         assert_eq!(NatRecord::decode(&[0xff, 0xff]), None);
+    }
+
+    #[test]
+    fn a_membership_entry_carries_the_whole_record() {
+        let r = NatRecord {
+            connectivity: Symmetric,
+            reflexive: Some("203.0.113.7:40001".parse().unwrap()),
+            local: vec!["10.0.0.2:4433".parse().unwrap()],
+            relay: Some("203.0.113.1:4433".parse().unwrap()),
+        };
+        let member = Member {
+            peer: [1; 32],
+            addr: "203.0.113.7:40001".parse().unwrap(),
+            connectivity: r.connectivity,
+            reach: r.reach(),
+            upload_kbps: 0,
+            expires_unix_s: 1,
+        };
+        assert_eq!(NatRecord::from_member(&member), r);
+        let bare = Member {
+            reach: Reach::default(),
+            connectivity: Open,
+            ..member
+        };
+        let record = NatRecord::from_member(&bare);
+        assert_eq!(
+            record.candidates(),
+            vec![bare.addr],
+            "dialled at its address"
+        );
+        assert_eq!(record.relay, None);
     }
 }

@@ -71,6 +71,17 @@ pub enum Signal {
         /// The dialler's candidates.
         candidates: Vec<SocketAddr>,
     },
+    /// "I got your offer; this is how I am reached": the listener's class and candidates, so
+    /// that a dialler that punches on a guess learns within one trip through the relay whether
+    /// punching can work at all.
+    Answer {
+        /// The attempt answered.
+        session: u64,
+        /// The listener's class.
+        class: Connectivity,
+        /// The listener's candidates.
+        candidates: Vec<SocketAddr>,
+    },
 }
 
 impl Signal {
@@ -87,7 +98,11 @@ impl Signal {
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         let signal: Self = postcard::from_bytes(bytes).ok()?;
         match &signal {
-            Signal::Offer { candidates, .. } if candidates.len() > Self::MAX_CANDIDATES => None,
+            Signal::Offer { candidates, .. } | Signal::Answer { candidates, .. }
+                if candidates.len() > Self::MAX_CANDIDATES =>
+            {
+                None
+            }
             _ => Some(signal),
         }
     }
@@ -139,6 +154,8 @@ pub enum Event {
 struct Attempt {
     session: u64,
     started: Instant,
+    /// Started on a guess; [`Punch::learn`] may still correct it.
+    guessed: bool,
     candidates: Vec<SocketAddr>,
     relay: Option<SocketAddr>,
     next_send: Instant,
@@ -200,8 +217,9 @@ impl Punch {
     }
 
     /// Starts reaching `peer`, whose record is `record`; an attempt already under way goes on.
-    /// A `guessed` record (the peer published none yet: its address and our own relay) is
-    /// always punched, whatever its class says.
+    /// A `guessed` record (its record is not at hand yet: its address and our own relay) is
+    /// always punched, whatever its class says: the first answer to a probe decides, and
+    /// [`Punch::learn`] brings in the real record when it arrives.
     pub fn connect(&mut self, now: Instant, peer: PeerId, record: &NatRecord, guessed: bool) {
         if self.attempts.contains_key(&peer) {
             return;
@@ -230,6 +248,7 @@ impl Punch {
             Attempt {
                 session,
                 started: now,
+                guessed,
                 candidates,
                 relay: record.relay,
                 next_send: now,
@@ -240,30 +259,111 @@ impl Punch {
         self.handle_timeout(now);
     }
 
-    /// A signal from `from`, delivered by a relay.
-    pub fn handle_signal(&mut self, now: Instant, from: PeerId, signal: Signal) {
-        let Signal::Offer {
-            session,
-            candidates,
-        } = signal;
-        if self
-            .responders
-            .get(&from)
-            .is_some_and(|r| r.session == session)
-        {
-            return; // A resent offer: our probes are going out already.
+    /// The record of `peer` arrived while an attempt on a guess runs: a peer that can be dialled
+    /// as is is dialled now, a pair that cannot punch goes to the peer's relay now, and
+    /// otherwise the attempt goes on toward the record's candidates as well, signalling
+    /// through the peer's relay. Nothing changes once the attempt has ended (a probe answered
+    /// first) or when it was not a guess.
+    pub fn learn(&mut self, now: Instant, peer: PeerId, record: &NatRecord) {
+        let Some(a) = self.attempts.get_mut(&peer).filter(|a| a.guessed) else {
+            return;
+        };
+        let elapsed = now.saturating_duration_since(a.started);
+        let candidates = record.candidates();
+        if dialable(record.connectivity) {
+            if let Some(&addr) = candidates.first() {
+                self.attempts.remove(&peer);
+                let event = Event::Direct {
+                    peer,
+                    addr,
+                    elapsed,
+                };
+                self.out.push_back(Output::Event(event));
+                return;
+            }
         }
-        self.responders.insert(
-            from,
-            Responder {
+        if !can_punch(self.class, record.connectivity) {
+            let relay = record.relay.or(a.relay);
+            self.attempts.remove(&peer);
+            self.fall_back(peer, relay, elapsed);
+            return;
+        }
+        a.guessed = false;
+        let mut news = false;
+        for c in candidates {
+            if !a.candidates.contains(&c) {
+                a.candidates.push(c);
+                news = true;
+            }
+        }
+        if record.relay.is_some() && record.relay != a.relay {
+            a.relay = record.relay;
+            news = true;
+        }
+        if news {
+            // Tell the peer and probe the new candidates now rather than at the next resend.
+            a.next_send = now;
+            self.handle_timeout(now);
+        }
+    }
+
+    /// A signal from `from`, delivered by the relay at `relay`. An offer is answered through
+    /// that relay (every time: answers can be lost too) and starts our probes toward the
+    /// dialler; an answer to an attempt of ours on a guess tells us the listener's class and
+    /// candidates, which [`Punch::learn`] takes.
+    pub fn handle_signal(&mut self, now: Instant, relay: SocketAddr, from: PeerId, signal: Signal) {
+        match signal {
+            Signal::Offer {
                 session,
                 candidates,
-                next_send: now,
-                interval: self.config.first_interval,
-                deadline: now + self.config.deadline,
-            },
-        );
-        self.handle_timeout(now);
+            } => {
+                let answer = Signal::Answer {
+                    session,
+                    class: self.class,
+                    candidates: self.candidates.clone(),
+                };
+                self.out.push_back(signal_to(from, relay, &answer));
+                if self
+                    .responders
+                    .get(&from)
+                    .is_some_and(|r| r.session == session)
+                {
+                    return; // A resent offer: our probes are going out already.
+                }
+                self.responders.insert(
+                    from,
+                    Responder {
+                        session,
+                        candidates,
+                        next_send: now,
+                        interval: self.config.first_interval,
+                        deadline: now + self.config.deadline,
+                    },
+                );
+                self.handle_timeout(now);
+            }
+            Signal::Answer {
+                session,
+                class,
+                candidates,
+            } => {
+                if self
+                    .attempts
+                    .get(&from)
+                    .is_none_or(|a| a.session != session)
+                {
+                    return;
+                }
+                let mut addrs = candidates.into_iter();
+                let record = NatRecord {
+                    connectivity: class,
+                    reflexive: addrs.next(),
+                    local: addrs.take(NatRecord::MAX_LOCAL).collect(),
+                    relay: Some(relay),
+                };
+                self.learn(now, from, &record);
+            }
+        }
     }
 
     /// A probe (or acknowledgement) that arrived directly from `addr`.
@@ -383,13 +483,17 @@ fn offer(peer: PeerId, relay: SocketAddr, session: u64, candidates: &[SocketAddr
     let offer = Signal::Offer {
         session,
         candidates: candidates.to_vec(),
-    }
-    .encode();
+    };
+    signal_to(peer, relay, &offer)
+}
+
+/// `signal` to `peer` through `relay`.
+fn signal_to(peer: PeerId, relay: SocketAddr, signal: &Signal) -> Output {
     Output::Transmit {
         to: relay,
         datagram: Packet::SignalTo {
             to: peer,
-            payload: &offer,
+            payload: &signal.encode(),
         }
         .encode(),
     }
@@ -479,8 +583,9 @@ mod tests {
 
     const RELAY: [u8; 4] = [198, 51, 100, 1];
 
-    /// Runs a dial from a (class `ca`) to b (class `cb`); returns the event and the time.
-    fn run(ca: Connectivity, cb: Connectivity, seed: u64) -> (Event, Duration) {
+    /// Runs a dial from a (class `ca`) to b (class `cb`), with b's record or (`guessed`) only
+    /// its address and the relay; returns the event and the time.
+    fn run(ca: Connectivity, cb: Connectivity, seed: u64, guessed: bool) -> (Event, Duration) {
         let relay = SocketAddr::from((RELAY, 4433));
         let (a_id, b_id) = (PeerId([0xaa; 32]), PeerId([0xbb; 32]));
         let mut sides =
@@ -495,15 +600,24 @@ mod tests {
                     nat,
                 }
             });
-        let record_b = NatRecord {
-            connectivity: cb,
-            reflexive: Some(sides[1].nat.public()),
-            local: vec!["10.0.0.2:4433".parse().unwrap()],
-            relay: Some(relay),
+        let record_b = if guessed {
+            NatRecord {
+                connectivity: PortRestricted,
+                reflexive: Some(sides[1].nat.public()),
+                local: vec![],
+                relay: Some(relay),
+            }
+        } else {
+            NatRecord {
+                connectivity: cb,
+                reflexive: Some(sides[1].nat.public()),
+                local: vec!["10.0.0.2:4433".parse().unwrap()],
+                relay: Some(relay),
+            }
         };
         let start = Instant::now();
         let mut now = start;
-        sides[0].punch.connect(now, b_id, &record_b, false);
+        sides[0].punch.connect(now, b_id, &record_b, guessed);
         // In flight: (arrival, to side, from address, to address, datagram).
         let mut wire: Vec<(Instant, usize, SocketAddr, SocketAddr, Vec<u8>)> = Vec::new();
         let one_way = Duration::from_millis(20);
@@ -518,18 +632,15 @@ mod tests {
                         Output::Transmit { to, datagram } => {
                             let src = sides[i].nat.outbound(to);
                             if to.ip() == std::net::IpAddr::from(RELAY) {
-                                // The relay forwards signals to b (registered at its public
-                                // address), stamped with the sender.
-                                let Ok(Packet::SignalTo { payload, .. }) = Packet::parse(&datagram)
+                                // The relay forwards signals between the two (both registered
+                                // with it), stamped with the sender.
+                                let Ok(Packet::SignalTo { to, payload }) = Packet::parse(&datagram)
                                 else {
                                     panic!("only signals go to the relay here");
                                 };
-                                let fwd = Packet::SignalFrom {
-                                    from: a_id,
-                                    payload,
-                                }
-                                .encode();
-                                wire.push((now + 2 * one_way, 1, relay, relay, fwd));
+                                let (j, from) = if to == b_id { (1, a_id) } else { (0, b_id) };
+                                let fwd = Packet::SignalFrom { from, payload }.encode();
+                                wire.push((now + 2 * one_way, j, relay, relay, fwd));
                                 continue;
                             }
                             let j = 1 - i;
@@ -557,7 +668,7 @@ mod tests {
                         panic!("bad signal");
                     };
                     let signal = Signal::decode(payload).unwrap();
-                    sides[j].punch.handle_signal(now, from, signal);
+                    sides[j].punch.handle_signal(now, relay, from, signal);
                     continue;
                 }
                 if !sides[j].nat.inbound(src, dst.port()) {
@@ -583,7 +694,7 @@ mod tests {
         for a in all {
             for b in all {
                 for seed in 0..3 {
-                    let (event, took) = run(a, b, seed);
+                    let (event, took) = run(a, b, seed, false);
                     match event {
                         Event::Direct { peer, .. } => {
                             assert!(can_punch(a, b), "{a:?} → {b:?} went direct");
@@ -593,6 +704,30 @@ mod tests {
                         Event::Relayed { elapsed, .. } => {
                             assert!(!can_punch(a, b), "{a:?} → {b:?} was relayed");
                             assert_eq!(elapsed, Duration::ZERO, "no time lost when hopeless");
+                        }
+                        Event::Unreachable { .. } => panic!("{a:?} → {b:?} unreachable"),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_punch_on_a_guess_ends_as_soon_as_a_probe_or_the_listeners_answer_decides() {
+        // The dialler knows only b's address and a relay: probes that get through decide
+        // direct paths, b's answer through the relay (two trips, 80 ms here) tells it when
+        // punching cannot work. Nobody waits for the punch deadline.
+        let all = [Open, Cone, PortRestricted, Symmetric];
+        for a in all {
+            for b in all {
+                for seed in 0..3 {
+                    let (event, took) = run(a, b, seed, true);
+                    assert!(took < Duration::from_millis(500), "{a:?} → {b:?}: {took:?}");
+                    match event {
+                        Event::Direct { .. } => assert!(can_punch(a, b), "{a:?} → {b:?} direct"),
+                        Event::Relayed { relay, .. } => {
+                            assert!(!can_punch(a, b), "{a:?} → {b:?} was relayed");
+                            assert_eq!(relay.ip(), std::net::IpAddr::from(RELAY));
                         }
                         Event::Unreachable { .. } => panic!("{a:?} → {b:?} unreachable"),
                     }

@@ -58,6 +58,8 @@ pub enum SocketEvent {
     },
     /// A signal from another peer, through a relay.
     Signal {
+        /// The relay that delivered it (answers go back through it).
+        relay: SocketAddr,
         /// The peer, as the relay authenticated it.
         from: PeerId,
         /// The signal.
@@ -310,7 +312,11 @@ impl NatSocket {
                 from: peer,
                 payload,
             } => match Signal::decode(payload) {
-                Some(signal) => SocketEvent::Signal { from: peer, signal },
+                Some(signal) => SocketEvent::Signal {
+                    relay: from,
+                    from: peer,
+                    signal,
+                },
                 None => {
                     self.drop_datagram(from, &"a malformed signal");
                     return None;

@@ -512,7 +512,7 @@ async fn start(
     };
     let overlay = crate::overlay_net::spawn_on(conns.clone(), &key, advertise, overlay_config);
     conns.set_nat(nat.clone());
-    nat.attach_overlay(overlay.clone());
+    nat.attach_overlay(overlay.clone(), channel);
     let span = tracing::info_span!("node", peer = %peer_id.short());
     tasks.spawn(
         conns
