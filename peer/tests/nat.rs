@@ -262,7 +262,7 @@ fn run(matrix: bool) {
 fn expected_class(nat: NatType) -> &'static str {
     match nat {
         NatType::None => "Open",
-        NatType::FullCone => "Cone",
+        NatType::FullCone => "FullCone",
         NatType::PortRestricted => "PortRestricted",
         NatType::Symmetric => "Symmetric",
     }

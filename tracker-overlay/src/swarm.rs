@@ -63,18 +63,10 @@ pub fn key(channel: &ChannelKey, field: Field) -> Vec<u8> {
     k
 }
 
-/// How a peer can be reached (the NAT issue fills this in; it decides who can dial whom).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Connectivity {
-    /// A public address, or a NAT that forwards a port.
-    Open,
-    /// A full-cone NAT.
-    Cone,
-    /// A port-restricted NAT.
-    PortRestricted,
-    /// A symmetric NAT.
-    Symmetric,
-}
+/// How a peer can be reached: its NAT class, as STUN classified it. The optimizer's own type,
+/// so the class a member publishes is the constraint the optimizer plans with
+/// ([`optimizer::Connectivity::direct_possible`] decides who can reach whom directly).
+pub use optimizer::Connectivity;
 
 /// A viewer in a channel's membership sample.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -513,7 +505,7 @@ mod tests {
         Member {
             peer: [n; 32],
             addr: SocketAddr::from(([10, 0, 0, n], 4433)),
-            connectivity: Connectivity::Cone,
+            connectivity: Connectivity::FullCone,
             reach: Reach {
                 reflexive: vec![SocketAddr::from(([203, 0, 113, n], 4433))],
                 local: vec![SocketAddr::from(([10, 0, 0, n], 4433))],

@@ -186,6 +186,8 @@ impl Nat {
         let me = self.inner.key.peer_id();
         let now = Instant::now();
         let mut s = self.shared();
+        // Stale records go, so the cache holds about what recent reads returned.
+        s.records.retain(|_, (_, at)| at.elapsed() < RECORD_TTL);
         for m in members.iter().filter(|m| m.peer != me.0) {
             s.records
                 .insert(PeerId(m.peer), (NatRecord::from_member(m), now));

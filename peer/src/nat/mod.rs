@@ -102,7 +102,7 @@ impl NatClass {
         match (self.mapping, self.filtering) {
             (Mapping::None, _) => Connectivity::Open,
             (Mapping::Dependent, _) => Connectivity::Symmetric,
-            (_, Filtering::EndpointIndependent) => Connectivity::Cone,
+            (_, Filtering::EndpointIndependent) => Connectivity::FullCone,
             _ => Connectivity::PortRestricted,
         }
     }
@@ -114,20 +114,16 @@ impl NatClass {
 /// address); a side with a dependent mapping gets a new one toward the other peer, which the
 /// other side learns only from the packets it receives. So a direct path needs at least one
 /// predictable side, and if the other side is not, the predictable side must accept packets
-/// from an address it has not sent to (an open or full-cone peer).
+/// from an address it has not sent to (an open or full-cone peer). The same rule the optimizer
+/// plans with ([`Connectivity::direct_possible`]).
 pub fn can_punch(a: Connectivity, b: Connectivity) -> bool {
-    use Connectivity::*;
-    match (a, b) {
-        (Open | Cone, _) | (_, Open | Cone) => true,
-        (PortRestricted, PortRestricted) => true,
-        (Symmetric, _) | (_, Symmetric) => false,
-    }
+    Connectivity::direct_possible(a, b)
 }
 
 /// Whether peers may dial this class without any help (no NAT, or a full cone whose reflexive
 /// address accepts anyone).
 pub fn dialable(c: Connectivity) -> bool {
-    matches!(c, Connectivity::Open | Connectivity::Cone)
+    matches!(c, Connectivity::Open | Connectivity::FullCone)
 }
 
 /// What a peer publishes in the overlay's store (key [`record_key`]) so that others can reach
@@ -232,7 +228,7 @@ mod tests {
 
     #[test]
     fn punchable_pairs_follow_the_mapping_and_filtering_rules() {
-        let all = [Open, Cone, PortRestricted, Symmetric];
+        let all = [Open, FullCone, PortRestricted, Symmetric];
         let direct: Vec<_> = all
             .iter()
             .flat_map(|a| all.iter().map(move |b| (*a, *b)))
@@ -242,7 +238,7 @@ mod tests {
         assert!(!can_punch(Symmetric, Symmetric));
         assert!(!can_punch(Symmetric, PortRestricted));
         assert!(!can_punch(PortRestricted, Symmetric));
-        assert!(can_punch(Symmetric, Cone));
+        assert!(can_punch(Symmetric, FullCone));
         assert!(can_punch(PortRestricted, PortRestricted));
         for a in all {
             for b in all {
@@ -257,7 +253,10 @@ mod tests {
         assert_eq!(NatClass::OPEN.connectivity(), Open);
         use Filtering as F;
         use Mapping as M;
-        assert_eq!(class(M::EndpointIndependent, F::EndpointIndependent), Cone);
+        assert_eq!(
+            class(M::EndpointIndependent, F::EndpointIndependent),
+            FullCone
+        );
         assert_eq!(class(M::EndpointIndependent, F::Dependent), PortRestricted);
         assert_eq!(class(M::EndpointIndependent, F::Unknown), PortRestricted);
         assert_eq!(class(M::Dependent, F::EndpointIndependent), Symmetric);

@@ -566,7 +566,7 @@ mod tests {
         /// Whether an inbound packet from `src` to our public `port` gets through.
         fn inbound(&self, src: SocketAddr, port: u16) -> bool {
             match self.class {
-                Open | Cone => port == Self::HOST_PORT,
+                Open | FullCone => port == Self::HOST_PORT,
                 PortRestricted | Symmetric => self.sent_to.contains(&(port, src)),
             }
         }
@@ -690,7 +690,7 @@ mod tests {
 
     #[test]
     fn every_pair_of_classes_ends_direct_where_punching_can_work_and_relayed_elsewhere() {
-        let all = [Open, Cone, PortRestricted, Symmetric];
+        let all = [Open, FullCone, PortRestricted, Symmetric];
         for a in all {
             for b in all {
                 for seed in 0..3 {
@@ -717,7 +717,7 @@ mod tests {
         // The dialler knows only b's address and a relay: probes that get through decide
         // direct paths, b's answer through the relay (two trips, 80 ms here) tells it when
         // punching cannot work. Nobody waits for the punch deadline.
-        let all = [Open, Cone, PortRestricted, Symmetric];
+        let all = [Open, FullCone, PortRestricted, Symmetric];
         for a in all {
             for b in all {
                 for seed in 0..3 {
@@ -780,7 +780,7 @@ mod tests {
 
     #[test]
     fn probes_with_unknown_sessions_are_only_acknowledged_and_signals_are_bounded() {
-        let mut p = Punch::new(PeerId([2; 32]), Cone, vec![], PunchConfig::default());
+        let mut p = Punch::new(PeerId([2; 32]), FullCone, vec![], PunchConfig::default());
         let stranger: SocketAddr = "1.2.3.4:5".parse().unwrap();
         p.handle_probe(Instant::now(), stranger, 7, PeerId([3; 32]), true);
         assert_eq!(
