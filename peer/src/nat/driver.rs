@@ -9,7 +9,8 @@
 //!   ▼
 //!   actor: NatSocket events + commands → Punch (sans-IO) → datagrams, path events
 //!   ▲
-//!   Nat::path_to(peer, addr) ── the peer's NatRecord (cache, else the overlay's store)
+//!   Nat::path_to(peer, addr) ── the peer's NatRecord (learnt from directory reads), else a
+//!                               guess (its address, our relay) while the store is read
 //!                            ── register at its relay ── punch ── direct or virtual address
 //! ```
 

@@ -6,8 +6,9 @@
 //! Pure, sans-IO parts (built with and without the `node` feature; `sim` can use them):
 //!
 //! - this module: a NAT's behaviour in RFC 4787 terms ([`NatClass`]), the class published in
-//!   membership records ([`Connectivity`]), which pairs can punch ([`can_punch`]), and the
-//!   record each peer publishes in the overlay's store ([`NatRecord`]);
+//!   membership records ([`Connectivity`], the optimizer's type), which pairs can punch
+//!   ([`can_punch`]), and how a peer is reached ([`NatRecord`]: in its membership entry, and
+//!   under its own key in the overlay's store for peers outside a channel);
 //! - [`packet`]: the non-QUIC, non-STUN datagrams that share the QUIC socket (relay
 //!   registration and forwarding, signalling, punch probes, STUN partner requests);
 //! - [`punch`]: the signalling and punching state machine (`handle_*(now, …)` in,
@@ -28,7 +29,7 @@
 //!  quinn ⇄ NatSocket ⇄ UDP            STUN answers, relay forwarding: inside the socket
 //!              │ events (STUN responses, probes, signals)
 //!              ▼
-//!        driver::Nat ─ punch::Punch (sans-IO) ─ NatRecords read from the overlay's store
+//!        driver::Nat ─ punch::Punch (sans-IO) ─ NatRecords from directory reads or the store
 //! ```
 //!
 //! QUIC and TLS stay end to end on every path: a relay forwards opaque QUIC packets between
@@ -126,8 +127,9 @@ pub fn dialable(c: Connectivity) -> bool {
     matches!(c, Connectivity::Open | Connectivity::FullCone)
 }
 
-/// What a peer publishes in the overlay's store (key [`record_key`]) so that others can reach
-/// it: its class, its candidates and the relay it is registered with.
+/// What a peer publishes so that others can reach it: its class, its candidates and the relay
+/// it is registered with; in its membership entry ([`NatRecord::reach`]) and under its own key
+/// in the overlay's store ([`record_key`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NatRecord {
     /// Its class.

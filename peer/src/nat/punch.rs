@@ -1,17 +1,23 @@
 //! Hole punching: the signalling and probing state machine, sans-IO.
 //!
-//! The dialler knows the other peer's [`NatRecord`] (from the overlay's store). If the peer
-//! can be dialled as is, or the two classes cannot punch, it decides at once (`Direct` or
-//! `Relayed`). Otherwise it punches:
+//! The dialler knows the other peer's [`NatRecord`] (from its membership entry or the overlay's
+//! store). If the peer can be dialled as is, or the two classes cannot punch, it decides at
+//! once (`Direct` or `Relayed`). Otherwise it punches:
 //!
 //! ```text
 //!   dialler A                              B's relay R                          listener B
 //!   Offer{session, A's candidates} ──────────────▶ R ─────────────────────────▶ (responder)
+//!   ◀──────────────────────────── R ◀──────────── Answer{session, B's class, B's candidates}
 //!   Probe(session) ─▶ B's candidates                 Probe(session) ─▶ A's candidates
 //!      (dropped by B's NAT until B has sent toward A; B's probes open it)
 //!   ◀──────────────────────────────── Probe or Ack from B at address X
 //!   Event::Direct { X }: quinn dials X, on the path both NATs now let through
 //! ```
+//!
+//! Without the record the dialler punches on a guess (B's address, signalled through its own
+//! relay): a probe that gets through decides as usual, and B's answer (or the record, when a
+//! read brings it: [`Punch::learn`]) tells it within one trip through the relay whether B can
+//! be dialled as is, or that the pair cannot punch and the relay is the path.
 //!
 //! Both sides resend with backoff (100 ms doubling to 800 ms) until a probe or an
 //! acknowledgement arrives or the attempt's deadline passes; then the dialler falls back to
@@ -22,8 +28,9 @@
 //!
 //! # Call contract
 //!
-//! Inputs: [`Punch::connect`], [`Punch::handle_signal`], [`Punch::handle_probe`],
-//! [`Punch::handle_timeout`] (at [`Punch::poll_timeout`]), each with the current time; outputs:
+//! Inputs: [`Punch::connect`], [`Punch::learn`], [`Punch::handle_signal`],
+//! [`Punch::handle_probe`], [`Punch::handle_timeout`] (at [`Punch::poll_timeout`]), each with
+//! the current time; outputs:
 //! [`Punch::poll_output`] until it returns `None`, after every input.
 
 use std::collections::{HashMap, VecDeque};
