@@ -167,8 +167,17 @@ pub enum Input {
         /// The stream's payload.
         bytes: Bytes,
     },
-    /// A segment this peer sent (after [`Output::SendSegment`]) was delivered or abandoned:
-    /// its upload slot is free again.
+    /// The header of a segment stream from `peer` arrived (after [`Exchange::expected_len`]
+    /// accepted it); the bytes are on their way. The exchange may forward them to the peers it
+    /// feeds as they arrive ([`Output::ForwardSegment`]).
+    SegmentArriving {
+        /// The sender.
+        peer: PeerId,
+        /// The segment named in the stream header.
+        id: SegmentId,
+    },
+    /// A segment this peer sent (after [`Output::SendSegment`] or [`Output::ForwardSegment`])
+    /// was delivered or abandoned: its upload slot is free again.
     SegmentSent {
         /// The receiver.
         peer: PeerId,
@@ -202,6 +211,29 @@ pub enum Output {
         id: SegmentId,
         /// Its verified bytes.
         bytes: Bytes,
+    },
+    /// Send a segment on a stream of its own while it is still arriving from `from` (after
+    /// [`Input::SegmentArriving`]): pass its bytes on as they come, and end the stream as
+    /// [`Output::EndForwards`] says (cut-through: a segment crosses each hop of the feeding
+    /// tree behind its first bytes, not behind its last).
+    ForwardSegment {
+        /// The receiver.
+        to: PeerId,
+        /// Which segment.
+        id: SegmentId,
+        /// Who is sending it to us.
+        from: PeerId,
+    },
+    /// The segment `id` from `from` has arrived whole and was checked (`verified`), or broke
+    /// off (`verified: false`): finish every stream forwarding it, or reset them, so that no
+    /// receiver ever completes a stream of unverified bytes.
+    EndForwards {
+        /// The peer it came from.
+        from: PeerId,
+        /// Which segment.
+        id: SegmentId,
+        /// Whether its bytes verified.
+        verified: bool,
     },
     /// Open a connection to a peer.
     Dial(PeerAddr),
@@ -318,6 +350,8 @@ pub struct ExchangeStats {
     pub segments_pushed: u64,
     /// Segments received from our parent's pushes.
     pub pushes_received: u64,
+    /// Segments passed on to a child while they were still arriving (cut-through).
+    pub segments_forwarded: u64,
 }
 
 /// A partner as the application may display it.
@@ -387,6 +421,13 @@ impl Partner {
     }
 }
 
+/// A segment stream under way to us.
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    from: PeerId,
+    since: Instant,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Pending {
     peer: PeerId,
@@ -420,6 +461,9 @@ pub struct Exchange {
     /// Candidates not to dial again before the given instant (they just failed or left us).
     backoff: HashMap<PeerId, Instant>,
     pending: HashMap<SegmentId, Pending>,
+    /// Segments on their way to us that we do not hold yet, and who sends each: pushes to the
+    /// peers we feed forward them as they arrive.
+    arriving: HashMap<SegmentId, Arrival>,
     /// Segments being sent, to whom (each holds an upload slot).
     uploads: HashMap<(PeerId, SegmentId), Upload>,
     /// When the uploads' sharing was last accounted.
@@ -518,6 +562,7 @@ impl Exchange {
             dialing: HashSet::default(),
             backoff: HashMap::default(),
             pending: HashMap::default(),
+            arriving: HashMap::default(),
             uploads: HashMap::default(),
             uploads_accounted: None,
             upload_queue: std::collections::BTreeSet::new(),
@@ -578,10 +623,15 @@ impl Exchange {
                 self.on_segment(now, peer, id, bytes);
                 true
             }
+            Input::SegmentArriving { peer, id } => {
+                self.on_arriving(now, peer, id);
+                false
+            }
             Input::SegmentSent { peer, id } => {
                 // Serving others cannot make a request of ours possible.
                 self.account_sharing(now);
-                if let Some(up) = self.uploads.remove(&(peer, id)) {
+                // A forward went at the pace of its arrival, which says nothing of our uplink.
+                if let Some(up) = self.uploads.remove(&(peer, id)).filter(|u| !u.forwarded) {
                     let took = now.saturating_duration_since(up.started).as_secs_f64();
                     let sharing = up.shared / took.max(1e-3);
                     self.meter.completed(now, up.started, up.bytes, sharing);
@@ -590,6 +640,7 @@ impl Exchange {
                 false
             }
             Input::SegmentFailed { peer, id } => {
+                self.end_forwards(peer, id, false);
                 if self.take_pending(peer, id) {
                     self.stats.requests_retried += 1;
                     if let Some(partner) = self.partners.get_mut(&peer) {
@@ -673,6 +724,7 @@ impl Exchange {
         }
         if now >= self.next_maintenance {
             self.next_maintenance = now + self.config.maintenance_interval;
+            self.expire_arrivals(now);
             self.maintain(now);
         }
         self.schedule(now);
@@ -698,7 +750,9 @@ impl Exchange {
         let asked = self.pending.get(&id).map(|p| p.peer == *peer);
         // Our parent pushes what we do not hold (a request of ours elsewhere gives way).
         let pushed = self.parent == Some(*peer) && !self.store.contains_key(&id);
-        if asked != Some(true) && !pushed {
+        // A stream that started while it was expected is read to its end (a parent we just
+        // left may still be sending).
+        if asked != Some(true) && !pushed && !self.is_arriving(id, *peer) {
             return None;
         }
         self.statements.get(&id).map(|s| s.meta.len as usize)
@@ -867,6 +921,15 @@ impl Exchange {
         for id in lost {
             self.pending.remove(&id);
             self.stats.requests_retried += 1;
+        }
+        let broken: Vec<SegmentId> = self
+            .arriving
+            .iter()
+            .filter(|(_, a)| a.from == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in broken {
+            self.end_forwards(peer, id, false);
         }
         self.children.retain(|p| *p != peer);
         if self.parent == Some(peer) {
@@ -1083,6 +1146,79 @@ impl Exchange {
     }
 
     fn on_segment(&mut self, now: Instant, peer: PeerId, id: SegmentId, bytes: Bytes) {
+        let forwarded = self.is_arriving(id, peer);
+        let verified = self.take_segment(now, peer, id, bytes);
+        if forwarded {
+            self.end_forwards(peer, id, verified);
+        }
+    }
+
+    /// A segment stream from `peer` started: what we feed others of it goes out as it comes.
+    fn on_arriving(&mut self, now: Instant, peer: PeerId, id: SegmentId) {
+        if self.store.contains_key(&id)
+            || self.arriving.contains_key(&id)
+            || self.expected_len(&peer, id).is_none()
+        {
+            return;
+        }
+        self.arriving.insert(
+            id,
+            Arrival {
+                from: peer,
+                since: now,
+            },
+        );
+        self.push_children(now, id);
+    }
+
+    /// The segment `id` from `peer` is complete (`verified`) or is not coming: the driver
+    /// finishes or resets the streams that forward it.
+    fn end_forwards(&mut self, peer: PeerId, id: SegmentId, verified: bool) {
+        if !self.is_arriving(id, peer) {
+            return;
+        }
+        self.arriving.remove(&id);
+        self.outputs.push_back(Output::EndForwards {
+            from: peer,
+            id,
+            verified,
+        });
+    }
+
+    /// Whether segment `id` is arriving from `peer` (its stream started, we do not hold it).
+    fn is_arriving(&self, id: SegmentId, peer: PeerId) -> bool {
+        self.arriving.get(&id).is_some_and(|a| a.from == peer)
+    }
+
+    /// Ends arrivals that have taken too long (a stalled stream): their forwards are reset
+    /// and the segment is missing again, for the scheduler to fetch elsewhere.
+    fn expire_arrivals(&mut self, now: Instant) {
+        let stalled: Vec<(SegmentId, PeerId)> = self
+            .arriving
+            .iter()
+            .filter(|(_, a)| now.saturating_duration_since(a.since) > ARRIVAL_TIMEOUT)
+            .map(|(id, a)| (*id, a.from))
+            .collect();
+        for (id, from) in stalled {
+            debug!(peer = %from.short(), %id, "segment stream stalled");
+            self.end_forwards(from, id, false);
+        }
+    }
+
+    /// Checks and stores a complete segment from `peer`; returns whether it verified.
+    fn take_segment(&mut self, now: Instant, peer: PeerId, id: SegmentId, bytes: Bytes) -> bool {
+        let expected = self.is_arriving(id, peer)
+            || self.parent == Some(peer)
+            || self.pending.get(&id).is_some_and(|p| p.peer == peer);
+        if expected && self.store.contains_key(&id) {
+            // A second copy (a push crossed a request of ours): not stored again, but checked,
+            // for the peers it was forwarded to as it came.
+            self.take_pending(peer, id);
+            return self
+                .statements
+                .get(&id)
+                .is_some_and(|s| self.config.verifier.check_payload(&s.meta, &bytes).is_ok());
+        }
         let asked = self
             .pending
             .get(&id)
@@ -1093,7 +1229,10 @@ impl Exchange {
                 .rate
                 .sample(bytes.len(), now.saturating_duration_since(asked));
         }
-        let pushed = self.parent == Some(peer) && !self.store.contains_key(&id);
+        // Our parent's push, or a push that started while it was our parent (we may have
+        // left it since: the stream was accepted, so it is no violation).
+        let pushed = (self.parent == Some(peer) || self.is_arriving(id, peer))
+            && !self.store.contains_key(&id);
         if pushed {
             self.stats.pushes_received += 1;
             // Whoever else we asked is too late now.
@@ -1102,14 +1241,12 @@ impl Exchange {
             }
         }
         if !self.take_pending(peer, id) && !pushed {
-            // Unsolicited: the driver should have refused it via `expected_len`. (A push from
-            // a parent we left while it was on its way lands here too and costs that parent a
-            // strike: known, to be told apart.)
+            // Unsolicited: the driver should have refused it via `expected_len`.
             self.strike(peer);
-            return;
+            return false;
         }
         let Some(statement) = self.statements.get(&id).copied() else {
-            return;
+            return false;
         };
         if let Err(error) = self.config.verifier.check_payload(&statement.meta, &bytes) {
             warn!(peer = %peer.short(), %id, %error, "segment rejected");
@@ -1120,7 +1257,7 @@ impl Exchange {
                 partner.have.remove(id);
             }
             self.strike(peer);
-            return;
+            return false;
         }
         if Some(peer) == self.source_peer() {
             self.stats.bytes_from_source += bytes.len() as u64;
@@ -1143,7 +1280,10 @@ impl Exchange {
         }
         self.store_segment(id, statement.meta, bytes, Some(peer));
         self.broadcast(None, Frame::Have(vec![id]));
+        // Pushes queued while it arrived now send it from the store; children that joined
+        // since get it too.
         self.push_children(now, id);
+        true
     }
 
     /// Forgets everything of the current session (the broadcaster restarted).
@@ -1151,6 +1291,11 @@ impl Exchange {
         self.statements.clear();
         self.seen.clear();
         self.store.clear();
+        let arrivals: Vec<(SegmentId, PeerId)> =
+            self.arriving.iter().map(|(id, a)| (*id, a.from)).collect();
+        for (id, from) in arrivals {
+            self.end_forwards(from, id, false);
+        }
         for (_, pending) in self.pending.drain() {
             if let Some(partner) = self.partners.get_mut(&pending.peer) {
                 partner.inflight = partner.inflight.saturating_sub(1);
@@ -1293,7 +1438,12 @@ impl Exchange {
             VOD_SOURCE_MARGIN_S
         };
         for &id in &wanted {
-            if self.store.contains_key(&id) || self.pending.contains_key(&id) {
+            // A segment on its way (a push, or forwarded to us as it arrives) is not asked for
+            // again: if its stream breaks off, it is missing again.
+            if self.store.contains_key(&id)
+                || self.pending.contains_key(&id)
+                || self.arriving.contains_key(&id)
+            {
                 continue;
             }
             let Some(bits) = self
@@ -1890,6 +2040,8 @@ impl HaveMap {
     }
 }
 
+/// A segment stream still arriving after this long is given up (its sender stalled).
+const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(6);
 /// How long a partner that answered `Busy` is left alone.
 const BUSY_BACKOFF: Duration = Duration::from_millis(1000);
 /// The same on demand, where a segment has fewer holders and a viewer more time to wait for

@@ -182,6 +182,8 @@ impl CoordCore {
                     self.out.push_back(Output::Close(h));
                     continue;
                 }
+                // The overlay sends no bulk messages, so it forwards none.
+                Output::Forward { .. } | Output::EndRelay { .. } => continue,
                 Output::Send {
                     to,
                     msg,

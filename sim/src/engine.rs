@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 use dary_heap::QuaternaryHeap;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::metrics::Traffic;
-use crate::net::{FlowDeadline, FlowId, HostId, HostNet, Net, SimTime};
+use crate::net::{Ended, FlowDeadline, FlowId, HostId, HostNet, Net, SimTime};
 use crate::scenario::Traversal;
 
 /// How long a dial to an unreachable host takes to fail, and how long a connection to a
@@ -33,8 +34,8 @@ const FIRST_PTO: Duration = Duration::from_secs(1);
 
 /// A sans-IO core as the engine hosts it.
 pub trait Core {
-    /// What travels between hosts.
-    type Msg;
+    /// What travels between hosts (cloned when a host forwards a flow as it arrives).
+    type Msg: Clone;
     /// What the core reports to the scenario (metrics).
     type Event;
 
@@ -59,6 +60,21 @@ pub enum Input<M> {
         from: HostId,
         /// The message.
         msg: M,
+    },
+    /// The first bytes of a bulk message from `from` arrived (its stream's header); the rest
+    /// is on its way.
+    Arriving {
+        /// The sender.
+        from: HostId,
+        /// The tag the send carried.
+        tag: u64,
+    },
+    /// A bulk message from `from` broke off: its sender reset it ([`Output::EndRelay`]).
+    Failed {
+        /// The sender.
+        from: HostId,
+        /// The tag the send carried.
+        tag: u64,
     },
     /// A bulk message this host sent was delivered, or abandoned because the receiver went
     /// away (QUIC tells the sender when a stream was acknowledged or reset).
@@ -94,9 +110,52 @@ pub enum Output<M, E> {
         /// For bulk messages: returned to the sender in [`Input::Sent`].
         tag: u64,
     },
+    /// Pass on, to `to`, the bulk message with this tag that `from` is sending this host, as
+    /// it arrives (cut-through). Its last bytes wait for [`Output::EndRelay`].
+    Forward {
+        /// The receiver.
+        to: HostId,
+        /// Who sends it to this host.
+        from: HostId,
+        /// The tag of both sends.
+        tag: u64,
+        /// The message kind, for the protocol counters.
+        kind: &'static str,
+    },
+    /// The bulk message with this tag from `from` arrived and was checked (`ok`), or broke
+    /// off: the forwards of it complete, or are reset (their receivers get [`Input::Failed`]).
+    EndRelay {
+        /// Who sent it to this host.
+        from: HostId,
+        /// Its tag.
+        tag: u64,
+        /// Whether it checked out.
+        ok: bool,
+    },
     /// Something for the scenario's metrics.
     Event(E),
 }
+
+/// The forwards of one bulk message a host is receiving, until the host has checked it.
+#[derive(Debug)]
+struct Relay<M> {
+    /// Forwards under way: flow, serial, receiver.
+    flows: Vec<(FlowId, u64, HostId)>,
+    /// Forwards whose bytes are all out but the last, which waits for the check.
+    parked: Vec<(HostId, M)>,
+}
+
+impl<M> Default for Relay<M> {
+    fn default() -> Self {
+        Self {
+            flows: Vec::new(),
+            parked: Vec::new(),
+        }
+    }
+}
+
+/// The last piece of a forwarded message, sent once the forwarder has checked the whole.
+const FORWARD_TAIL_BITS: f64 = 16.0 * 1024.0 * 8.0;
 
 /// Things the engine schedules. Kept small (16 bytes: messages and the driver's events wait in
 /// slabs, and an event's instant is its queue entry's), because the queue moves its entries
@@ -112,6 +171,11 @@ enum Ev {
     Flow {
         flow: FlowId,
         version: u32,
+    },
+    /// A flow's first bytes reach its receiver.
+    Head {
+        flow: FlowId,
+        serial: u64,
     },
     /// The host's timer, if it is still armed for this instant.
     Timer {
@@ -392,6 +456,8 @@ pub struct Engine<C: Core, X> {
     externals: Slab<X>,
     hosts: Vec<Host<C>>,
     net: Net<(u64, C::Msg)>,
+    /// Forwards by (sender of the forwarded flow, forwarder, tag).
+    relays: HashMap<(HostId, HostId, u64), Relay<C::Msg>>,
     rng: ChaCha8Rng,
     events: Vec<(HostId, C::Event)>,
     /// Messages and bytes by kind, in order of first use (a handful of kinds: a scan that
@@ -412,6 +478,7 @@ impl<C: Core, X> Engine<C, X> {
             externals: Slab::new(),
             hosts: Vec::new(),
             net: Net::new(traversal, jitter, loss),
+            relays: HashMap::default(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             events: Vec::new(),
             traffic: Vec::new(),
@@ -594,12 +661,14 @@ impl<C: Core, X> Engine<C, X> {
                     version,
                     at: now,
                 };
-                if let Some((from, to, (tag, msg), changed)) = self.net.finish_flow(now, deadline) {
+                if let Some((ended, changed)) = self.net.finish_flow(now, deadline) {
                     self.reschedule(changed);
-                    let delay = self.net.base_delay(from, to);
-                    let at = now + delay.as_nanos() as u64;
-                    self.deliver(at, to, from, msg);
-                    self.input(from, Input::Sent { to, tag });
+                    self.flow_done(ended);
+                }
+            }
+            Ev::Head { flow, serial } => {
+                if let Some((from, to, tag)) = self.net.running(flow, serial) {
+                    self.input(to, Input::Arriving { from, tag });
                 }
             }
             Ev::Timer { host } => {
@@ -773,10 +842,7 @@ impl<C: Core, X> Engine<C, X> {
                     return;
                 }
                 if bulk {
-                    self.hosts[host.0 as usize].uploaded += bytes;
-                    self.hosts[to.0 as usize].received += bytes;
-                    let changed = self.net.start_flow(self.now, host, to, bytes, (tag, msg));
-                    self.reschedule(changed);
+                    self.start_flow(host, to, bytes, (tag, msg), None);
                 } else {
                     let Some(base) = self.link(host, to).map(|l| l.base_delay) else {
                         return;
@@ -792,7 +858,103 @@ impl<C: Core, X> Engine<C, X> {
                     self.deliver(at, to, host, msg);
                 }
             }
+            Output::Forward {
+                to,
+                from,
+                tag,
+                kind,
+            } => self.forward(host, to, from, tag, kind),
+            Output::EndRelay { from, tag, ok } => self.end_relay(host, from, tag, ok),
             Output::Event(e) => self.events.push((host, e)),
+        }
+    }
+
+    /// Starts a bulk flow; its receiver hears of it when its first bytes arrive.
+    fn start_flow(
+        &mut self,
+        from: HostId,
+        to: HostId,
+        bytes: u64,
+        payload: (u64, C::Msg),
+        gate: Option<HostId>,
+    ) -> (FlowId, u64) {
+        self.hosts[from.0 as usize].uploaded += bytes;
+        self.hosts[to.0 as usize].received += bytes;
+        let (flow, serial, changed) = self
+            .net
+            .start_gated_flow(self.now, from, to, bytes, payload, gate);
+        self.reschedule(changed);
+        let head = self.now + self.net.base_delay(from, to).as_nanos() as u64;
+        self.push(head, Ev::Head { flow, serial });
+        (flow, serial)
+    }
+
+    /// A flow sent all its bytes: its message arrives one delay later, unless it forwards a
+    /// message its sender has not checked yet (then its end waits, see [`Engine::end_relay`]).
+    fn flow_done(&mut self, ended: Ended<(u64, C::Msg)>) {
+        let Ended {
+            from,
+            to,
+            payload: (tag, msg),
+            gate,
+        } = ended;
+        if let Some(relay) = gate.and_then(|g| self.relays.get_mut(&(g, from, tag))) {
+            relay.parked.push((to, msg));
+            return;
+        }
+        let at = self.now + self.net.base_delay(from, to).as_nanos() as u64;
+        self.deliver(at, to, from, msg);
+        self.input(from, Input::Sent { to, tag });
+    }
+
+    /// `host` forwards to `to` what `from` is sending it with `tag`, as it arrives.
+    fn forward(&mut self, host: HostId, to: HostId, from: HostId, tag: u64, kind: &'static str) {
+        let upstream = self
+            .net
+            .find_flow(from, host, |(t, _)| *t == tag)
+            .map(|f| (f.bytes, f.payload.1.clone()));
+        let connected =
+            self.conn(host, to) == Some(Conn::Established) && self.net.same_side(host, to);
+        let Some((bytes, msg)) = upstream.filter(|_| connected) else {
+            // Nothing (left) to pass on: the upload is over before it began.
+            self.input(host, Input::Sent { to, tag });
+            return;
+        };
+        self.count(kind, bytes);
+        let (flow, serial) = self.start_flow(host, to, bytes, (tag, msg), Some(from));
+        self.relays
+            .entry((from, host, tag))
+            .or_default()
+            .flows
+            .push((flow, serial, to));
+    }
+
+    /// `host` has the whole of what `from` sent it with `tag` (checked: `ok`), or it broke off:
+    /// the forwards of it finish, their last piece one delay after the check, or are reset.
+    fn end_relay(&mut self, host: HostId, from: HostId, tag: u64, ok: bool) {
+        let Some(relay) = self.relays.remove(&(from, host, tag)) else {
+            return;
+        };
+        if ok {
+            let tail = FORWARD_TAIL_BITS / self.net.upload_share_bps(host).max(1.0);
+            for (to, msg) in relay.parked {
+                let delay = self.net.base_delay(host, to).as_secs_f64() + tail;
+                let at = self.now + (delay * 1e9) as u64;
+                self.deliver(at, to, host, msg);
+                self.input(host, Input::Sent { to, tag });
+            }
+            return;
+        }
+        let mut reset: Vec<HostId> = relay.parked.into_iter().map(|(to, _)| to).collect();
+        for (flow, serial, to) in relay.flows {
+            if let Some((_, changed)) = self.net.abort_flow(self.now, flow, serial) {
+                self.reschedule(changed);
+                reset.push(to);
+            }
+        }
+        for to in reset {
+            self.input(host, Input::Sent { to, tag });
+            self.input(to, Input::Failed { from: host, tag });
         }
     }
 
@@ -875,6 +1037,9 @@ impl<C: Core, X> Engine<C, X> {
             return;
         }
         self.hosts[host.0 as usize].timer = None;
+        // Its forwards end with its flows; forwards of what it was sending stop when their
+        // forwarders learn it is gone.
+        self.relays.retain(|(_, via, _), _| *via != host);
         let (aborted, changed) = self.net.drop_host_flows(self.now, host);
         self.reschedule(changed);
         for (from, to, (tag, _)) in aborted {
@@ -945,6 +1110,11 @@ mod tests {
         log: Vec<String>,
         out: Vec<Output<u32, String>>,
         dial: Vec<HostId>,
+        /// Sends nothing when a connection comes up.
+        silent: bool,
+        /// Forwards every bulk message to this host as it arrives, and ends the forward as
+        /// the flag says when the message is whole.
+        relay: Option<(HostId, bool)>,
     }
 
     impl Core for Probe {
@@ -952,6 +1122,7 @@ mod tests {
         type Event = String;
         fn handle(&mut self, _now: Instant, input: Input<u32>) {
             match input {
+                Input::Connected(p) if self.silent => self.log.push(format!("up {}", p.0)),
                 Input::Connected(p) => {
                     self.log.push(format!("up {}", p.0));
                     self.out.push(Output::Send {
@@ -975,6 +1146,25 @@ mod tests {
                 Input::Message { from, msg } => {
                     self.log.push(format!("msg {msg} from {}", from.0));
                     self.out.push(Output::Event(format!("got {msg}")));
+                    if let (Some((_, ok)), 2) = (self.relay, msg) {
+                        self.out.push(Output::EndRelay { from, tag: 2, ok });
+                    }
+                }
+                Input::Arriving { from, tag } => {
+                    self.log.push(format!("arriving {tag} from {}", from.0));
+                    if let Some((to, _)) = self.relay {
+                        let kind = "seg";
+                        self.out.push(Output::Forward {
+                            to,
+                            from,
+                            tag,
+                            kind,
+                        });
+                    }
+                }
+                Input::Failed { from, tag } => {
+                    self.log.push(format!("failed {tag} from {}", from.0));
+                    self.out.push(Output::Event(format!("failed {tag}")));
                 }
                 Input::Sent { to, tag } => self.log.push(format!("sent {tag} to {}", to.0)),
                 Input::Timeout => {}
@@ -1036,7 +1226,10 @@ mod tests {
         (e, a, b)
     }
 
-    fn run(e: &mut Engine<Probe, ()>, until: SimTime) -> Vec<(SimTime, HostId, String)> {
+    /// Core events with when and where they came out.
+    type Log = Vec<(SimTime, HostId, String)>;
+
+    fn run(e: &mut Engine<Probe, ()>, until: SimTime) -> Log {
         let mut events = Vec::new();
         let mut batch = Vec::new();
         loop {
@@ -1070,6 +1263,74 @@ mod tests {
         assert_eq!(at_b[1], &(260_000_000, b, "got 2".to_owned()));
         let log = &e.core(a).unwrap().log;
         assert_eq!(log[0], "up 1");
+    }
+
+    /// a sends b a 250 kB bulk message (10 Mbit/s: whole at b at 260 ms); b forwards it to c as
+    /// it arrives, over `b_up` bit/s to c's `c_down`, and vouches for it with `ok`.
+    fn forward(
+        b_up: f64,
+        c_down: f64,
+        ok: bool,
+    ) -> (Engine<Probe, ()>, Log) {
+        let mut e = Engine::new(1, Traversal::None, 0.0, 0.0);
+        let a = e.add_host(HostNet::new((0.0, 0.0), 5.0, 10e6, 100e6, NatType::Open));
+        let b = e.add_host(HostNet::new((10.0, 0.0), 5.0, b_up, 100e6, NatType::Open));
+        let c = e.add_host(HostNet::new((20.0, 0.0), 5.0, 10e6, c_down, NatType::Open));
+        let quiet = || Probe {
+            silent: true,
+            ..Probe::default()
+        };
+        e.start(c, quiet());
+        e.start(
+            b,
+            Probe {
+                dial: vec![c],
+                relay: Some((c, ok)),
+                ..quiet()
+            },
+        );
+        e.start(
+            a,
+            Probe {
+                dial: vec![b],
+                ..Probe::default()
+            },
+        );
+        let events = run(&mut e, 5_000_000_000);
+        let at_c = events.into_iter().filter(|(_, h, _)| *h == c).collect();
+        (e, at_c)
+    }
+
+    #[test]
+    fn a_forward_runs_behind_its_arrival_not_after_it() {
+        // b's head arrives at 60 ms and its forward starts; c's 5 Mbit/s downlink makes the
+        // forward take 400 ms, so it arrives at 480 ms (store and forward: 680 ms).
+        let (_, at_c) = forward(10e6, 5e6, true);
+        assert_eq!(at_c, vec![(480_000_000, HostId(2), "got 2".to_owned())]);
+        // A fast forward is all out long before b has the whole message: its last piece
+        // (16 KiB at 100 Mbit/s) leaves when b has checked it, at 260 ms, and arrives one
+        // delay later.
+        let (_, at_c) = forward(100e6, 100e6, true);
+        let tail = (16.0 * 1024.0 * 8.0 / 100e6 * 1e9) as u64;
+        assert_eq!(
+            at_c,
+            vec![(
+                260_000_000 + 20_000_000 + tail,
+                HostId(2),
+                "got 2".to_owned()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_forward_of_a_message_that_fails_its_check_is_reset() {
+        let (e, at_c) = forward(100e6, 100e6, false);
+        assert_eq!(at_c, vec![(260_000_000, HostId(2), "failed 2".to_owned())]);
+        assert!(e
+            .core(HostId(1))
+            .unwrap()
+            .log
+            .contains(&"sent 2 to 2".to_owned()));
     }
 
     #[test]

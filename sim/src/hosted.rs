@@ -74,8 +74,25 @@ impl Directory {
     }
 }
 
+/// The tag of a segment's bulk send.
+fn tag_of(id: SegmentId) -> u64 {
+    match id {
+        SegmentId::Init => u64::MAX,
+        SegmentId::Media(n) => n,
+    }
+}
+
+/// The segment a bulk send's tag names.
+fn segment_of(tag: u64) -> SegmentId {
+    if tag == u64::MAX {
+        SegmentId::Init
+    } else {
+        SegmentId::Media(tag)
+    }
+}
+
 /// What travels between simulated exchanges.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Wire {
     /// A control frame.
     Frame(Frame),
@@ -135,12 +152,27 @@ impl Core for ExchangeCore {
             }
             Input::Sent { to, tag } => {
                 let Some(peer) = peer_of(to) else { return };
-                let id = if tag == u64::MAX {
-                    SegmentId::Init
-                } else {
-                    SegmentId::Media(tag)
-                };
-                exchange::Input::SegmentSent { peer, id }
+                exchange::Input::SegmentSent {
+                    peer,
+                    id: segment_of(tag),
+                }
+            }
+            Input::Arriving { from, tag } => {
+                let Some(peer) = peer_of(from) else { return };
+                let id = segment_of(tag);
+                // As the real driver does: a stream the exchange does not expect is stopped at
+                // its header, and the exchange never hears of it.
+                if self.exchange.expected_len(&peer, id).is_none() {
+                    return;
+                }
+                exchange::Input::SegmentArriving { peer, id }
+            }
+            Input::Failed { from, tag } => {
+                let Some(peer) = peer_of(from) else { return };
+                exchange::Input::SegmentFailed {
+                    peer,
+                    id: segment_of(tag),
+                }
             }
             Input::Message {
                 from,
@@ -189,17 +221,32 @@ impl Core for ExchangeCore {
                     // The stream header is a handful of bytes; its exact size does not matter at this scale.
                     let size = (bytes.len() + SEGMENT_HEADER_BYTES) as u64;
                     let msg = Wire::Segment { id, bytes };
-                    let tag = match id {
-                        SegmentId::Init => u64::MAX,
-                        SegmentId::Media(n) => n,
-                    };
                     Output::Send {
                         to,
                         msg,
                         bytes: size,
                         bulk: true,
                         kind: "segment",
-                        tag,
+                        tag: tag_of(id),
+                    }
+                }
+                exchange::Output::ForwardSegment { to, id, from } => {
+                    let (Some(to), Some(from)) = (host_of(&to), host_of(&from)) else {
+                        continue;
+                    };
+                    Output::Forward {
+                        to,
+                        from,
+                        tag: tag_of(id),
+                        kind: "segment",
+                    }
+                }
+                exchange::Output::EndForwards { from, id, verified } => {
+                    let Some(from) = host_of(&from) else { continue };
+                    Output::EndRelay {
+                        from,
+                        tag: tag_of(id),
+                        ok: verified,
                     }
                 }
                 exchange::Output::Dial(PeerAddr { addr, .. }) => match addr_host(addr) {

@@ -102,11 +102,68 @@ pub struct FlowId(pub u32);
 struct Flow<P> {
     from: HostId,
     to: HostId,
+    /// Its size.
+    bytes: u64,
+    /// Unique over the run (slots are reused; a serial names one flow for good).
+    serial: u64,
+    /// A forward: the host whose flow into `from` this one passes on (see [`Ended::gate`]).
+    gate: Option<HostId>,
     remaining_bits: f64,
     rate_bps: f64,
     updated: SimTime,
     version: u32,
     payload: P,
+}
+
+/// A flow that ended (finished or aborted).
+#[derive(Debug)]
+pub struct Ended<P> {
+    /// The sender.
+    pub from: HostId,
+    /// The receiver.
+    pub to: HostId,
+    /// What it carried.
+    pub payload: P,
+    /// For a flow that forwards another one as it arrives (cut-through), the sender of that
+    /// other flow: the forward's last bytes cannot arrive before the forwarder has checked
+    /// the whole of what it passes on, which the engine waits for.
+    pub gate: Option<HostId>,
+}
+
+/// A flow under way, as [`Net::find_flow`] reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct Running<'a, P> {
+    /// Its handle.
+    pub id: FlowId,
+    /// Its serial (see [`Net::abort_flow`]).
+    pub serial: u64,
+    /// Its size.
+    pub bytes: u64,
+    /// What it carries.
+    pub payload: &'a P,
+}
+
+/// A payload that carries a tag (the engine's `(tag, message)` pairs).
+pub trait Tagged {
+    /// The tag.
+    fn tag(&self) -> u64;
+}
+
+impl<M> Tagged for (u64, M) {
+    fn tag(&self) -> u64 {
+        self.0
+    }
+}
+
+impl<P> Flow<P> {
+    fn ended(self) -> Ended<P> {
+        Ended {
+            from: self.from,
+            to: self.to,
+            payload: self.payload,
+            gate: self.gate,
+        }
+    }
 }
 
 /// When a flow will finish, for the engine's queue. Events whose version no longer matches the
@@ -126,7 +183,11 @@ pub struct FlowDeadline {
 pub struct Net<P> {
     hosts: Vec<HostNet>,
     flows: Vec<Option<Flow<P>>>,
+    /// The version each slot's last flow ended at: the next flow in that slot counts on from
+    /// there, so a deadline queued for the old flow never matches the new one.
+    slot_versions: Vec<u32>,
     free: Vec<u32>,
+    next_serial: u64,
     traversal: Traversal,
     jitter: f64,
     loss: f64,
@@ -139,7 +200,9 @@ impl<P> Net<P> {
         Self {
             hosts: Vec::new(),
             flows: Vec::new(),
+            slot_versions: Vec::new(),
             free: Vec::new(),
+            next_serial: 0,
             traversal,
             jitter,
             loss,
@@ -225,9 +288,29 @@ impl<P> Net<P> {
         bytes: u64,
         payload: P,
     ) -> Vec<FlowDeadline> {
-        let flow = Flow {
+        self.start_gated_flow(now, from, to, bytes, payload, None).2
+    }
+
+    /// Starts a bulk transfer; `gate` marks a forward of what `gate` sends `from` (see
+    /// [`Ended::gate`]). Returns the flow's handle and serial, and the new deadlines of every
+    /// flow whose rate changed, the new one included.
+    pub fn start_gated_flow(
+        &mut self,
+        now: SimTime,
+        from: HostId,
+        to: HostId,
+        bytes: u64,
+        payload: P,
+        gate: Option<HostId>,
+    ) -> (FlowId, u64, Vec<FlowDeadline>) {
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        let mut flow = Flow {
             from,
             to,
+            bytes,
+            serial,
+            gate,
             remaining_bits: bytes as f64 * 8.0,
             rate_bps: 0.0,
             updated: now,
@@ -236,17 +319,71 @@ impl<P> Net<P> {
         };
         let id = match self.free.pop() {
             Some(i) => {
+                flow.version = self.slot_versions[i as usize];
                 self.flows[i as usize] = Some(flow);
                 FlowId(i)
             }
             None => {
                 self.flows.push(Some(flow));
+                self.slot_versions.push(0);
                 FlowId(self.flows.len() as u32 - 1)
             }
         };
         self.hosts[from.0 as usize].up_flows.push(id);
         self.hosts[to.0 as usize].down_flows.push(id);
-        self.rebalance(now, &[from], &[to])
+        (id, serial, self.rebalance(now, &[from], &[to]))
+    }
+
+    /// The flow from `from` to `to` under way whose payload satisfies `matches`, if any.
+    pub fn find_flow(
+        &self,
+        from: HostId,
+        to: HostId,
+        matches: impl Fn(&P) -> bool,
+    ) -> Option<Running<'_, P>> {
+        self.host(to).down_flows.iter().find_map(|id| {
+            let f = self.flows.get(id.0 as usize)?.as_ref()?;
+            (f.from == from && matches(&f.payload)).then_some(Running {
+                id: *id,
+                serial: f.serial,
+                bytes: f.bytes,
+                payload: &f.payload,
+            })
+        })
+    }
+
+    /// The sender, receiver and payload's tag of flow `id`, if it is still the one with this
+    /// serial.
+    pub fn running(&self, id: FlowId, serial: u64) -> Option<(HostId, HostId, u64)>
+    where
+        P: Tagged,
+    {
+        let f = self.flows.get(id.0 as usize)?.as_ref()?;
+        (f.serial == serial).then(|| (f.from, f.to, f.payload.tag()))
+    }
+
+    /// Whether flow `id` is still the one with this serial (it has not ended).
+    pub fn is_running(&self, id: FlowId, serial: u64) -> bool {
+        self.flows
+            .get(id.0 as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|f| f.serial == serial)
+    }
+
+    /// Aborts flow `id` if it is still the one with this serial. Returns it, and the new
+    /// deadlines of the flows that now go faster.
+    pub fn abort_flow(
+        &mut self,
+        now: SimTime,
+        id: FlowId,
+        serial: u64,
+    ) -> Option<(Ended<P>, Vec<FlowDeadline>)> {
+        if !self.is_running(id, serial) {
+            return None;
+        }
+        let flow = self.remove_flow(id)?;
+        let changed = self.rebalance(now, &[flow.from], &[flow.to]);
+        Some((flow.ended(), changed))
     }
 
     /// Completes a flow if `deadline` is current; returns its endpoints and payload, and the new
@@ -255,14 +392,14 @@ impl<P> Net<P> {
         &mut self,
         now: SimTime,
         deadline: FlowDeadline,
-    ) -> Option<(HostId, HostId, P, Vec<FlowDeadline>)> {
+    ) -> Option<(Ended<P>, Vec<FlowDeadline>)> {
         let current = self.flows.get(deadline.flow.0 as usize)?.as_ref()?;
         if current.version != deadline.version {
             return None;
         }
         let flow = self.remove_flow(deadline.flow)?;
         let changed = self.rebalance(now, &[flow.from], &[flow.to]);
-        Some((flow.from, flow.to, flow.payload, changed))
+        Some((flow.ended(), changed))
     }
 
     /// Aborts every flow to or from `host` (it crashed or left). Returns the aborted flows'
@@ -296,6 +433,12 @@ impl<P> Net<P> {
         (aborted, changed)
     }
 
+    /// The rate at which `host` sends one more flow now: its uplink's fair share.
+    pub fn upload_share_bps(&self, host: HostId) -> f64 {
+        let h = self.host(host);
+        h.up_bps / (h.up_flows.len() as f64).max(1.0)
+    }
+
     /// Flows currently leaving `host`.
     pub fn uploads(&self, host: HostId) -> usize {
         self.host(host).up_flows.len()
@@ -303,6 +446,7 @@ impl<P> Net<P> {
 
     fn remove_flow(&mut self, id: FlowId) -> Option<Flow<P>> {
         let flow = self.flows.get_mut(id.0 as usize)?.take()?;
+        self.slot_versions[id.0 as usize] = flow.version;
         self.free.push(id.0);
         let up = &mut self.hosts[flow.from.0 as usize].up_flows;
         if let Some(i) = up.iter().position(|f| *f == id) {
@@ -400,7 +544,8 @@ mod tests {
                 return done;
             };
             deadlines.remove(0);
-            if let Some((_, _, payload, changed)) = net.finish_flow(next.at, next) {
+            if let Some((ended, changed)) = net.finish_flow(next.at, next) {
+                let payload = ended.payload;
                 done.push((payload, next.at));
                 deadlines.extend(changed);
             }

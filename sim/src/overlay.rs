@@ -111,7 +111,8 @@ impl Core for OverlayCore {
                 }
             }
             Input::Message { msg, .. } => self.node.handle_message(now, msg),
-            Input::Sent { .. } => {}
+            // The overlay sends no bulk messages.
+            Input::Sent { .. } | Input::Arriving { .. } | Input::Failed { .. } => {}
             Input::Timeout => self.node.handle_timeout(now),
         }
         self.pump();

@@ -21,6 +21,8 @@ struct Harness {
     tamper: HashMap<PeerId, Tamper>,
     /// Frames a peer sends are dropped (to simulate a peer that stopped answering).
     mute: HashSet<PeerId>,
+    /// Forwards under way: (forwarder, who sends it the segment, segment) → receivers.
+    forwards: HashMap<(PeerId, PeerId, SegmentId), Vec<PeerId>>,
     next_seq: u64,
 }
 
@@ -56,6 +58,7 @@ impl Harness {
             events: Vec::new(),
             tamper: HashMap::default(),
             mute: HashSet::default(),
+            forwards: HashMap::default(),
             next_seq: 0,
         };
         h.nodes.insert(source_id, source);
@@ -148,21 +151,41 @@ impl Harness {
                     },
                     None => bytes,
                 };
-                // The stream is done (delivered or refused): the sender's slot is free again.
-                self.nodes
-                    .get_mut(&from)
-                    .unwrap()
-                    .handle_input(now, Input::SegmentSent { peer: to, id });
-                let receiver = self.nodes.get_mut(&to).unwrap();
-                let input = match receiver.expected_len(&from, id) {
-                    Some(len) if bytes.len() <= len => Input::Segment {
-                        peer: from,
-                        id,
-                        bytes,
-                    },
-                    _ => Input::SegmentFailed { peer: from, id },
-                };
-                receiver.handle_input(now, input);
+                self.deliver(from, to, id, bytes);
+            }
+            Output::ForwardSegment {
+                to,
+                id,
+                from: upstream,
+            } => {
+                self.forwards
+                    .entry((from, upstream, id))
+                    .or_default()
+                    .push(to);
+            }
+            Output::EndForwards {
+                from: upstream,
+                id,
+                verified,
+            } => {
+                for to in self
+                    .forwards
+                    .remove(&(from, upstream, id))
+                    .unwrap_or_default()
+                {
+                    let bytes = self.nodes[&from].segment(id).cloned();
+                    match bytes.filter(|_| verified && self.linked(from, to)) {
+                        Some(bytes) => self.deliver(from, to, id, bytes),
+                        None => {
+                            // Reset: the sender's slot frees, the receiver sees the stream fail.
+                            let sender = self.nodes.get_mut(&from).unwrap();
+                            sender.handle_input(now, Input::SegmentSent { peer: to, id });
+                            if let Some(receiver) = self.nodes.get_mut(&to) {
+                                receiver.handle_input(now, Input::SegmentFailed { peer: from, id });
+                            }
+                        }
+                    }
+                }
             }
             Output::Dial(target) => {
                 let Some(&to) = self.addrs.get(&target.addr) else {
@@ -189,6 +212,30 @@ impl Harness {
             Output::Close { peer, .. } => self.disconnect(from, peer),
             Output::Event(e) => self.events.push((from, e)),
         }
+    }
+
+    /// A segment stream from `from` reaches `to` whole: its header first (the receiver may
+    /// forward it as it comes), then its end.
+    fn deliver(&mut self, from: PeerId, to: PeerId, id: SegmentId, bytes: Bytes) {
+        let now = self.now;
+        // The stream is done (delivered or refused): the sender's slot is free again.
+        self.nodes
+            .get_mut(&from)
+            .unwrap()
+            .handle_input(now, Input::SegmentSent { peer: to, id });
+        let receiver = self.nodes.get_mut(&to).unwrap();
+        let input = match receiver.expected_len(&from, id) {
+            Some(len) if bytes.len() <= len => {
+                receiver.handle_input(now, Input::SegmentArriving { peer: from, id });
+                Input::Segment {
+                    peer: from,
+                    id,
+                    bytes,
+                }
+            }
+            _ => Input::SegmentFailed { peer: from, id },
+        };
+        receiver.handle_input(now, input);
     }
 
     fn disconnect(&mut self, a: PeerId, b: PeerId) {
@@ -297,6 +344,74 @@ fn viewers_receive_every_segment_verified_and_byte_identical() {
         .map(|v| h.nodes[v].stats().bytes_from_peers)
         .sum();
     assert!(from_peers > 0, "no segment went viewer to viewer");
+    // The viewer the source feeds passes each segment on as it arrives.
+    let forwarded: u64 = [a, b]
+        .iter()
+        .map(|v| h.nodes[v].stats().segments_forwarded)
+        .sum();
+    assert!(forwarded > 0, "no segment was forwarded as it arrived");
+}
+
+#[test]
+fn a_corrupted_segment_forwarded_as_it_arrives_never_completes_downstream() {
+    let (mut h, source) = Harness::new(StreamKind::Live);
+    h.publish(source, b"init");
+    let viewers = [h.add_viewer(1, source), h.add_viewer(2, source)];
+    for n in 0..4 {
+        h.publish(source, &payload(n));
+        h.advance(Duration::from_secs(1));
+    }
+    // The source feeds one viewer, which feeds the other.
+    let fed = |h: &Harness, parent: PeerId| {
+        viewers
+            .into_iter()
+            .find(|v| h.nodes[v].tree().0 == Some(parent))
+            .unwrap()
+    };
+    let first = fed(&h, source);
+    let second = fed(&h, first);
+    // The source's next copy to `first` is corrupted, once.
+    let mut once = true;
+    h.tamper.insert(
+        source,
+        Box::new(move |id, bytes| {
+            if id != SegmentId::Media(4) || !once {
+                return Some(bytes);
+            }
+            once = false;
+            let mut v = bytes.to_vec();
+            v[0] ^= 0xff;
+            Some(Bytes::from(v))
+        }),
+    );
+    h.publish(source, &payload(4));
+    assert!(
+        h.nodes[&first].stats().segments_forwarded >= 1,
+        "the segment was not forwarded as it arrived"
+    );
+    let rejected = |h: &Harness, at: PeerId| {
+        h.events
+            .iter()
+            .filter(|(v, e)| *v == at && matches!(e, Event::SegmentRejected { .. }))
+            .count()
+    };
+    // `first` caught it; `second` never completed the forwarded stream, so it rejected
+    // nothing and holds nothing against `first`.
+    assert_eq!(rejected(&h, first), 1);
+    assert_eq!(rejected(&h, second), 0);
+    let strikes = h.nodes[&second]
+        .partners()
+        .find(|p| p.peer == first)
+        .map(|p| p.strikes);
+    assert_eq!(strikes, Some(0));
+    // Both fetch a good copy again in time.
+    h.advance(Duration::from_secs(3));
+    for v in viewers {
+        assert_eq!(
+            h.nodes[&v].segment(SegmentId::Media(4)).unwrap().as_ref(),
+            &payload(4)[..]
+        );
+    }
 }
 
 #[test]

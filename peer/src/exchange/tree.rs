@@ -51,7 +51,7 @@ impl Exchange {
         } else {
             // Whole streams only (a little below counts: measurements are noisy); what is
             // left over serves partners' requests.
-            (streams + 0.05) as usize
+            (streams * CHILD_LOAD + 0.05) as usize
         };
         slots.min(self.config.max_children)
     }
@@ -288,7 +288,12 @@ impl Exchange {
             .partners
             .get(&child)
             .is_none_or(|p| p.have.contains(id));
-        if holds || self.uploads.contains_key(&(child, id)) {
+        let queued = || {
+            self.upload_queue
+                .iter()
+                .any(|q| q.to == child && q.id == id)
+        };
+        if holds || self.uploads.contains_key(&(child, id)) || queued() {
             return;
         }
         let now = self.seen.get(&id).copied();
@@ -325,3 +330,6 @@ pub(super) const MAX_PARENT_MISSES: u32 = 3;
 const CLIMB_FROM_DEPTH: u8 = 3;
 pub(super) const FIRST_CLIMB: Duration = Duration::from_secs(10);
 const MAX_CLIMB_BACKOFF: Duration = Duration::from_secs(120);
+/// The share of a viewer's uplink that its children's streams take at most: the rest
+/// absorbs requests, repairs and rate dips, so forwards do not queue up behind each other.
+const CHILD_LOAD: f64 = 1.0;

@@ -30,7 +30,7 @@ impl Exchange {
                 .upload_queue
                 .iter()
                 .filter(|q| !q.request || q.deadline <= deadline)
-                .filter_map(|q| self.store.get(&q.id).map(Bytes::len))
+                .filter_map(|q| self.statements.get(&q.id).map(|s| s.meta.len as usize))
                 .sum::<usize>();
         let finish =
             Duration::from_secs_f64((ahead + len) as f64 * 8.0 / self.meter.estimate_bps());
@@ -73,48 +73,88 @@ impl Exchange {
         self.uploads_accounted = Some(now);
     }
 
-    /// Starts queued uploads while slots are free.
+    /// Starts queued uploads: pushes one at a time to each child (the oldest segment first,
+    /// as QUIC's stream priorities would order them anyway), forwards of segments still
+    /// arriving at once (they go at the pace of their arrival, so they take no slot), the
+    /// rest while slots are free.
     pub(super) fn start_uploads(&mut self, now: Instant) {
-        while self.uploads.len() < self.upload_slots() {
-            let Some(Queued {
-                to: peer,
-                id,
-                deadline,
-                request,
-                ..
-            }) = self.upload_queue.pop_first()
-            else {
-                return;
-            };
-            if !request && deadline + STALE_PUSH < now {
-                // Our child plays it already (or skipped it): pushing it now wastes upload.
+        let busy = self.uploads.values().filter(|u| !u.forwarded).count();
+        let mut free = self.upload_slots().saturating_sub(busy);
+        let mut starts: Vec<(Queued, Result<Bytes, PeerId>)> = Vec::new();
+        let mut done: Vec<Queued> = Vec::new();
+        let mut receiving: Vec<PeerId> = self.uploads.keys().map(|(to, _)| *to).collect();
+        for q in &self.upload_queue {
+            if !q.request && receiving.contains(&q.to) {
                 continue;
             }
-            let Some(bytes) = self.store.get(&id).cloned() else {
-                // Evicted while it waited.
-                self.send(peer, Frame::Missing(id));
+            if !q.request && q.deadline + STALE_PUSH < now {
+                // Our child plays it already (or skipped it): pushing it now wastes upload.
+                done.push(*q);
                 continue;
+            }
+            let source = match (self.store.get(&q.id), self.arriving.get(&q.id)) {
+                (Some(bytes), _) => Ok(bytes.clone()),
+                (None, Some(arrival)) if !q.request => Err(arrival.from),
+                (None, _) => {
+                    // Evicted while it waited, or its arrival broke off (a push is then
+                    // dropped: the child repairs from its partners).
+                    if q.request {
+                        self.outputs.push_back(Output::Send {
+                            to: q.to,
+                            frame: Frame::Missing(q.id),
+                        });
+                    }
+                    done.push(*q);
+                    continue;
+                }
             };
-            let holds = self.partners.get(&peer).is_none_or(|p| p.have.contains(id));
-            if !request && holds {
+            let holds = self
+                .partners
+                .get(&q.to)
+                .is_none_or(|p| p.have.contains(q.id));
+            if !q.request && holds {
                 // Gone, or it got the segment elsewhere meanwhile: the push is not needed
                 // any more. (A request is served whatever we heard: the requester knows.)
+                done.push(*q);
                 continue;
             }
-            self.account_sharing(now);
+            if source.is_ok() {
+                if free == 0 {
+                    continue;
+                }
+                free -= 1;
+            }
+            done.push(*q);
+            receiving.push(q.to);
+            starts.push((*q, source));
+        }
+        for q in &done {
+            self.upload_queue.remove(q);
+        }
+        if starts.is_empty() {
+            return;
+        }
+        self.account_sharing(now);
+        for (Queued { to: peer, id, .. }, source) in starts {
+            let len = self.statements.get(&id).map_or(0, |s| s.meta.len as usize);
             self.uploads.insert(
                 (peer, id),
                 Upload {
-                    bytes: bytes.len(),
+                    bytes: len,
                     started: now,
                     shared: 0.0,
+                    forwarded: source.is_err(),
                 },
             );
-            self.stats.bytes_uploaded += bytes.len() as u64;
-            self.outputs.push_back(Output::SendSegment {
-                to: peer,
-                id,
-                bytes,
+            self.stats.bytes_uploaded += len as u64;
+            self.stats.segments_forwarded += u64::from(source.is_err());
+            self.outputs.push_back(match source {
+                Ok(bytes) => Output::SendSegment {
+                    to: peer,
+                    id,
+                    bytes,
+                },
+                Err(from) => Output::ForwardSegment { to: peer, id, from },
             });
         }
     }
@@ -141,6 +181,8 @@ pub(super) struct Upload {
     /// The integral over its lifetime of how many uploads ran at once (seconds × uploads),
     /// to measure the uplink from its rate.
     pub(super) shared: f64,
+    /// Forwarded while it arrived (its pace was the arrival's, not our uplink's).
+    pub(super) forwarded: bool,
 }
 
 /// An upload waiting for a slot; the order of the fields is the order of service.

@@ -9,6 +9,7 @@
 //!   actor task: owns the Exchange, the connection table and the timer
 //!        │ Output::Send        → the connection's writer task (control stream)
 //!        │ Output::SendSegment → a task writing one uni stream, prioritised by deadline
+//!        │ Output::ForwardSegment → the same, fed by a segment stream still arriving (Relay)
 //!        │ Output::Dial/Close  → quinn
 //!        ▼ Output::Event       → gateway::MediaStore (verified segments only) + status
 //! ```
@@ -48,6 +49,8 @@ mod close_code {
     pub const PROTOCOL: u32 = 0x02;
     pub const SLOW: u32 = 0x03;
     pub const SHUTDOWN: u32 = 0x04;
+    /// A forwarded segment stream whose own arrival broke off or failed verification.
+    pub const RELAY_BROKEN: u32 = 0x05;
 }
 
 /// The largest segment stream accepted before its header is checked against a statement.
@@ -328,7 +331,7 @@ enum Msg {
     SegmentStart {
         peer: PeerId,
         id: SegmentId,
-        reply: oneshot::Sender<Option<usize>>,
+        reply: oneshot::Sender<Option<(usize, Arc<Relay>)>>,
     },
     Segment {
         peer: PeerId,
@@ -542,6 +545,8 @@ async fn start(
                 Bootstrap::Peer(_) => None,
             })
             .collect(),
+        relays: HashMap::new(),
+        ended_streams: Vec::new(),
         retry_at: now + FIRST_RETRY,
         retry_backoff: FIRST_RETRY,
     };
@@ -620,6 +625,10 @@ struct Actor {
     /// This viewer's QoS, by the same definitions as `sim`.
     qos: NodeQos,
     playlist_window: usize,
+    /// Segment streams arriving, by sender and segment, for forwards to read from.
+    relays: HashMap<(PeerId, SegmentId), Arc<Relay>>,
+    /// Segment streams that ended since the last `drain`: their relays end with it.
+    ended_streams: Vec<(PeerId, SegmentId)>,
     /// Bootstrap addresses given without a peer id; dialled again while we have no partner.
     bootstrap: Vec<SocketAddr>,
     retry_at: Instant,
@@ -730,9 +739,19 @@ impl Actor {
                 }
             }
             Msg::SegmentStart { peer, id, reply } => {
-                let _ = reply.send(self.exchange.expected_len(&peer, id));
+                let Some(limit) = self.exchange.expected_len(&peer, id) else {
+                    let _ = reply.send(None);
+                    return;
+                };
+                let relay = Arc::new(Relay::default());
+                if reply.send(Some((limit, relay.clone()))).is_ok() {
+                    self.relays.insert((peer, id), relay);
+                    self.exchange
+                        .handle_input(now, Input::SegmentArriving { peer, id });
+                }
             }
             Msg::Segment { peer, id, bytes } => {
+                self.ended_streams.push((peer, id));
                 self.exchange
                     .handle_input(now, Input::Segment { peer, id, bytes });
             }
@@ -741,6 +760,7 @@ impl Actor {
                     .handle_input(now, Input::SegmentSent { peer, id });
             }
             Msg::SegmentFailed { peer, id } => {
+                self.ended_streams.push((peer, id));
                 self.exchange
                     .handle_input(now, Input::SegmentFailed { peer, id });
             }
@@ -841,6 +861,26 @@ impl Actor {
                         let _ = tx.send(Msg::SegmentSent { peer: to, id });
                     });
                 }
+                Output::ForwardSegment { to, id, from } => {
+                    let relay = self.relays.get(&(from, id)).cloned();
+                    let (Some(c), Some(relay)) = (self.conns.get(&to), relay) else {
+                        let now = Instant::now();
+                        self.exchange
+                            .handle_input(now, Input::SegmentSent { peer: to, id });
+                        continue;
+                    };
+                    let tx = self.tx.clone();
+                    let conn = c.conn.clone();
+                    tokio::spawn(async move {
+                        forward_segment(conn, id, relay).await;
+                        let _ = tx.send(Msg::SegmentSent { peer: to, id });
+                    });
+                }
+                Output::EndForwards { from, id, verified } => {
+                    if let Some(relay) = self.relays.remove(&(from, id)) {
+                        relay.end(verified);
+                    }
+                }
                 Output::Dial(target) => {
                     let me = self.exchange.me();
                     spawn_dial(&self.net, Some(target.id), target.addr, self.tx.clone(), me);
@@ -869,6 +909,13 @@ impl Actor {
                     });
                 }
                 Output::Event(event) => self.on_event(event),
+            }
+        }
+        // A stream the exchange did not vouch for (it was a duplicate, or not forwarded):
+        // nothing of it is passed on complete.
+        for key in self.ended_streams.drain(..) {
+            if let Some(relay) = self.relays.remove(&key) {
+                relay.end(false);
             }
         }
         self.publish_status();
@@ -955,6 +1002,7 @@ impl Actor {
             "segments_rejected": stats.segments_rejected,
             "statements_rejected": stats.statements_rejected,
             "requests_retried": stats.requests_retried,
+            "segments_forwarded": stats.segments_forwarded,
             "partners": partners,
             "tree": {
                 "parent": parent.map(|p| p.short()),
@@ -1167,13 +1215,17 @@ async fn read_segment(
     if tx.send(Msg::SegmentStart { peer, id, reply }).is_err() {
         return;
     }
-    let Ok(Some(limit)) = expected.await else {
+    let Ok(Some((limit, relay))) = expected.await else {
         debug!(peer = %peer.short(), %id, "refusing an unrequested segment stream");
         let _ = stream.stop(VarInt::from_u32(close_code::PROTOCOL));
         return;
     };
     let mut payload = BytesMut::with_capacity(limit);
-    payload.extend_from_slice(&buf[used..]);
+    let first = Bytes::copy_from_slice(&buf[used..]);
+    payload.extend_from_slice(&first);
+    if !first.is_empty() {
+        relay.push(first);
+    }
     let failed = loop {
         if payload.len() > limit {
             warn!(peer = %peer.short(), %id, limit, "segment stream longer than signed");
@@ -1181,7 +1233,14 @@ async fn read_segment(
             break true;
         }
         match stream.read_chunk(limit + 1 - payload.len(), true).await {
-            Ok(Some(chunk)) => payload.extend_from_slice(&chunk.bytes),
+            Ok(Some(chunk)) => {
+                payload.extend_from_slice(&chunk.bytes);
+                // Forwards pass it on before the rest arrives (and finish only once the whole
+                // segment verified).
+                if payload.len() <= limit {
+                    relay.push(chunk.bytes);
+                }
+            }
             Ok(None) => break false,
             Err(_) => break true,
         }
@@ -1198,15 +1257,90 @@ async fn read_segment(
     let _ = tx.send(msg);
 }
 
+/// A stream's priority: the most urgent (oldest) segment first, the init segment before all.
+fn priority(id: SegmentId) -> i32 {
+    match id {
+        SegmentId::Init => i32::MAX,
+        SegmentId::Media(seq) => i32::MAX - 1 - (seq % (i32::MAX as u64 - 1)) as i32,
+    }
+}
+
+/// A segment stream as it arrives, for the streams that forward it: its chunks so far and,
+/// once the exchange checked the whole, whether it verified.
+#[derive(Default)]
+struct Relay {
+    chunks: Mutex<Vec<Bytes>>,
+    progress: tokio::sync::watch::Sender<RelayProgress>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct RelayProgress {
+    chunks: usize,
+    verified: Option<bool>,
+}
+
+impl Relay {
+    fn push(&self, chunk: Bytes) {
+        if let Ok(mut chunks) = self.chunks.lock() {
+            chunks.push(chunk);
+            self.progress.send_modify(|p| p.chunks = chunks.len());
+        }
+    }
+
+    fn end(&self, verified: bool) {
+        self.progress.send_modify(|p| p.verified = Some(verified));
+    }
+
+    fn chunks(&self, range: std::ops::Range<usize>) -> Vec<Bytes> {
+        self.chunks
+            .lock()
+            .map(|c| c.get(range).map(<[Bytes]>::to_vec).unwrap_or_default())
+            .unwrap_or_default()
+    }
+}
+
+/// Forwards a segment on a new unidirectional stream while it is still arriving: each chunk
+/// goes out as it comes, and the stream finishes only if the whole segment verified (it is
+/// reset otherwise, so the receiver never completes unverified bytes).
+async fn forward_segment(conn: Connection, id: SegmentId, relay: Arc<Relay>) {
+    let mut progress = relay.progress.subscribe();
+    let result = async {
+        let mut stream = conn.open_uni().await?;
+        let _ = stream.set_priority(priority(id));
+        stream.write_all(&SegmentHeader { id }.encode()).await?;
+        let mut sent = 0;
+        loop {
+            let now = *progress.borrow_and_update();
+            for chunk in relay.chunks(sent..now.chunks) {
+                stream.write_chunk(chunk).await?;
+                sent += 1;
+            }
+            match now.verified {
+                Some(true) => {
+                    stream.finish()?;
+                    return Ok(());
+                }
+                Some(false) => break,
+                None => {}
+            }
+            if progress.changed().await.is_err() {
+                break;
+            }
+        }
+        let _ = stream.reset(VarInt::from_u32(close_code::RELAY_BROKEN));
+        Ok::<_, SendError>(())
+    }
+    .await;
+    if let Err(e) = result {
+        debug!(%id, error = %e, "segment forward failed");
+    }
+}
+
 /// Sends one segment on a new unidirectional stream, the most urgent (oldest) first.
 async fn send_segment(conn: Connection, id: SegmentId, bytes: Bytes) {
     let result = async {
         let mut stream = conn.open_uni().await?;
-        let priority = match id {
-            SegmentId::Init => i32::MAX,
-            SegmentId::Media(seq) => i32::MAX - 1 - (seq % (i32::MAX as u64 - 1)) as i32,
-        };
-        let _ = stream.set_priority(priority);
+        let _ = stream.set_priority(priority(id));
         stream.write_all(&SegmentHeader { id }.encode()).await?;
         stream.write_chunk(bytes).await?;
         stream.finish()?;
