@@ -151,16 +151,16 @@ impl Exchange {
         }
         self.children.push(peer);
         self.send(peer, Frame::Feed(true));
-        // Everything it misses that we hold and it may still play goes out at once.
-        let held: Vec<SegmentId> = self
-            .store
-            .keys()
-            .filter(|id| matches!(id, SegmentId::Media(n) if *n + PUSH_BACKLOG >= self.newest().unwrap_or(0)))
-            .collect();
-        for id in held {
-            self.push_to(peer, id);
+        // From now on: the newest segment if we hold it, and what comes next. Older segments it misses it fetches from its partners; pushing a backlog would
+        // hold up the live edge behind it, for this child and for every peer below it (in
+        // `sim`, pushing the two before the newest cost smoke 0.97 → 0.52 and live-1k 0.94 →
+        // 0.83 continuity).
+        if let Some(newest) = self.newest().map(SegmentId::Media) {
+            if self.store.contains_key(&newest) {
+                self.push_to(peer, newest);
+                self.start_uploads(now);
+            }
         }
-        self.start_uploads(now);
     }
 
     /// A partner's answer to our subscription, or its change of mind.
@@ -321,8 +321,6 @@ pub(super) const MAX_DEPTH: u8 = 24;
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A partner that refused to feed us is not asked again before this.
 const REFUSED_BACKOFF: Duration = Duration::from_secs(10);
-/// A new child gets the segments we hold that are at most this far behind the newest.
-const PUSH_BACKLOG: u64 = 2;
 /// A parent that misses this many pushes in a row is replaced.
 pub(super) const MAX_PARENT_MISSES: u32 = 3;
 /// A strong peer this deep (or deeper) tries to climb, first this long after it started,
