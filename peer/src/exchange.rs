@@ -390,6 +390,8 @@ struct Partner {
     spare: u8,
     /// It refused to feed us: not asked again before this instant.
     refused_until: Option<Instant>,
+    /// When a frame from it last arrived.
+    last_heard: Option<Instant>,
 }
 
 impl Partner {
@@ -407,6 +409,7 @@ impl Partner {
             depth: NO_DEPTH,
             spare: 0,
             refused_until: None,
+            last_heard: None,
         }
     }
 
@@ -943,9 +946,10 @@ impl Exchange {
 
     /// Handles a frame from a partner; returns whether it may have made a request possible.
     fn on_frame(&mut self, now: Instant, peer: PeerId, frame: Frame) -> bool {
-        if !self.partners.contains_key(&peer) {
+        let Some(partner) = self.partners.get_mut(&peer) else {
             return false;
-        }
+        };
+        partner.last_heard = Some(now);
         match frame {
             Frame::Hello { channel, listen } => {
                 if channel != self.channel {
@@ -1183,6 +1187,32 @@ impl Exchange {
             id,
             verified,
         });
+    }
+
+    /// A live parent tells us of every segment it gets; one that has been silent while the
+    /// stream went on has crashed or lost its link (QUIC's idle timeout would say so only
+    /// after 10 s): we leave it, and the segments it was sending us are missing again.
+    fn leave_silent_parent(&mut self, now: Instant) {
+        let Some(parent) = self.parent else { return };
+        let heard = self.partners.get(&parent).and_then(|p| p.last_heard);
+        let silent = heard.is_none_or(|t| now.saturating_duration_since(t) > PARENT_SILENCE);
+        let stream_on = self
+            .last_fresh
+            .is_some_and(|t| now.saturating_duration_since(t) < PARENT_SILENCE);
+        if !silent || !stream_on {
+            return;
+        }
+        debug!(parent = %parent.short(), "parent silent; looking for another");
+        let arriving: Vec<SegmentId> = self
+            .arriving
+            .iter()
+            .filter(|(_, a)| a.from == parent)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in arriving {
+            self.end_forwards(parent, id, false);
+        }
+        self.leave_parent(now);
     }
 
     /// Whether segment `id` is arriving from `peer` (its stream started, we do not hold it).
@@ -1653,6 +1683,7 @@ impl Exchange {
         if self.is_source() {
             return;
         }
+        self.leave_silent_parent(now);
         self.climb(now);
         self.find_parent(now);
         self.redial_stalled_source(now);
@@ -2040,6 +2071,8 @@ impl HaveMap {
     }
 }
 
+/// A parent silent this long while the stream goes on is left.
+const PARENT_SILENCE: Duration = Duration::from_millis(2500);
 /// A segment stream still arriving after this long is given up (its sender stalled).
 const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(6);
 /// How long a partner that answered `Busy` is left alone.
