@@ -33,6 +33,8 @@ pub struct ViewerQos {
     buffered: BTreeSet<u64>,
     /// The first segment played and when playback started.
     start: Option<(u64, Instant)>,
+    /// Segments before this one do not count (on demand: where the viewer started or sought).
+    from: u64,
     /// The next segment whose deadline has not been judged yet.
     next_due: u64,
     due: u64,
@@ -62,11 +64,19 @@ impl ViewerQos {
             has_init: false,
             buffered: BTreeSet::new(),
             start: None,
+            from: 0,
             next_due: 0,
             due: 0,
             on_time: 0,
             stored_since_sample: Vec::new(),
         }
+    }
+
+    /// Playback starts at segment `first` (an on-demand viewer that started or sought there):
+    /// segments before it do not count.
+    pub fn from_segment(mut self, first: u64) -> Self {
+        self.from = first;
+        self
     }
 
     /// The init segment is here. Returns the startup delay when this made playback start.
@@ -78,6 +88,9 @@ impl ViewerQos {
     /// Media segment `seq` is here, `latency` after the source created it. Returns the startup
     /// delay when this segment made playback start.
     pub fn on_segment(&mut self, now: Instant, seq: u64, latency: Duration) -> Option<Duration> {
+        if seq < self.from {
+            return None;
+        }
         self.stored_since_sample.push(latency);
         if self.start.is_none_or(|_| seq >= self.next_due) {
             self.buffered.insert(seq);
@@ -124,6 +137,11 @@ impl ViewerQos {
             due: self.due,
             on_time: self.on_time,
         }
+    }
+
+    /// The segment playback needs next, once it started (what a player asks for).
+    pub fn playhead(&self) -> Option<u64> {
+        self.start.map(|_| self.next_due)
     }
 
     /// The startup delay, once playback started.
@@ -189,6 +207,23 @@ mod tests {
             }
         );
         assert_eq!(q.continuity(), Some(1.0));
+    }
+
+    #[test]
+    fn a_seek_plays_from_its_position_and_tells_the_playhead() {
+        let t0 = Instant::now();
+        let mut q = ViewerQos::new(t0, SEG, None).from_segment(40);
+        q.on_init(t0);
+        // A segment from before the seek arrives late: it does not start playback.
+        assert_eq!(q.on_segment(t0, 12, SEG), None);
+        assert_eq!(q.playhead(), None);
+        let startup = q.on_segment(t0 + Duration::from_millis(700), 40, SEG);
+        assert_eq!(startup, Some(Duration::from_millis(700)));
+        assert_eq!(q.playhead(), Some(40));
+        q.advance(t0 + Duration::from_millis(700) + SEG * 2);
+        // 40 was here; 41 and 42 came due without arriving.
+        assert_eq!(q.playhead(), Some(43));
+        assert_eq!(q.totals(), Judged { due: 3, on_time: 1 });
     }
 
     #[test]

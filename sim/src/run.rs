@@ -26,7 +26,7 @@ use crate::engine::{Engine, Step};
 use crate::hosted::{host_addr, Directory, ExchangeCore, MemoVerifier};
 use crate::metrics::{percentiles, RunSeries, Sample, Summary, Traffic};
 use crate::net::{HostId, HostNet, NatType, SimTime};
-use crate::scenario::{Scenario, SessionLength, StreamKind};
+use crate::scenario::{Scenario, SessionLength, StreamKind, VodStart};
 
 /// The Unix time (ms) that simulated time 0 stands for; fixed so that runs are reproducible.
 const EPOCH_UNIX_MS: u64 = 1_700_000_000_000;
@@ -58,6 +58,7 @@ enum Ext {
     Publish(u64),
     Join,
     Depart { host: HostId, crash: bool },
+    Seek { host: HostId },
     SourceFail { down: SimTime },
     SourceReturn,
     PartitionStart { index: usize },
@@ -305,6 +306,7 @@ impl<'a> Runner<'a> {
             }
             Ext::Join => self.join(),
             Ext::Depart { host, crash } => self.depart(host, crash),
+            Ext::Seek { host } => self.seek(host),
             Ext::SourceFail { down } => {
                 self.engine.crash(self.source);
                 self.source_up = false;
@@ -452,12 +454,28 @@ impl<'a> Runner<'a> {
         });
         let live_target = (s.stream.kind == StreamKind::Live)
             .then(|| Duration::from_secs_f64(s.protocol.playback_latency_s));
+        let vod = s.viewers.vod;
+        let first = match vod.map(|v| v.start) {
+            Some(VodStart::Random) => {
+                let first = self.random_position();
+                self.engine
+                    .with_core(host, |core, now| core.exchange().set_playhead(now, first));
+                first
+            }
+            Some(VodStart::Beginning) | None => 0,
+        };
         self.viewers.insert(
             host,
             Viewer {
-                qos: ViewerQos::new(now, s.segment(), live_target),
+                qos: ViewerQos::new(now, s.segment(), live_target).from_segment(first),
             },
         );
+        if let Some(every) = vod.and_then(|v| v.seek_every) {
+            let at = self.engine.now() + secs(session_length(&mut self.rng, every));
+            if at <= self.end {
+                self.engine.schedule(at, Ext::Seek { host });
+            }
+        }
         self.present.push(host);
         self.joined += 1;
         self.peak = self.peak.max(self.present.len() as u64);
@@ -468,6 +486,66 @@ impl<'a> Runner<'a> {
             let at = self.engine.now() + secs(length);
             if at <= self.end {
                 self.engine.schedule(at, Ext::Depart { host, crash });
+            }
+        }
+    }
+
+    /// A uniformly drawn segment of the film, outside its last tenth.
+    fn random_position(&mut self) -> u64 {
+        let segments = self.scenario.stream.vod_length_s.unwrap_or(0.0) * 1000.0
+            / self.scenario.stream.segment_ms as f64;
+        let end = (segments * 0.9).max(1.0) as u64;
+        self.rng.gen_range(0..end)
+    }
+
+    /// An on-demand viewer jumps to a random position: playback there is judged afresh (the
+    /// wait for it counts as a startup delay), from what the viewer holds already and what
+    /// it fetches next.
+    fn seek(&mut self, host: HostId) {
+        let instant = self.engine.instant(self.engine.now());
+        let Some(viewer) = self.viewers.get_mut(&host) else {
+            return;
+        };
+        let judged = viewer.qos.advance(instant);
+        self.window.due += judged.due;
+        self.window.on_time += judged.on_time;
+        let totals = viewer.qos.totals();
+        self.due += totals.due;
+        self.on_time += totals.on_time;
+        let first = self.random_position();
+        let s = self.scenario;
+        let mut qos = ViewerQos::new(instant, s.segment(), None).from_segment(first);
+        let mut held = Vec::new();
+        self.engine.with_core(host, |core, now| {
+            let exchange = core.exchange();
+            exchange.set_playhead(now, first);
+            let init = exchange.segment(SegmentId::Init).is_some();
+            held.extend(
+                (first..)
+                    .take_while(|n| exchange.segment(SegmentId::Media(*n)).is_some())
+                    .map(Some),
+            );
+            if init {
+                held.push(None);
+            }
+        });
+        // What it already holds is playable at once.
+        for seq in held {
+            let start = match seq {
+                Some(seq) => qos.on_segment(instant, seq, Duration::ZERO),
+                None => qos.on_init(instant),
+            };
+            if let Some(startup) = start {
+                self.startups_ms.push(startup.as_secs_f64() * 1000.0);
+            }
+        }
+        if let Some(viewer) = self.viewers.get_mut(&host) {
+            viewer.qos = qos;
+        }
+        if let Some(every) = s.viewers.vod.and_then(|v| v.seek_every) {
+            let at = self.engine.now() + secs(session_length(&mut self.rng, every));
+            if at <= self.end {
+                self.engine.schedule(at, Ext::Seek { host });
             }
         }
     }
@@ -502,10 +580,21 @@ impl<'a> Runner<'a> {
     fn sample(&mut self) {
         let now = self.engine.now();
         let instant = self.engine.instant(now);
-        for viewer in self.viewers.values_mut() {
+        let vod = self.record.record.kind == PeerStreamKind::Vod;
+        let mut playheads = Vec::new();
+        for (host, viewer) in self.viewers.iter_mut() {
             let judged = viewer.qos.advance(instant);
             self.window.due += judged.due;
             self.window.on_time += judged.on_time;
+            if let Some(seq) = viewer.qos.playhead().filter(|_| vod) {
+                playheads.push((*host, seq));
+            }
+        }
+        // An on-demand player asks for the segment it plays next, as the gateway tells the
+        // real node: what it skipped is not fetched any more.
+        for (host, seq) in playheads {
+            self.engine
+                .with_core(host, |core, now| core.exchange().set_playhead(now, seq));
         }
         let w = std::mem::take(&mut self.window);
         let interval = self.scenario.sample_every_s;

@@ -173,6 +173,32 @@ pub struct Viewers {
     /// Sudden arrivals.
     #[serde(default)]
     pub flash_crowds: Vec<FlashCrowd>,
+    /// On demand: where viewers start watching and how often they seek.
+    #[serde(default)]
+    pub vod: Option<VodViewing>,
+}
+
+/// How on-demand viewers watch.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VodViewing {
+    /// Where a viewer starts.
+    #[serde(default)]
+    pub start: VodStart,
+    /// Time between a viewer's seeks (each to a random position), if they seek.
+    #[serde(default)]
+    pub seek_every: Option<SessionLength>,
+}
+
+/// Where an on-demand viewer starts watching.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VodStart {
+    /// At the first segment.
+    #[default]
+    Beginning,
+    /// At a position drawn uniformly from the film (not in its last tenth).
+    Random,
 }
 
 /// A class of access links.
@@ -201,6 +227,23 @@ pub struct Churn {
     /// Whether each departing viewer is replaced by a newcomer (a steady population).
     #[serde(default = "defaults::yes")]
     pub replace: bool,
+}
+
+impl SessionLength {
+    /// Checks the parameters; `keys` name them for errors (mean, shape, scale, alpha, min).
+    fn validate(self, keys: [&'static str; 5]) -> Result<(), (&'static str, String)> {
+        match self {
+            Self::Exponential { mean_s } => positive(keys[0], mean_s),
+            Self::Weibull { shape, scale_s } => {
+                positive(keys[1], shape)?;
+                positive(keys[2], scale_s)
+            }
+            Self::Pareto { alpha, min_s } => {
+                positive(keys[3], alpha)?;
+                positive(keys[4], min_s)
+            }
+        }
+    }
 }
 
 /// A session length distribution, in seconds.
@@ -482,18 +525,26 @@ impl Scenario {
         )?;
         if let Some(churn) = &v.churn {
             fraction("viewers.churn.crash_fraction", churn.crash_fraction)?;
-            match churn.session {
-                SessionLength::Exponential { mean_s } => {
-                    positive("viewers.churn.session.mean_s", mean_s)?
-                }
-                SessionLength::Weibull { shape, scale_s } => {
-                    positive("viewers.churn.session.shape", shape)?;
-                    positive("viewers.churn.session.scale_s", scale_s)?;
-                }
-                SessionLength::Pareto { alpha, min_s } => {
-                    positive("viewers.churn.session.alpha", alpha)?;
-                    positive("viewers.churn.session.min_s", min_s)?;
-                }
+            churn.session.validate([
+                "viewers.churn.session.mean_s",
+                "viewers.churn.session.shape",
+                "viewers.churn.session.scale_s",
+                "viewers.churn.session.alpha",
+                "viewers.churn.session.min_s",
+            ])?;
+        }
+        if let Some(vod) = &v.vod {
+            if self.stream.kind != StreamKind::Vod {
+                return Err(("viewers.vod", "only applies to kind = \"vod\"".into()));
+            }
+            if let Some(seek) = vod.seek_every {
+                seek.validate([
+                    "viewers.vod.seek_every.mean_s",
+                    "viewers.vod.seek_every.shape",
+                    "viewers.vod.seek_every.scale_s",
+                    "viewers.vod.seek_every.alpha",
+                    "viewers.vod.seek_every.min_s",
+                ])?;
             }
         }
         for f in &v.flash_crowds {
@@ -601,6 +652,25 @@ mod tests {
         );
         let err = Scenario::parse(&text, "t.toml").unwrap_err().to_string();
         assert!(err.contains("lognormal"), "{err}");
+    }
+
+    #[test]
+    fn on_demand_viewing_is_checked() {
+        let text = format!("{MINIMAL}\n[viewers.vod]\nstart = \"random\"\n");
+        let err = Scenario::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("viewers.vod"), "{err}");
+        let vod = MINIMAL.replace(
+            "bitrate_kbps = 2000",
+            "bitrate_kbps = 2000\nkind = \"vod\"\nvod_length_s = 600",
+        );
+        let text = format!(
+            "{vod}\n[viewers.vod]\nseek_every = {{ dist = \"exponential\", mean_s = -1 }}\n"
+        );
+        let err = Scenario::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("viewers.vod.seek_every.mean_s"), "{err}");
+        let text = format!("{vod}\n[viewers.vod]\nstart = \"random\"\nseek_every = {{ dist = \"pareto\", alpha = 1.5, min_s = 30 }}\n");
+        let ok = Scenario::parse(&text, "t.toml").unwrap();
+        assert_eq!(ok.viewers.vod.map(|v| v.start), Some(VodStart::Random));
     }
 
     #[test]
