@@ -109,6 +109,9 @@ pub struct ExchangeConfig {
     /// What this peer's uplink carries at most, if the user said so: measurements never go
     /// above it.
     pub upload_limit_bps: Option<f64>,
+    /// An HTTP origin holds the stream too (a CDN, as SmoothCache had): the last resort for a
+    /// segment no peer can deliver in time, instead of the broadcaster.
+    pub origin: bool,
 }
 
 impl Default for ExchangeConfig {
@@ -134,6 +137,7 @@ impl Default for ExchangeConfig {
             max_children: usize::MAX,
             upload_guess_bps: 2e6,
             upload_limit_bps: None,
+            origin: false,
         }
     }
 }
@@ -182,6 +186,18 @@ pub enum Input {
         /// The receiver.
         peer: PeerId,
         /// The segment.
+        id: SegmentId,
+    },
+    /// The origin answered [`Output::FetchOrigin`] with these bytes.
+    OriginSegment {
+        /// The segment asked for.
+        id: SegmentId,
+        /// The response body.
+        bytes: Bytes,
+    },
+    /// The origin could not deliver the segment (an error, a timeout, a body too long).
+    OriginFailed {
+        /// The segment asked for.
         id: SegmentId,
     },
     /// A segment stream from `peer` broke off or was refused before completing.
@@ -234,6 +250,13 @@ pub enum Output {
         id: SegmentId,
         /// Whether its bytes verified.
         verified: bool,
+    },
+    /// Fetch a segment from the HTTP origin (see [`ExchangeConfig::origin`]); answer with
+    /// [`Input::OriginSegment`] (at most the signed length: [`Exchange::origin_len`]) or
+    /// [`Input::OriginFailed`].
+    FetchOrigin {
+        /// The segment.
+        id: SegmentId,
     },
     /// Open a connection to a peer.
     Dial(PeerAddr),
@@ -290,8 +313,10 @@ pub enum Event {
         meta: SegmentMeta,
         /// Its bytes.
         bytes: Bytes,
-        /// Who sent it; `None` when this peer published it.
+        /// Who sent it; `None` when this peer published it or it came from the origin.
         from: Option<PeerId>,
+        /// It came from the HTTP origin.
+        origin: bool,
     },
     /// The broadcaster marked `last` as the final segment.
     Ended {
@@ -352,6 +377,8 @@ pub struct ExchangeStats {
     pub pushes_received: u64,
     /// Segments passed on to a child while they were still arriving (cut-through).
     pub segments_forwarded: u64,
+    /// Payload bytes received from the HTTP origin.
+    pub bytes_from_origin: u64,
 }
 
 /// A partner as the application may display it.
@@ -464,6 +491,11 @@ pub struct Exchange {
     /// Candidates not to dial again before the given instant (they just failed or left us).
     backoff: HashMap<PeerId, Instant>,
     pending: HashMap<SegmentId, Pending>,
+    /// Segments asked of the HTTP origin, and when the fetch is given up.
+    origin_pending: HashMap<SegmentId, Instant>,
+    /// The origin failed: not asked again before this instant (the broadcaster is the last
+    /// resort meanwhile).
+    origin_paused_until: Option<Instant>,
     /// Segments on their way to us that we do not hold yet, and who sends each: pushes to the
     /// peers we feed forward them as they arrive.
     arriving: HashMap<SegmentId, Arrival>,
@@ -565,6 +597,8 @@ impl Exchange {
             dialing: HashSet::default(),
             backoff: HashMap::default(),
             pending: HashMap::default(),
+            origin_pending: HashMap::default(),
+            origin_paused_until: None,
             arriving: HashMap::default(),
             uploads: HashMap::default(),
             uploads_accounted: None,
@@ -641,6 +675,18 @@ impl Exchange {
                 }
                 self.start_uploads(now);
                 false
+            }
+            Input::OriginSegment { id, bytes } => {
+                self.on_origin_segment(now, id, bytes);
+                true
+            }
+            Input::OriginFailed { id } => {
+                if self.origin_pending.remove(&id).is_some() {
+                    debug!(%id, "origin fetch failed");
+                    self.stats.requests_retried += 1;
+                    self.origin_paused_until = Some(now + ORIGIN_BACKOFF);
+                }
+                true
             }
             Input::SegmentFailed { peer, id } => {
                 self.end_forwards(peer, id, false);
@@ -725,6 +771,17 @@ impl Exchange {
                 partner.rate.penalize();
             }
         }
+        let before = self.origin_pending.len();
+        self.origin_pending.retain(|id, deadline| {
+            let keep = *deadline > now;
+            if !keep {
+                debug!(%id, "origin fetch timed out");
+            }
+            keep
+        });
+        if self.origin_pending.len() < before {
+            self.origin_paused_until = Some(now + ORIGIN_BACKOFF);
+        }
         if now >= self.next_maintenance {
             self.next_maintenance = now + self.config.maintenance_interval;
             self.expire_arrivals(now);
@@ -736,10 +793,16 @@ impl Exchange {
     /// The next instant at which [`Exchange::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let request = self.pending.values().map(|p| p.deadline).min();
-        [request, self.next_schedule, Some(self.next_maintenance)]
-            .into_iter()
-            .flatten()
-            .min()
+        let origin = self.origin_pending.values().min().copied();
+        [
+            request,
+            origin,
+            self.next_schedule,
+            Some(self.next_maintenance),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The next thing to do, if any.
@@ -756,6 +819,15 @@ impl Exchange {
         // A stream that started while it was expected is read to its end (a parent we just
         // left may still be sending).
         if asked != Some(true) && !pushed && !self.is_arriving(id, *peer) {
+            return None;
+        }
+        self.statements.get(&id).map(|s| s.meta.len as usize)
+    }
+
+    /// How many bytes to accept from the origin for `id`, or `None` if we did not ask it
+    /// (the response must then be dropped).
+    pub fn origin_len(&self, id: SegmentId) -> Option<usize> {
+        if !self.origin_pending.contains_key(&id) {
             return None;
         }
         self.statements.get(&id).map(|s| s.meta.len as usize)
@@ -1215,6 +1287,28 @@ impl Exchange {
         self.leave_parent(now);
     }
 
+    /// The origin's answer: checked against the broadcaster's statement like any peer's.
+    fn on_origin_segment(&mut self, now: Instant, id: SegmentId, bytes: Bytes) {
+        if self.origin_pending.remove(&id).is_none() || self.store.contains_key(&id) {
+            return;
+        }
+        let Some(statement) = self.statements.get(&id).copied() else {
+            return;
+        };
+        if let Err(error) = self.config.verifier.check_payload(&statement.meta, &bytes) {
+            // Not a peer's fault: nobody gets a strike; the segment is missing again, and the
+            // origin is left alone for a while.
+            warn!(%id, %error, "origin sent bytes that fail verification");
+            self.stats.segments_rejected += 1;
+            self.origin_paused_until = Some(now + ORIGIN_BACKOFF);
+            return;
+        }
+        self.stats.bytes_from_origin += bytes.len() as u64;
+        self.store_segment(id, statement.meta, bytes, None);
+        self.broadcast(None, Frame::Have(vec![id]));
+        self.push_children(now, id);
+    }
+
     /// Whether segment `id` is arriving from `peer` (its stream started, we do not hold it).
     fn is_arriving(&self, id: SegmentId, peer: PeerId) -> bool {
         self.arriving.get(&id).is_some_and(|a| a.from == peer)
@@ -1380,6 +1474,7 @@ impl Exchange {
         bytes: Bytes,
         from: Option<PeerId>,
     ) {
+        let origin = from.is_none() && !self.is_source();
         self.stats.segments_stored += 1;
         self.store.insert(id, bytes.clone());
         self.outputs.push_back(Output::Event(Event::Stored {
@@ -1387,6 +1482,7 @@ impl Exchange {
             meta,
             bytes,
             from,
+            origin,
         }));
         if let SegmentId::Media(seq) = id {
             self.evict_before(seq.saturating_sub(self.config.live_window));
@@ -1444,8 +1540,13 @@ impl Exchange {
             .filter_map(|p| p.busy_until)
             .filter(|t| *t > now)
             .min();
-        // Nothing to do while every partner is busy (the common case under load).
-        if !self.partners.values().any(usable) {
+        // Nothing to do while every partner is busy (the common case under load), unless an
+        // origin can serve.
+        let origin = self.config.origin && self.origin_paused_until.is_none_or(|t| t <= now);
+        if let Some(t) = self.origin_paused_until.filter(|t| *t > now) {
+            self.next_schedule = Some(self.next_schedule.map_or(t, |n| n.min(t)));
+        }
+        if !self.partners.values().any(usable) && !origin {
             return;
         }
         // The buffer is reused: this runs after most inputs.
@@ -1473,6 +1574,7 @@ impl Exchange {
             if self.store.contains_key(&id)
                 || self.pending.contains_key(&id)
                 || self.arriving.contains_key(&id)
+                || self.origin_pending.contains_key(&id)
             {
                 continue;
             }
@@ -1529,6 +1631,25 @@ impl Exchange {
                 if viewer.is_none_or(|(c, _)| cost < c) {
                     viewer = Some((cost, i));
                 }
+            }
+            // With an origin, it is the last resort instead of the broadcaster (whose uplink
+            // feeds the tree): asked when no viewer can deliver in time and its transfer
+            // would just make it.
+            let fed_by_source = source.is_some() && source == parent;
+            if origin && !fed_by_source && viewer.is_none_or(|(eta, _)| eta > slack) {
+                let o_eta = bits / ORIGIN_BPS;
+                if slack <= o_eta + source_margin {
+                    let timeout = Duration::from_secs_f64(
+                        (2.0 * o_eta + 1.0).min(self.config.request_timeout.as_secs_f64()),
+                    );
+                    self.origin_pending.insert(id, now + timeout);
+                    self.outputs.push_back(Output::FetchOrigin { id });
+                } else {
+                    let wait = Duration::from_secs_f64(slack - o_eta - source_margin);
+                    let due = now + wait.max(MIN_RESCHEDULE);
+                    self.next_schedule = Some(self.next_schedule.map_or(due, |t| t.min(due)));
+                }
+                continue;
             }
             let choice = match (viewer, from_source) {
                 (Some((eta, i)), _) if eta <= slack => Some((i, eta)),
@@ -2071,6 +2192,10 @@ impl HaveMap {
     }
 }
 
+/// An origin that failed is not asked again for this long.
+const ORIGIN_BACKOFF: Duration = Duration::from_secs(2);
+/// What an HTTP origin is expected to deliver one segment at (a CDN edge), until measured.
+const ORIGIN_BPS: f64 = 20e6;
 /// A parent silent this long while the stream goes on is left.
 const PARENT_SILENCE: Duration = Duration::from_millis(2500);
 /// A segment stream still arriving after this long is given up (its sender stalled).

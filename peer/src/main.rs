@@ -96,6 +96,11 @@ struct WatchArgs {
     /// A peer of the swarm to start from: `ADDR` or `PEER_ID@ADDR` (repeatable).
     #[arg(long, required = true, value_name = "PEER")]
     bootstrap: Vec<Bootstrap>,
+    /// An HTTP origin laid out like the gateway (`/init.mp4`, `/seg/N.m4s`), e.g. a CDN in
+    /// front of the broadcaster's gateway: asked for what no peer can deliver in time,
+    /// instead of the broadcaster. Plain http:// only.
+    #[arg(long, value_name = "URL")]
+    origin: Option<peer::node::origin::OriginUrl>,
     #[command(flatten)]
     net: NetArgs,
 }
@@ -292,7 +297,10 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
     let node = watch(
         args.channel,
         args.bootstrap,
-        node_config(&args.net, Role::Viewer),
+        NodeConfig {
+            origin: args.origin,
+            ..node_config(&args.net, Role::Viewer)
+        },
         Keypair::generate(),
     )
     .await?;

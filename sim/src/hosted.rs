@@ -257,6 +257,9 @@ impl Core for ExchangeCore {
                     let Some(h) = host_of(&peer) else { continue };
                     Output::Close(h)
                 }
+                // Simulated viewers have no HTTP origin (`ExchangeConfig::origin` is off), so
+                // the exchange never asks one.
+                exchange::Output::FetchOrigin { .. } => continue,
                 exchange::Output::Event(e) => Output::Event(e),
             };
             return Some(mapped);

@@ -340,6 +340,7 @@ impl<'a> Runner<'a> {
             meta,
             bytes,
             from: Some(from),
+            ..
         } = event
         else {
             return;

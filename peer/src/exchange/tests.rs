@@ -23,6 +23,10 @@ struct Harness {
     mute: HashSet<PeerId>,
     /// Forwards under way: (forwarder, who sends it the segment, segment) → receivers.
     forwards: HashMap<(PeerId, PeerId, SegmentId), Vec<PeerId>>,
+    /// What the HTTP origin answers instead of the broadcaster's bytes (a broken origin).
+    origin_bytes: Option<Bytes>,
+    /// Fetches from the origin so far.
+    origin_fetches: usize,
     next_seq: u64,
 }
 
@@ -59,6 +63,8 @@ impl Harness {
             tamper: HashMap::default(),
             mute: HashSet::default(),
             forwards: HashMap::default(),
+            origin_bytes: None,
+            origin_fetches: 0,
             next_seq: 0,
         };
         h.nodes.insert(source_id, source);
@@ -208,6 +214,22 @@ impl Harness {
                     .get_mut(&to)
                     .unwrap()
                     .handle_input(now, Input::Connected { peer: from });
+            }
+            Output::FetchOrigin { id } => {
+                // The origin mirrors the broadcaster (or serves `origin_bytes` instead).
+                let source = self.key.peer_id();
+                let bytes = match &self.origin_bytes {
+                    Some(b) => Some(b.clone()),
+                    None => self.nodes[&source].segment(id).cloned(),
+                };
+                let node = self.nodes.get_mut(&from).unwrap();
+                let input =
+                    match bytes.filter(|b| node.origin_len(id).is_some_and(|l| b.len() <= l)) {
+                        Some(bytes) => Input::OriginSegment { id, bytes },
+                        None => Input::OriginFailed { id },
+                    };
+                self.origin_fetches += 1;
+                node.handle_input(now, input);
             }
             Output::Close { peer, .. } => self.disconnect(from, peer),
             Output::Event(e) => self.events.push((from, e)),
@@ -787,5 +809,76 @@ fn a_segment_map_keeps_segment_order_and_a_tight_window() {
     assert!(
         map.insert(SegmentId::Media(u64::MAX), 1),
         "alone, any number fits"
+    );
+}
+
+/// A VOD viewer of a film of ten segments with an HTTP origin, bootstrapped at the source.
+fn viewer_with_origin(h: &mut Harness, source: PeerId) -> PeerId {
+    h.publish(source, b"init");
+    for n in 0..10 {
+        h.publish(source, &payload(n));
+    }
+    let id = Keypair::from_seed([1; 32]).peer_id();
+    let origin = ExchangeConfig {
+        origin: true,
+        ..config()
+    };
+    let mut viewer = Exchange::viewer(h.now, origin, id, h.channel(), None);
+    let boot = PeerAddr {
+        id: source,
+        addr: "10.0.0.1:1".parse().unwrap(),
+    };
+    viewer.add_candidates(h.now, [boot]);
+    h.nodes.insert(id, viewer);
+    h.run();
+    id
+}
+
+#[test]
+fn an_origin_is_the_last_resort_instead_of_the_broadcaster() {
+    let (mut h, source) = Harness::new(StreamKind::Vod);
+    let viewer = viewer_with_origin(&mut h, source);
+    h.advance(Duration::from_secs(15));
+    for n in 0..10u8 {
+        assert_eq!(
+            h.nodes[&viewer]
+                .segment(SegmentId::Media(u64::from(n)))
+                .unwrap()
+                .as_ref(),
+            &payload(n)[..]
+        );
+    }
+    let stats = h.nodes[&viewer].stats();
+    assert!(stats.bytes_from_origin > 0, "{stats:?}");
+    assert_eq!(stats.bytes_from_source, 0, "{stats:?}");
+    let from_origin = h
+        .events
+        .iter()
+        .filter(|(at, e)| *at == viewer && matches!(e, Event::Stored { origin: true, .. }))
+        .count();
+    assert_eq!(from_origin, 11, "the init segment and ten media segments");
+}
+
+#[test]
+fn an_origin_that_sends_wrong_bytes_is_refused_and_the_broadcaster_serves_meanwhile() {
+    let (mut h, source) = Harness::new(StreamKind::Vod);
+    h.origin_bytes = Some(Bytes::from_static(b"not what the broadcaster signed"));
+    let viewer = viewer_with_origin(&mut h, source);
+    h.advance(Duration::from_secs(15));
+    let node = &h.nodes[&viewer];
+    for n in 0..10u8 {
+        let held = node.segment(SegmentId::Media(u64::from(n))).unwrap();
+        assert_eq!(held.as_ref(), &payload(n)[..]);
+    }
+    let stats = node.stats();
+    assert!(stats.segments_rejected > 0, "{stats:?}");
+    assert_eq!(stats.bytes_from_origin, 0, "{stats:?}");
+    assert!(stats.bytes_from_source > 0, "{stats:?}");
+    // Nobody is blamed, and the origin is tried again after its pause, not in a loop.
+    assert!(node.partners().all(|p| p.strikes == 0));
+    assert!(
+        h.origin_fetches > 1 && h.origin_fetches < 20,
+        "{}",
+        h.origin_fetches
     );
 }

@@ -17,6 +17,7 @@
 //! All protocol decisions are the exchange's; this module only moves bytes and time.
 
 mod conns;
+pub mod origin;
 pub mod tls;
 
 pub(crate) use conns::Connections;
@@ -81,6 +82,8 @@ pub struct NodeConfig {
     pub playlist_window: usize,
     /// A broadcaster's overlay node to join (any node of the ring); `None` starts a new ring.
     pub overlay_bootstrap: Option<SocketAddr>,
+    /// An HTTP origin that holds the stream too: the last resort instead of the broadcaster.
+    pub origin: Option<origin::OriginUrl>,
 }
 
 impl Default for NodeConfig {
@@ -93,6 +96,7 @@ impl Default for NodeConfig {
             web_root: gateway::default_web_root(),
             playlist_window: 6,
             overlay_bootstrap: None,
+            origin: None,
         }
     }
 }
@@ -346,6 +350,10 @@ enum Msg {
         peer: PeerId,
         id: SegmentId,
     },
+    Origin {
+        id: SegmentId,
+        result: Result<Bytes, origin::FetchError>,
+    },
     Publish {
         id: SegmentId,
         duration: Duration,
@@ -439,7 +447,10 @@ async fn start(
         ),
         None => Exchange::viewer(
             now,
-            config.exchange.clone(),
+            ExchangeConfig {
+                origin: config.origin.is_some(),
+                ..config.exchange.clone()
+            },
             peer_id,
             channel,
             Some(advertise),
@@ -547,6 +558,7 @@ async fn start(
             .collect(),
         relays: HashMap::new(),
         ended_streams: Vec::new(),
+        origin: config.origin.clone().map(origin::Origin::new),
         retry_at: now + FIRST_RETRY,
         retry_backoff: FIRST_RETRY,
     };
@@ -629,6 +641,8 @@ struct Actor {
     relays: HashMap<(PeerId, SegmentId), Arc<Relay>>,
     /// Segment streams that ended since the last `drain`: their relays end with it.
     ended_streams: Vec<(PeerId, SegmentId)>,
+    /// The HTTP origin, if one was given.
+    origin: Option<origin::Origin>,
     /// Bootstrap addresses given without a peer id; dialled again while we have no partner.
     bootstrap: Vec<SocketAddr>,
     retry_at: Instant,
@@ -759,6 +773,16 @@ impl Actor {
                 self.exchange
                     .handle_input(now, Input::SegmentSent { peer, id });
             }
+            Msg::Origin { id, result } => {
+                let input = match result {
+                    Ok(bytes) => Input::OriginSegment { id, bytes },
+                    Err(error) => {
+                        warn!(%id, %error, "origin fetch failed");
+                        Input::OriginFailed { id }
+                    }
+                };
+                self.exchange.handle_input(now, input);
+            }
             Msg::SegmentFailed { peer, id } => {
                 self.ended_streams.push((peer, id));
                 self.exchange
@@ -876,6 +900,20 @@ impl Actor {
                         let _ = tx.send(Msg::SegmentSent { peer: to, id });
                     });
                 }
+                Output::FetchOrigin { id } => {
+                    let (Some(origin), Some(limit)) =
+                        (self.origin.clone(), self.exchange.origin_len(id))
+                    else {
+                        let now = Instant::now();
+                        self.exchange.handle_input(now, Input::OriginFailed { id });
+                        continue;
+                    };
+                    let tx = self.tx.clone();
+                    tokio::spawn(async move {
+                        let result = origin.fetch(id, limit).await;
+                        let _ = tx.send(Msg::Origin { id, result });
+                    });
+                }
                 Output::EndForwards { from, id, verified } => {
                     if let Some(relay) = self.relays.remove(&(from, id)) {
                         relay.end(verified);
@@ -949,9 +987,10 @@ impl Actor {
                 meta,
                 bytes,
                 from,
+                origin,
             } => {
-                debug!(%id, from = ?from.map(|p| p.short()), len = bytes.len(), "segment stored");
-                if from.is_some() {
+                debug!(%id, from = ?from.map(|p| p.short()), origin, len = bytes.len(), "segment stored");
+                if from.is_some() || origin {
                     self.qos.on_stored(Instant::now(), id, meta.created_unix_ms);
                 }
                 match id {
@@ -977,7 +1016,8 @@ impl Actor {
         self.qos.advance(Instant::now());
         let qos = self.qos.report();
         let stats = self.exchange.stats();
-        let received = stats.bytes_from_source + stats.bytes_from_peers;
+        // The origin, like the broadcaster, is what peers spare (DESIGN.md's source offload).
+        let received = stats.bytes_from_source + stats.bytes_from_origin + stats.bytes_from_peers;
         let offload = (received > 0).then(|| stats.bytes_from_peers as f64 / received as f64);
         let partners: Vec<_> = self
             .exchange
@@ -997,6 +1037,7 @@ impl Actor {
             "segments_stored": stats.segments_stored,
             "bytes_from_source": stats.bytes_from_source,
             "bytes_from_peers": stats.bytes_from_peers,
+            "bytes_from_origin": stats.bytes_from_origin,
             "bytes_uploaded": stats.bytes_uploaded,
             "p2p_share": offload,
             "segments_rejected": stats.segments_rejected,
