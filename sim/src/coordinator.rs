@@ -183,7 +183,7 @@ impl CoordCore {
                     continue;
                 }
                 // The overlay sends no bulk messages, so it forwards none.
-                Output::Forward { .. } | Output::EndRelay { .. } => continue,
+                Output::Forward { .. } | Output::EndRelay { .. } | Output::Fetch { .. } => continue,
                 Output::Send {
                     to,
                     msg,

@@ -132,6 +132,20 @@ pub enum Output<M, E> {
         /// Whether it checked out.
         ok: bool,
     },
+    /// Fetch `msg` from `server` (a host added with [`Engine::add_server`], such as an HTTP
+    /// origin): a flow from it to this host, no connection needed.
+    Fetch {
+        /// The server.
+        server: HostId,
+        /// What it answers.
+        msg: M,
+        /// The answer's size on the wire.
+        bytes: u64,
+        /// The message kind, for the protocol counters.
+        kind: &'static str,
+        /// Returned in the receiver's [`Input::Arriving`].
+        tag: u64,
+    },
     /// Something for the scenario's metrics.
     Event(E),
 }
@@ -403,6 +417,8 @@ impl<T> Slab<T> {
 
 struct Host<C> {
     core: Option<C>,
+    /// A server (an HTTP origin): it runs no core and answers fetches without a connection.
+    server: bool,
     timer: Option<SimTime>,
     uploaded: u64,
     received: u64,
@@ -545,11 +561,19 @@ impl<C: Core, X> Engine<C, X> {
         let id = self.net.add_host(net);
         self.hosts.push(Host {
             core: None,
+            server: false,
             timer: None,
             uploaded: 0,
             received: 0,
             links: Vec::new(),
         });
+        id
+    }
+
+    /// Adds a server: a host without a core that answers [`Output::Fetch`].
+    pub fn add_server(&mut self, net: HostNet) -> HostId {
+        let id = self.add_host(net);
+        self.hosts[id.0 as usize].server = true;
         id
     }
 
@@ -650,7 +674,8 @@ impl<C: Core, X> Engine<C, X> {
                 let Some(msg) = self.msgs.take(slot) else {
                     return;
                 };
-                if self.link(to, from).is_some() && self.net.same_side(to, from) {
+                let linked = self.link(to, from).is_some() || self.hosts[from.0 as usize].server;
+                if linked && self.net.same_side(to, from) {
                     self.input(to, Input::Message { from, msg });
                 }
             }
@@ -865,6 +890,20 @@ impl<C: Core, X> Engine<C, X> {
                 kind,
             } => self.forward(host, to, from, tag, kind),
             Output::EndRelay { from, tag, ok } => self.end_relay(host, from, tag, ok),
+            Output::Fetch {
+                server,
+                msg,
+                bytes,
+                kind,
+                tag,
+            } => {
+                self.count(kind, bytes);
+                if self.hosts.get(server.0 as usize).is_some_and(|h| h.server)
+                    && self.net.same_side(host, server)
+                {
+                    self.start_flow(server, host, bytes, (tag, msg), None);
+                }
+            }
             Output::Event(e) => self.events.push((host, e)),
         }
     }

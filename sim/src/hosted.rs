@@ -26,6 +26,8 @@ use crate::net::HostId;
 
 /// Bytes of a segment stream's header (length prefix, version, segment id).
 const SEGMENT_HEADER_BYTES: usize = 8;
+/// Bytes of an HTTP response's headers.
+const HTTP_HEADER_BYTES: u64 = 300;
 
 /// The simulated address of a host: 10.x.y.z:4433 encodes its index.
 pub fn host_addr(host: HostId) -> SocketAddr {
@@ -44,12 +46,15 @@ pub fn addr_host(addr: SocketAddr) -> Option<HostId> {
     }
 }
 
-/// Which peer id runs on which host, both ways; shared by every core of a run.
+/// Which peer id runs on which host, both ways, and the HTTP origin if there is one; shared
+/// by every core of a run.
 #[derive(Debug, Default)]
 pub struct Directory {
     hosts: HashMap<PeerId, HostId>,
     /// Indexed by host: looked up for every input a core gets.
     peers: Vec<Option<PeerId>>,
+    /// The origin's host and what it holds (every segment the broadcaster published).
+    origin: Option<(HostId, HashMap<SegmentId, Bytes>)>,
 }
 
 impl Directory {
@@ -71,6 +76,18 @@ impl Directory {
     /// The peer on `host`.
     pub fn peer(&self, host: HostId) -> Option<PeerId> {
         self.peers.get(host.0 as usize).copied().flatten()
+    }
+
+    /// An HTTP origin runs on `host`.
+    pub fn set_origin(&mut self, host: HostId) {
+        self.origin = Some((host, HashMap::default()));
+    }
+
+    /// The origin gets a copy of what the broadcaster published.
+    pub fn mirror(&mut self, id: SegmentId, bytes: &Bytes) {
+        if let Some((_, store)) = &mut self.origin {
+            store.insert(id, bytes.clone());
+        }
     }
 }
 
@@ -102,6 +119,13 @@ pub enum Wire {
         id: SegmentId,
         /// Its bytes.
         bytes: Bytes,
+    },
+    /// The HTTP origin's answer for a segment: its bytes, or nothing (a 404).
+    Origin {
+        /// The segment.
+        id: SegmentId,
+        /// Its bytes, if the origin has it.
+        bytes: Option<Bytes>,
     },
 }
 
@@ -182,6 +206,15 @@ impl Core for ExchangeCore {
                 exchange::Input::Frame { peer, frame }
             }
             Input::Message {
+                msg: Wire::Origin { id, bytes },
+                ..
+            } => match (bytes, self.exchange.origin_len(id)) {
+                (Some(bytes), Some(limit)) if bytes.len() <= limit => {
+                    exchange::Input::OriginSegment { id, bytes }
+                }
+                _ => exchange::Input::OriginFailed { id },
+            },
+            Input::Message {
                 from,
                 msg: Wire::Segment { id, bytes },
             } => {
@@ -257,9 +290,22 @@ impl Core for ExchangeCore {
                     let Some(h) = host_of(&peer) else { continue };
                     Output::Close(h)
                 }
-                // Simulated viewers have no HTTP origin (`ExchangeConfig::origin` is off), so
-                // the exchange never asks one.
-                exchange::Output::FetchOrigin { .. } => continue,
+                exchange::Output::FetchOrigin { id } => {
+                    let directory = self.directory.borrow();
+                    let Some((server, store)) = &directory.origin else {
+                        continue;
+                    };
+                    let bytes = store.get(&id).cloned();
+                    // An HTTP response: headers of a few hundred bytes, then the body.
+                    let size = bytes.as_ref().map_or(0, Bytes::len) as u64 + HTTP_HEADER_BYTES;
+                    Output::Fetch {
+                        server: *server,
+                        msg: Wire::Origin { id, bytes },
+                        bytes: size,
+                        kind: "origin",
+                        tag: tag_of(id),
+                    }
+                }
                 exchange::Output::Event(e) => Output::Event(e),
             };
             return Some(mapped);

@@ -146,6 +146,7 @@ impl<'a> Runner<'a> {
             live_start_behind: protocol.live_start_behind,
             target_latency: Duration::from_secs_f64(protocol.playback_latency_s),
             verifier: Arc::new(MemoVerifier::default()),
+            origin: scenario.origin.is_some() && mode == Mode::Selfcast,
             ..ExchangeConfig::default()
         };
         let up_bps = match mode {
@@ -166,6 +167,22 @@ impl<'a> Runner<'a> {
         let directory = Rc::new(RefCell::new(Directory::default()));
         let source_peer = key.peer_id();
         directory.borrow_mut().insert(source_peer, source);
+        // The origin serves Selfcast's viewers; the baseline's source already serves everyone.
+        let origin = scenario.origin.filter(|_| mode == Mode::Selfcast);
+        if let Some(origin) = origin {
+            let pos = (
+                rng.gen_range(0.0..=net.area_ms),
+                rng.gen_range(0.0..=net.area_ms),
+            );
+            let host = engine.add_server(HostNet::new(
+                pos,
+                net.access_ms[0],
+                origin.up_mbps * 1e6,
+                1e9,
+                NatType::Open,
+            ));
+            directory.borrow_mut().set_origin(host);
+        }
         let end = secs(scenario.duration_s);
         let mut runner = Self {
             scenario,
@@ -339,12 +356,15 @@ impl<'a> Runner<'a> {
             id,
             meta,
             bytes,
-            from: Some(from),
-            ..
+            from,
+            origin,
         } = event
         else {
             return;
         };
+        if from.is_none() && !origin {
+            return; // published here
+        }
         let now = self.engine.now();
         let Some(viewer) = self.viewers.get_mut(&host) else {
             return;
@@ -353,7 +373,8 @@ impl<'a> Runner<'a> {
         let len = bytes.len() as u64;
         self.received += len;
         self.window.received += len;
-        if from == self.source_peer {
+        // The origin, like the source, is what the swarm spares (DESIGN.md's source offload).
+        if origin || from == Some(self.source_peer) {
             self.from_source += len;
             self.window.from_source += len;
         }
@@ -678,6 +699,7 @@ impl<'a> Runner<'a> {
 
     fn publish(&mut self, id: SegmentId, duration: Duration, bytes: Bytes, last: bool) {
         let created = EPOCH_UNIX_MS + self.engine.now() / 1_000_000;
+        self.directory.borrow_mut().mirror(id, &bytes);
         self.engine.with_core(self.source, |core, now| {
             // Publishing our own well-formed segment at the source cannot fail.
             let _ = core

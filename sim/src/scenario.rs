@@ -34,6 +34,17 @@ pub struct Scenario {
     /// Protocol settings (the exchange's tuning).
     #[serde(default)]
     pub protocol: Protocol,
+    /// An HTTP origin (a CDN) that viewers ask instead of the broadcaster as a last resort.
+    #[serde(default)]
+    pub origin: Option<OriginServer>,
+}
+
+/// An HTTP origin holding every segment the broadcaster published.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginServer {
+    /// Its upload capacity in Mbit/s.
+    pub up_mbps: f64,
 }
 
 /// The stream being broadcast.
@@ -467,6 +478,9 @@ impl Scenario {
             (StreamKind::Live, None) => {}
         }
         positive("source.up_mbps", self.source.up_mbps)?;
+        if let Some(origin) = &self.origin {
+            positive("origin.up_mbps", origin.up_mbps)?;
+        }
         for o in &self.source.failures {
             non_negative("source.failures.at_s", o.at_s)?;
             positive("source.failures.down_s", o.down_s)?;

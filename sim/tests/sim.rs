@@ -224,3 +224,34 @@ fn viewers_find_a_source_that_crashed_and_came_back() {
         );
     }
 }
+
+/// A film watched from random positions with seeks; `extra` adds to the scenario.
+fn film(extra: &str) -> Scenario {
+    let text = BASE.replace(
+        "bitrate_kbps = 1000",
+        "bitrate_kbps = 1000\nkind = \"vod\"\nvod_length_s = 300",
+    );
+    let vod = "\n[viewers.vod]\nstart = \"random\"\nseek_every = { dist = \"exponential\", mean_s = 20 }\n";
+    Scenario::parse(&format!("{text}{vod}{extra}"), "film.toml").unwrap()
+}
+
+#[test]
+fn on_demand_viewers_seek_and_an_origin_serves_what_nobody_holds() {
+    let without = run(&film(""), 3, Mode::Selfcast).summary;
+    let with = run(&film("\n[origin]\nup_mbps = 500\n"), 3, Mode::Selfcast).summary;
+    // Seeks start playback afresh: more startups than viewers.
+    assert!(
+        without.viewers_started > without.viewers_joined,
+        "{without:?}"
+    );
+    assert!(!without.messages.contains_key("origin"));
+    let fetched = with.messages.get("origin").map_or(0, |t| t.count);
+    assert!(fetched > 0, "{with:?}");
+    // Viewers scattered over a film wait for what no partner holds; the origin cuts that wait.
+    assert!(
+        with.startup_ms.p95 < without.startup_ms.p95,
+        "{} vs {}",
+        with.startup_ms.p95,
+        without.startup_ms.p95
+    );
+}
