@@ -52,10 +52,12 @@ use crate::segment::{
 use crate::wire::{Frame, PeerAddr, MAX_LIST_LEN};
 
 mod capacity;
+mod hints;
 mod tree;
 mod upload;
 
 use capacity::{DeliveryRate, UploadMeter};
+pub use hints::{Hint, HintedUpstream, ParentChoice, Upstream};
 use tree::{FIRST_CLIMB, MAX_DEPTH, MAX_PARENT_MISSES, NO_DEPTH};
 use upload::{Queued, Upload};
 
@@ -112,6 +114,9 @@ pub struct ExchangeConfig {
     /// An HTTP origin holds the stream too (a CDN, as SmoothCache had): the last resort for a
     /// segment no peer can deliver in time, instead of the broadcaster.
     pub origin: bool,
+    /// How a viewer picks its parent in the feeding tree (the random choice is a baseline for
+    /// measurements).
+    pub parent_choice: ParentChoice,
 }
 
 impl Default for ExchangeConfig {
@@ -138,6 +143,7 @@ impl Default for ExchangeConfig {
             upload_guess_bps: 2e6,
             upload_limit_bps: None,
             origin: false,
+            parent_choice: ParentChoice::Nearest,
         }
     }
 }
@@ -379,6 +385,8 @@ pub struct ExchangeStats {
     pub segments_forwarded: u64,
     /// Payload bytes received from the HTTP origin.
     pub bytes_from_origin: u64,
+    /// Plan hints taken (see [`Exchange::apply_hint`]).
+    pub hints_applied: u64,
 }
 
 /// A partner as the application may display it.
@@ -522,6 +530,8 @@ pub struct Exchange {
     children: Vec<PeerId>,
     /// Peers we were last referred to for a parent.
     referred: Vec<PeerId>,
+    /// The optimizer's plan for this peer, if one came (`hints`).
+    hint: Option<Hint>,
     /// Segments in a row our parent held but we had to fetch elsewhere.
     parent_misses: u32,
     /// On demand: when playback started (or last sought) and from which segment.
@@ -611,6 +621,7 @@ impl Exchange {
             asked_parent: None,
             children: Vec::new(),
             referred: Vec::new(),
+            hint: None,
             parent_misses: 0,
             vod_anchor: None,
             next_climb: now + FIRST_CLIMB,
@@ -916,7 +927,8 @@ impl Exchange {
         if self.partners.contains_key(&peer) {
             return;
         }
-        if self.partners.len() >= self.config.partner_limit {
+        // A peer the plan has us feed gets in even when we are full (`hints`).
+        if self.partners.len() >= self.config.partner_limit && !self.hinted_downstream(&peer) {
             // Full: point the newcomer elsewhere, then let it go.
             self.send(
                 peer,
@@ -1807,6 +1819,7 @@ impl Exchange {
         self.leave_silent_parent(now);
         self.climb(now);
         self.find_parent(now);
+        self.dial_hinted(now);
         self.redial_stalled_source(now);
         // A viewer nobody feeds yet makes room for the peers it was referred to.
         let climbing = self.climbing_until.is_some_and(|t| now < t);

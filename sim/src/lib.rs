@@ -35,6 +35,7 @@ pub mod engine;
 pub mod hosted;
 pub mod metrics;
 pub mod net;
+pub mod optimizer_loop;
 pub mod overlay;
 pub mod report;
 pub mod run;

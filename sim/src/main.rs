@@ -22,7 +22,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a scenario (with the source-only baseline beside it) and write a report.
+    /// Run a scenario (with the source-only baseline beside it; with the optimizer's loop and a
+    /// random mesh too when the scenario has an `[optimizer]` table) and write a report.
     Run {
         /// The scenario file (see sim/scenarios/).
         scenario: PathBuf,
@@ -129,10 +130,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let parsed = Scenario::parse(&text, &scenario.display().to_string())?;
             let seed = seed.unwrap_or(parsed.seed);
             let started = Instant::now();
-            let runs = vec![
-                run(&parsed, seed, Mode::Selfcast),
-                run(&parsed, seed, Mode::SourceOnly),
-            ];
+            let runs: Vec<_> = Mode::for_scenario(&parsed)
+                .into_iter()
+                .map(|mode| run(&parsed, seed, mode))
+                .collect();
             let wall = started.elapsed();
             let report = sim::report::Report {
                 scenario_name: &parsed.name,
@@ -155,6 +156,20 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     s.tree_depth.p95,
                     s.unfed_viewers
                 );
+            }
+            // The optimizer's run against the others: the comparison.
+            if let Some(opt) = runs.iter().find(|r| r.summary.optimizer.is_some()) {
+                for other in runs.iter().filter(|r| r.label != opt.label) {
+                    let (a, b) = (&opt.summary, &other.summary);
+                    println!(
+                        "{} vs {:<12} latency p95 {:+.1}%  continuity {:+.4}  offload {:+.4}",
+                        opt.label,
+                        other.label,
+                        100.0 * (a.latency_ms.p95 / b.latency_ms.p95.max(1e-9) - 1.0),
+                        a.continuity - b.continuity,
+                        a.source_offload - b.source_offload
+                    );
+                }
             }
             println!("report: {}", out.join("report.html").display());
             let events: u64 = runs.iter().map(|r| r.summary.events).sum();

@@ -57,6 +57,8 @@ pub struct Summary {
     pub tree_depth: Percentiles,
     /// Viewers nobody fed at the end.
     pub unfed_viewers: u64,
+    /// What the optimizer's loop did (runs with the loop only).
+    pub optimizer: Option<crate::optimizer_loop::LoopSummary>,
 }
 
 /// p50 / p95 / p99 of a distribution (0 when empty).

@@ -549,7 +549,7 @@ enum Better {
 
 /// The headline table's rows: name, which way is better, decimals shown. The values are
 /// [`headline_values`], in the same order.
-const HEADLINE: [(&str, Better, usize); 12] = [
+const HEADLINE: [(&str, Better, usize); 15] = [
     ("Continuity (%)", Better::Higher, 2),
     ("Source offload (%)", Better::Higher, 1),
     ("Live latency p50 (s)", Better::Lower, 2),
@@ -562,10 +562,13 @@ const HEADLINE: [(&str, Better, usize); 12] = [
     ("Source upload (GB)", Better::Lower, 3),
     ("Viewer download (GB)", Better::Neither, 3),
     ("Events processed", Better::Neither, 0),
+    ("Hops from the source p50", Better::Lower, 0),
+    ("Hops from the source p95", Better::Lower, 0),
+    ("Viewers unfed at the end", Better::Lower, 0),
 ];
 
 /// One run's figures for the rows of [`HEADLINE`].
-fn headline_values(s: &Summary) -> [f64; 12] {
+fn headline_values(s: &Summary) -> [f64; 15] {
     let started = if s.viewers_joined == 0 {
         100.0
     } else {
@@ -584,6 +587,9 @@ fn headline_values(s: &Summary) -> [f64; 12] {
         s.source_bytes as f64 / 1e9,
         s.viewer_bytes as f64 / 1e9,
         s.events as f64,
+        s.tree_depth.p50,
+        s.tree_depth.p95,
+        s.unfed_viewers as f64,
     ]
 }
 
@@ -627,6 +633,7 @@ fn html(report: &Report<'_>) -> String {
         h.push_str("<p>No runs.</p>\n");
     } else {
         headline_table(&mut h, report.runs);
+        optimizer_section(&mut h, report.runs);
     }
 
     h.push_str("<h2>Plots</h2>\n");
@@ -667,7 +674,7 @@ fn headline_table(h: &mut String, runs: &[RunSeries]) {
         let _ = write!(h, "<th>{}</th>", escape(&run.label));
     }
     h.push_str("</tr>\n");
-    let values: Vec<[f64; 12]> = runs.iter().map(|r| headline_values(&r.summary)).collect();
+    let values: Vec<[f64; 15]> = runs.iter().map(|r| headline_values(&r.summary)).collect();
     for (i, &(name, better, decimals)) in HEADLINE.iter().enumerate() {
         // Compare what is shown, so that two cells reading the same are highlighted alike.
         let shown: Vec<f64> = values.iter().map(|v| round_to(v[i], decimals)).collect();
@@ -691,6 +698,59 @@ fn headline_table(h: &mut String, runs: &[RunSeries]) {
         h.push_str("</tr>\n");
     }
     h.push_str("</table>\n<p class=\"legend\">Best value in each scored row highlighted.</p>\n");
+}
+
+/// What the optimizer's loop did, and how its run compares with each other run.
+fn optimizer_section(h: &mut String, runs: &[RunSeries]) {
+    for run in runs {
+        let Some(o) = &run.summary.optimizer else {
+            continue;
+        };
+        let _ = writeln!(
+            h,
+            "<h2>Optimizer loop ({})</h2>\n<p>{} plans ({} tiers, {} peers in the last), {} \
+             reports received, {} hints sent; at the end {} viewers held a hint and {}% of \
+             those fed had the parent their hint ranks first.</p>",
+            escape(&run.label),
+            o.rounds,
+            o.tiers,
+            o.planned_peers,
+            o.reports,
+            o.hints_sent,
+            o.hinted_viewers,
+            number(100.0 * o.parents_as_planned, 1)
+        );
+        h.push_str("<table>\n<tr><th>compared with</th><th>latency p95</th>\
+                    <th>continuity</th><th>offload</th></tr>\n");
+        let me = &run.summary;
+        for other in runs.iter().filter(|r| r.label != run.label) {
+            let s = &other.summary;
+            let change = if s.latency_ms.p95 > 0.0 {
+                100.0 * (me.latency_ms.p95 / s.latency_ms.p95 - 1.0)
+            } else {
+                f64::NAN
+            };
+            let _ = writeln!(
+                h,
+                "<tr><th>{}</th><td class=\"num\">{}%</td><td class=\"num\">{} pts</td>\
+                 <td class=\"num\">{} pts</td></tr>",
+                escape(&other.label),
+                signed(change, 1),
+                signed(100.0 * (me.continuity - s.continuity), 2),
+                signed(100.0 * (me.source_offload - s.source_offload), 2)
+            );
+        }
+        h.push_str("</table>\n");
+    }
+}
+
+/// `v` with a sign and `decimals` decimals; "–" if not finite.
+fn signed(v: f64, decimals: usize) -> String {
+    if !v.is_finite() {
+        return "–".into();
+    }
+    let sign = if v > 0.0 { "+" } else { "" };
+    format!("{sign}{}", number(v, decimals))
 }
 
 fn messages_table(h: &mut String, runs: &[RunSeries]) {
@@ -852,6 +912,7 @@ mod tests {
             events: 12_345_678,
             tree_depth: percentiles(&[3.0, 4.0, 5.0]),
             unfed_viewers: 2,
+            optimizer: None,
         };
         RunSeries {
             label: label.to_owned(),

@@ -1,9 +1,12 @@
 //! One simulated run of a scenario: the workload drives the engine, the engine hosts the real
 //! exchange on every host, and the QoS definitions of `peer::qos` measure what viewers got.
 //!
-//! Two modes share everything but the protocol's freedom: [`Mode::Selfcast`] lets viewers find
-//! and use each other; [`Mode::SourceOnly`] is the baseline where every viewer is served by the
-//! source alone, as a CDN would serve them (the source's upload is then unlimited).
+//! The modes share everything but the protocol's freedom: [`Mode::Selfcast`] lets viewers find
+//! and use each other; [`Mode::Optimizer`] adds the optimizer's loop (`optimizer_loop`: QoS
+//! reports in, plans, hints out); [`Mode::RandomMesh`] is Selfcast with random parents (no
+//! capacity-aware tree, no hints); [`Mode::SourceOnly`] is the baseline where every viewer is
+//! served by the source alone, as a CDN would serve them (the source's upload is then
+//! unlimited).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -12,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use peer::exchange::{Event, Exchange, ExchangeConfig};
+use peer::exchange::{Event, Exchange, ExchangeConfig, Hint, ParentChoice};
 use peer::identity::{Keypair, PeerId};
 use peer::qos::{source_offload, ViewerQos};
 use peer::segment::{ChannelRecord, SegmentId, SignedChannel, StreamKind as PeerStreamKind};
@@ -26,7 +29,9 @@ use crate::engine::{Engine, Step};
 use crate::hosted::{host_addr, Directory, ExchangeCore, MemoVerifier};
 use crate::metrics::{percentiles, RunSeries, Sample, Summary, Traffic};
 use crate::net::{HostId, HostNet, NatType, SimTime};
+use crate::optimizer_loop::{self, Coordinator};
 use crate::scenario::{Scenario, SessionLength, StreamKind, VodStart};
+use tracker_overlay::coordinator::{QosReport, Role, MAX_REPORT_PARTNERS};
 
 /// The Unix time (ms) that simulated time 0 stands for; fixed so that runs are reproducible.
 const EPOCH_UNIX_MS: u64 = 1_700_000_000_000;
@@ -38,6 +43,11 @@ const INIT_BYTES: usize = 1200;
 pub enum Mode {
     /// Selfcast: viewers exchange segments among themselves.
     Selfcast,
+    /// Selfcast with the optimizer's loop: viewers report, the coordinator plans, viewers take
+    /// the plan's hints.
+    Optimizer,
+    /// Selfcast with random partners and random parents: no hints, no capacity-aware tree.
+    RandomMesh,
     /// The baseline: every viewer fetches everything from the source.
     SourceOnly,
 }
@@ -47,8 +57,31 @@ impl Mode {
     pub fn label(self) -> &'static str {
         match self {
             Self::Selfcast => "selfcast",
+            Self::Optimizer => "optimizer",
+            Self::RandomMesh => "random-mesh",
             Self::SourceOnly => "source-only",
         }
+    }
+
+    /// The runs `sim run` makes of `scenario`, in report order: Selfcast and the source-only
+    /// baseline; with the optimizer's loop enabled, the optimizer first and the random mesh
+    /// beside them.
+    pub fn for_scenario(scenario: &Scenario) -> Vec<Mode> {
+        if scenario.optimizer.is_some() {
+            vec![
+                Self::Optimizer,
+                Self::Selfcast,
+                Self::RandomMesh,
+                Self::SourceOnly,
+            ]
+        } else {
+            vec![Self::Selfcast, Self::SourceOnly]
+        }
+    }
+
+    /// Whether viewers use each other (all but the source-only baseline).
+    fn peer_to_peer(self) -> bool {
+        self != Self::SourceOnly
     }
 }
 
@@ -64,10 +97,20 @@ enum Ext {
     PartitionStart { index: usize },
     PartitionEnd,
     Sample,
+    /// Viewers whose turn it is send their QoS reports (second `n` of the run).
+    Report(u64),
+    /// The coordinator plans.
+    Plan,
+    /// A hint (index into the runner's hints in flight) reaches its viewer.
+    Hint(usize),
 }
 
 struct Viewer {
     qos: ViewerQos,
+    peer: PeerId,
+    nat: NatType,
+    /// Segments due and on time at the last report.
+    reported: peer::qos::Judged,
 }
 
 /// The state of one run.
@@ -100,6 +143,15 @@ struct Runner<'a> {
     samples: Vec<Sample>,
     // Since the last sample.
     window: Window,
+    /// The optimizer's coordinator ([`Mode::Optimizer`] only).
+    coordinator: Option<Coordinator>,
+    /// Seconds per round of the optimizer's loop.
+    round_ticks: u64,
+    /// Hints on their way to viewers.
+    hints: Vec<Option<(HostId, Hint)>>,
+    /// Randomness of the loop's message delays (its own stream: the other modes' runs do not
+    /// change when the loop does).
+    loop_rng: ChaCha8Rng,
 }
 
 #[derive(Default)]
@@ -140,18 +192,22 @@ impl<'a> Runner<'a> {
         let protocol = &scenario.protocol;
         let config = ExchangeConfig {
             max_partners: match mode {
-                Mode::Selfcast => protocol.max_partners,
                 Mode::SourceOnly => 1,
+                _ => protocol.max_partners,
+            },
+            parent_choice: match mode {
+                Mode::RandomMesh => ParentChoice::Random,
+                _ => ParentChoice::Nearest,
             },
             live_start_behind: protocol.live_start_behind,
             target_latency: Duration::from_secs_f64(protocol.playback_latency_s),
             verifier: Arc::new(MemoVerifier::default()),
-            origin: scenario.origin.is_some() && mode == Mode::Selfcast,
+            origin: scenario.origin.is_some() && mode.peer_to_peer(),
             ..ExchangeConfig::default()
         };
         let up_bps = match mode {
-            Mode::Selfcast => scenario.source.up_mbps * 1e6,
             Mode::SourceOnly => f64::INFINITY,
+            _ => scenario.source.up_mbps * 1e6,
         };
         let pos = (
             rng.gen_range(0.0..=net.area_ms),
@@ -167,8 +223,9 @@ impl<'a> Runner<'a> {
         let directory = Rc::new(RefCell::new(Directory::default()));
         let source_peer = key.peer_id();
         directory.borrow_mut().insert(source_peer, source);
-        // The origin serves Selfcast's viewers; the baseline's source already serves everyone.
-        let origin = scenario.origin.filter(|_| mode == Mode::Selfcast);
+        // The origin serves the peer-to-peer runs' viewers; the baseline's source already serves
+        // everyone.
+        let origin = scenario.origin.filter(|_| mode.peer_to_peer());
         if let Some(origin) = origin {
             let pos = (
                 rng.gen_range(0.0..=net.area_ms),
@@ -184,6 +241,21 @@ impl<'a> Runner<'a> {
             directory.borrow_mut().set_origin(host);
         }
         let end = secs(scenario.duration_s);
+        let round_s = scenario.optimizer.as_ref().map_or(5.0, |o| o.round_s);
+        let coordinator = (mode == Mode::Optimizer).then(|| {
+            let channel = record.record.channel_id();
+            let mut key = [0u8; 20];
+            let n = key.len().min(channel.0.len());
+            key[..n].copy_from_slice(&channel.0[..n]);
+            Coordinator::new(
+                key,
+                source_peer.0,
+                (scenario.stream.bitrate_kbps * 1000.0) as u64,
+                (scenario.source.up_mbps * 1e6) as u64,
+                optimizer_loop::coord(engine.net().host(source)),
+                secs(round_s),
+            )
+        });
         let mut runner = Self {
             scenario,
             mode,
@@ -210,6 +282,10 @@ impl<'a> Runner<'a> {
             startups_ms: Vec::new(),
             samples: Vec::new(),
             window: Window::default(),
+            coordinator,
+            round_ticks: (round_s.round() as u64).max(1),
+            hints: Vec::new(),
+            loop_rng: ChaCha8Rng::seed_from_u64(derive_seed(seed, 3)),
         };
         runner.start_source();
         runner
@@ -291,6 +367,12 @@ impl<'a> Runner<'a> {
                 .schedule(secs(p.at_s + p.duration_s), Ext::PartitionEnd);
         }
         self.engine.schedule(secs(s.sample_every_s), Ext::Sample);
+        if self.coordinator.is_some() {
+            self.engine.schedule(secs(1.0), Ext::Report(1));
+            // Half a second after the reports of a round's last second went out.
+            let round = secs(self.round_ticks as f64);
+            self.engine.schedule(round + secs(0.5), Ext::Plan);
+        }
     }
 
     fn drive(&mut self) {
@@ -348,6 +430,132 @@ impl<'a> Runner<'a> {
                     self.engine.schedule(next, Ext::Sample);
                 }
             }
+            Ext::Report(tick) => {
+                self.send_reports(tick);
+                let next = now + secs(1.0);
+                if next <= self.end {
+                    self.engine.schedule(next, Ext::Report(tick + 1));
+                }
+            }
+            Ext::Plan => {
+                self.plan_round();
+                let next = now + secs(self.round_ticks as f64);
+                if next <= self.end {
+                    self.engine.schedule(next, Ext::Plan);
+                }
+            }
+            Ext::Hint(index) => {
+                let Some((host, hint)) = self.hints.get_mut(index).and_then(Option::take) else {
+                    return;
+                };
+                if self.viewers.contains_key(&host) {
+                    self.engine
+                        .with_core(host, |core, now| core.exchange().apply_hint(now, hint));
+                }
+                // The slab empties when nothing is in flight.
+                if self.hints.iter().all(Option::is_none) {
+                    self.hints.clear();
+                }
+            }
+        }
+    }
+
+    /// The viewers whose second of the round `tick` is send what they measured to the
+    /// coordinator.
+    fn send_reports(&mut self, tick: u64) {
+        let Some(coordinator) = self.coordinator.as_mut() else {
+            return;
+        };
+        let now = self.engine.now();
+        let bitrate_bps = (self.scenario.stream.bitrate_kbps * 1000.0) as u64;
+        let channel = coordinator.channel();
+        for (host, viewer) in &mut self.viewers {
+            if u64::from(host.0) % self.round_ticks != tick % self.round_ticks {
+                continue;
+            }
+            let Some(core) = self.engine.core(*host) else {
+                continue;
+            };
+            let exchange = core.exchange_ref();
+            let (upload_bps, ..) = exchange.upload_state();
+            let mut partners: Vec<[u8; 32]> = exchange
+                .partners()
+                .filter(|p| !p.is_source)
+                .map(|p| p.peer.0)
+                .collect();
+            partners.truncate(MAX_REPORT_PARTNERS);
+            // Lag: the median latency of what arrived since the last report.
+            let mut latencies = viewer.qos.take_latencies();
+            latencies.sort_unstable();
+            let lag_ms = latencies
+                .get(latencies.len() / 2)
+                .map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX));
+            let totals = viewer.qos.totals();
+            let due = totals.due - viewer.reported.due;
+            let on_time = totals.on_time - viewer.reported.on_time;
+            viewer.reported = totals;
+            let continuity = if due > 0 {
+                on_time as f32 / due as f32
+            } else {
+                1.0
+            };
+            let net = self.engine.net();
+            let report = QosReport {
+                channel,
+                role: Role::Viewer,
+                upload_bps: upload_bps as u64,
+                need_bps: bitrate_bps,
+                coord: optimizer_loop::coord(net.host(*host)),
+                connectivity: optimizer_loop::connectivity(viewer.nat),
+                lag_ms,
+                continuity,
+                partners,
+            };
+            let delay = net.message_delay(*host, self.source, &mut self.loop_rng);
+            let arrival = now + delay.as_nanos() as SimTime;
+            coordinator.send_report(arrival, viewer.peer.0, &report);
+        }
+    }
+
+    /// The coordinator plans from the reports that arrived and sends the hints that changed.
+    fn plan_round(&mut self) {
+        let Some(coordinator) = self.coordinator.as_mut() else {
+            return;
+        };
+        let now = self.engine.now();
+        // The source reports what its exchange measured, as a viewer does.
+        let source_upload = self
+            .engine
+            .core(self.source)
+            .map_or(0.0, |c| c.exchange_ref().upload_state().0);
+        let Some(out) = coordinator.round(now, source_upload as u64) else {
+            return;
+        };
+        // The source is the coordinator's host: its list of tier-1 peers needs no message.
+        let source_hint = optimizer_loop::source_hint(out.epoch, &out.from_source);
+        if self.source_up {
+            self.engine.with_core(self.source, |core, now| {
+                core.exchange().apply_hint(now, source_hint)
+            });
+        }
+        for (entry, downstream) in out.hints {
+            let hint = {
+                let directory = self.directory.borrow();
+                optimizer_loop::exchange_hint(out.epoch, &entry, &downstream, |id| {
+                    directory.host(id).map(host_addr)
+                })
+            };
+            let Some(host) = self.directory.borrow().host(&PeerId(entry.peer)) else {
+                continue;
+            };
+            let delay = self
+                .engine
+                .net()
+                .message_delay(self.source, host, &mut self.loop_rng);
+            let index = self.hints.len();
+            self.hints.push(Some((host, hint)));
+            self.engine
+                .schedule(now + delay.as_nanos() as SimTime, Ext::Hint(index));
         }
     }
 
@@ -407,13 +615,14 @@ impl<'a> Runner<'a> {
         let class = pick(&mut self.rng, s.viewers.classes.iter().map(|c| c.share))
             .and_then(|i| s.viewers.classes.get(i));
         let Some(class) = class else { return };
+        let mix = class.nat.unwrap_or(net.nat);
         let nat = match pick(
             &mut self.rng,
             [
-                net.nat.open,
-                net.nat.full_cone,
-                net.nat.port_restricted,
-                net.nat.symmetric,
+                mix.open,
+                mix.full_cone,
+                mix.port_restricted,
+                mix.symmetric,
             ],
         ) {
             Some(1) => NatType::FullCone,
@@ -455,7 +664,7 @@ impl<'a> Runner<'a> {
             id: self.source_peer,
             addr: host_addr(self.source),
         }];
-        if self.mode == Mode::Selfcast {
+        if self.mode.peer_to_peer() {
             let others: Vec<HostId> = self
                 .present
                 .choose_multiple(&mut self.rng, s.protocol.bootstrap_peers)
@@ -490,6 +699,9 @@ impl<'a> Runner<'a> {
             host,
             Viewer {
                 qos: ViewerQos::new(now, s.segment(), live_target).from_segment(first),
+                peer,
+                nat,
+                reported: peer::qos::Judged::default(),
             },
         );
         if let Some(every) = vod.and_then(|v| v.seek_every) {
@@ -575,6 +787,9 @@ impl<'a> Runner<'a> {
     fn depart(&mut self, host: HostId, crash: bool) {
         let instant = self.engine.instant(self.engine.now());
         if let Some(mut viewer) = self.viewers.remove(&host) {
+            if let Some(c) = self.coordinator.as_mut() {
+                c.forget(&viewer.peer.0);
+            }
             let judged = viewer.qos.advance(instant);
             self.window.due += judged.due;
             self.window.on_time += judged.on_time;
@@ -639,11 +854,18 @@ impl<'a> Runner<'a> {
     fn finish(mut self) -> RunSeries {
         let mut depths = Vec::new();
         let mut unfed = 0;
+        let (mut hinted, mut following, mut fed_hinted) = (0u64, 0u64, 0u64);
         for host in self.viewers.keys() {
             if let Some(core) = self.engine.core(*host) {
-                match core.exchange_ref().tree() {
+                let exchange = core.exchange_ref();
+                match exchange.tree() {
                     (Some(_), _, depth) => depths.push(f64::from(depth)),
                     (None, ..) => unfed += 1,
+                }
+                hinted += u64::from(exchange.hint().is_some());
+                if let Some(follows) = exchange.follows_hint() {
+                    fed_hinted += 1;
+                    following += u64::from(follows);
                 }
             }
         }
@@ -654,7 +876,7 @@ impl<'a> Runner<'a> {
             self.due += totals.due;
             self.on_time += totals.on_time;
         }
-        let messages = self
+        let mut messages: BTreeMap<String, Traffic> = self
             .engine
             .traffic()
             .iter()
@@ -668,6 +890,20 @@ impl<'a> Runner<'a> {
                 )
             })
             .collect();
+        let optimizer = self.coordinator.as_ref().map(|c| {
+            for (kind, (count, bytes)) in [("qos-report", c.report_traffic), ("plan-hint", c.hint_traffic)] {
+                messages.insert(kind.to_owned(), Traffic { count, bytes });
+            }
+            optimizer_loop::LoopSummary {
+                hinted_viewers: hinted,
+                parents_as_planned: if fed_hinted > 0 {
+                    following as f64 / fed_hinted as f64
+                } else {
+                    0.0
+                },
+                ..c.summary
+            }
+        });
         let summary = Summary {
             continuity: if self.due > 0 {
                 self.on_time as f64 / self.due as f64
@@ -687,6 +923,7 @@ impl<'a> Runner<'a> {
             events: self.engine.processed(),
             tree_depth: percentiles(&depths),
             unfed_viewers: unfed,
+            optimizer,
         };
         RunSeries {
             label: self.mode.label().to_owned(),

@@ -37,6 +37,10 @@ pub struct Scenario {
     /// An HTTP origin (a CDN) that viewers ask instead of the broadcaster as a last resort.
     #[serde(default)]
     pub origin: Option<OriginServer>,
+    /// The optimizer's loop (reports, plans, hints). When present, `sim run` adds a run with
+    /// it and a random-mesh baseline beside Selfcast and the source-only baseline.
+    #[serde(default)]
+    pub optimizer: Option<OptimizerLoop>,
 }
 
 /// An HTTP origin holding every segment the broadcaster published.
@@ -45,6 +49,16 @@ pub struct Scenario {
 pub struct OriginServer {
     /// Its upload capacity in Mbit/s.
     pub up_mbps: f64,
+}
+
+/// The optimizer's loop in a run: viewers report to a coordinator on the source's host, which
+/// plans and sends each viewer its hint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerLoop {
+    /// Seconds between two plans (and between two reports of a viewer).
+    #[serde(default = "defaults::round_s")]
+    pub round_s: f64,
 }
 
 /// The stream being broadcast.
@@ -224,6 +238,10 @@ pub struct CapacityClass {
     pub up_mbps: f64,
     /// Download capacity in Mbit/s.
     pub down_mbps: f64,
+    /// This class's NAT types, if not the network's (e.g. a class of viewers behind
+    /// restrictive NATs).
+    #[serde(default)]
+    pub nat: Option<NatMix>,
 }
 
 /// Session lengths and departures.
@@ -386,6 +404,9 @@ mod defaults {
     pub fn playback_latency_s() -> f64 {
         3.0
     }
+    pub fn round_s() -> f64 {
+        5.0
+    }
 }
 
 /// Why a scenario could not be used.
@@ -510,6 +531,20 @@ impl Scenario {
             "network.nat",
             nat.open + nat.full_cone + nat.port_restricted + nat.symmetric,
         )?;
+        for nat in self.viewers.classes.iter().filter_map(|c| c.nat) {
+            for (key, v) in [
+                ("viewers.classes.nat.open", nat.open),
+                ("viewers.classes.nat.full_cone", nat.full_cone),
+                ("viewers.classes.nat.port_restricted", nat.port_restricted),
+                ("viewers.classes.nat.symmetric", nat.symmetric),
+            ] {
+                fraction(key, v)?;
+            }
+            sums_to_one(
+                "viewers.classes.nat",
+                nat.open + nat.full_cone + nat.port_restricted + nat.symmetric,
+            )?;
+        }
         for p in &net.partitions {
             non_negative("network.partitions.at_s", p.at_s)?;
             positive("network.partitions.duration_s", p.duration_s)?;
@@ -569,6 +604,14 @@ impl Scenario {
             "protocol.playback_latency_s",
             self.protocol.playback_latency_s,
         )?;
+        if let Some(o) = &self.optimizer {
+            if !(o.round_s.is_finite() && (0.5..=60.0).contains(&o.round_s)) {
+                return Err((
+                    "optimizer.round_s",
+                    format!("must be between 0.5 and 60, not {}", o.round_s),
+                ));
+            }
+        }
         if self.protocol.max_partners == 0 {
             return Err(("protocol.max_partners", "must be at least 1".into()));
         }

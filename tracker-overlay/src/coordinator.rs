@@ -386,35 +386,11 @@ impl Coordinator {
         if now.duration_since(*at) > ttl {
             return None;
         }
-        let Role::Source { bitrate_bps } = source.role else {
-            return None;
-        };
-        let mut peers: Vec<PeerReport<[u8; 32]>> = self
-            .reports
-            .iter()
-            .filter(|(id, _)| *id != source_id)
-            .map(|(id, (_, r))| PeerReport {
-                id: *id,
-                upload_bps: r.upload_bps,
-                need_bps: r.need_bps,
-                coord: r.coord,
-                connectivity: r.connectivity,
-                lag_ms: r.lag_ms,
-                continuity: r.continuity,
-                partners: r.partners.clone(),
-            })
-            .collect();
-        // The optimizer is deterministic for a given input order; the map's is not meaningful.
-        peers.sort_unstable_by_key(|p| p.id);
-        Some(Snapshot {
-            bitrate_bps,
-            source: SourceReport {
-                upload_bps: source.upload_bps,
-                coord: source.coord,
-                connectivity: source.connectivity,
-            },
-            peers,
-        })
+        snapshot_of(
+            source_id,
+            source,
+            self.reports.iter().map(|(id, (_, r))| (id, r)),
+        )
     }
 
     /// Whether a coordinator that took over has heard from enough of the stored plan's peers.
@@ -782,8 +758,44 @@ impl Coordinators {
     }
 }
 
-/// A plan entry as stored: partners by id.
-fn hint_of(plan: &Plan<[u8; 32]>, i: usize) -> Option<PeerHint> {
+/// The optimizer's snapshot from the broadcaster's report and the viewers' (any order; the
+/// broadcaster's own id among them is skipped): `None` if `source` is not a broadcaster's
+/// report. Peers come out sorted by id, so that the plan does not depend on the input order.
+pub fn snapshot_of<'a>(
+    source_id: &[u8; 32],
+    source: &QosReport,
+    viewers: impl Iterator<Item = (&'a [u8; 32], &'a QosReport)>,
+) -> Option<Snapshot<[u8; 32]>> {
+    let Role::Source { bitrate_bps } = source.role else {
+        return None;
+    };
+    let mut peers: Vec<PeerReport<[u8; 32]>> = viewers
+        .filter(|(id, _)| *id != source_id)
+        .map(|(id, r)| PeerReport {
+            id: *id,
+            upload_bps: r.upload_bps,
+            need_bps: r.need_bps,
+            coord: r.coord,
+            connectivity: r.connectivity,
+            lag_ms: r.lag_ms,
+            continuity: r.continuity,
+            partners: r.partners.clone(),
+        })
+        .collect();
+    peers.sort_unstable_by_key(|p| p.id);
+    Some(Snapshot {
+        bitrate_bps,
+        source: SourceReport {
+            upload_bps: source.upload_bps,
+            coord: source.coord,
+            connectivity: source.connectivity,
+        },
+        peers,
+    })
+}
+
+/// Entry `i` of `plan` as stored and handed to its peer: partners by id.
+pub fn hint_of(plan: &Plan<[u8; 32]>, i: usize) -> Option<PeerHint> {
     let p = plan.peers.get(i)?;
     Some(PeerHint {
         peer: p.id,

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Exchange, Output, Queued};
+use super::{Exchange, Output, ParentChoice, Queued};
 use crate::identity::PeerId;
 use crate::segment::SegmentId;
 use crate::wire::{Frame, PeerAddr};
@@ -60,13 +60,14 @@ impl Exchange {
     /// measured capacity fell).
     pub(super) fn shed_children(&mut self) {
         while self.children.len() > self.child_slots() {
+            // Children the plan names for us go last.
             let weakest = self.children.iter().copied().min_by_key(|c| {
                 let up = self
                     .partners
                     .get(c)
                     .and_then(|p| p.upload_kbps)
                     .unwrap_or(0);
-                (up, *c)
+                (self.hinted_downstream(c), up, *c)
             });
             let Some(w) = weakest else { return };
             self.children.retain(|c| *c != w);
@@ -133,13 +134,18 @@ impl Exchange {
             return;
         }
         if self.children.len() >= self.child_slots() {
+            // A child the plan names for us is never dropped for one it does not; one it names
+            // takes the place of the weakest other (a hinted tier-1 peer gets a source slot).
             let weakest = self
                 .children
                 .iter()
                 .copied()
+                .filter(|c| !self.hinted_downstream(c))
                 .min_by_key(|c| (upload(c), *c));
+            let planned = self.hinted_downstream(&peer);
+            let random = self.config.parent_choice == ParentChoice::Random;
             match weakest {
-                Some(w) if upload(&peer) > upload(&w) + upload(&w) / 5 => {
+                Some(w) if planned || !random && upload(&peer) > upload(&w) + upload(&w) / 5 => {
                     self.children.retain(|c| *c != w);
                     self.send(w, Frame::Feed(false));
                 }
@@ -204,10 +210,12 @@ impl Exchange {
         self.find_parent(now);
     }
 
-    /// Looks for a (better) parent: the partner nearest the source, then with the most
-    /// upload, that has room to feed us, or, for a peer that uploads more than two streams,
-    /// one that may drop a weaker child for us. A fed viewer moves only to a partner at least
-    /// two levels nearer the source than its parent, so the tree flattens without churning.
+    /// Looks for a (better) parent: a sender the plan names (`hints`), best ranked first, else
+    /// the partner nearest the source, then with the most upload, that has room to feed us, or,
+    /// for a peer that uploads more than two streams, one that may drop a weaker child for us. A
+    /// fed viewer moves only to a partner at least two levels nearer the source than its parent
+    /// (or to a better-ranked hinted one no deeper), so the tree flattens without churning. With [`ParentChoice::Random`] an unfed viewer takes a partner with room at
+    /// random and stays with it.
     pub(super) fn find_parent(&mut self, now: Instant) {
         // On demand, viewers watch different parts: no tree, the mesh serves them.
         if self.is_source() || !self.is_live() {
@@ -219,35 +227,61 @@ impl Exchange {
             }
             self.asked_parent = None;
         }
-        let strong = self.meter.estimate_bps() >= 2.0 * self.bitrate_bps();
+        let random = self.config.parent_choice == ParentChoice::Random;
+        let strong = !random && self.meter.estimate_bps() >= 2.0 * self.bitrate_bps();
         let my_kbps = (self.meter.estimate_bps() / 1000.0) as u32;
         let current = self
             .parent
             .and_then(|p| self.partners.get(&p))
             .map(|p| p.depth);
+        let parent_rank = self.parent.and_then(|p| self.hint_rank(&p));
         let children = &self.children;
         let parent = self.parent;
         let best = self
             .partners
             .iter()
-            .filter(|(id, p)| {
-                p.greeted
+            .filter_map(|(id, p)| {
+                let rank = self.hint_rank(id);
+                let movable = match current {
+                    None => true,
+                    Some(_) if random => false,
+                    Some(d) => match (rank, parent_rank) {
+                        (Some(r), Some(pr)) => r < pr && p.depth <= d || p.depth + 2 <= d,
+                        (Some(_), None) => p.depth <= d,
+                        (None, _) => p.depth + 2 <= d,
+                    },
+                };
+                let ok = p.greeted
                     && p.depth < MAX_DEPTH
-                    && (p.spare > 0 || strong && p.upload_kbps.is_some_and(|k| k < my_kbps * 4))
-                    && Some(**id) != parent
+                    && (p.spare > 0
+                        || rank == Some(0)
+                        || strong && p.upload_kbps.is_some_and(|k| k < my_kbps * 4))
+                    && Some(*id) != parent
                     && !children.contains(id)
                     && p.refused_until.is_none_or(|t| t <= now)
-                    && current.is_none_or(|d| p.depth + 2 <= d)
+                    && movable;
+                ok.then_some((*id, p, rank))
             })
-            .min_by_key(|(id, p)| {
+            .min_by_key(|(id, p, rank)| {
+                if random {
+                    return (0, 0, false, self.random_rank(id), 0, *id);
+                }
+                // A sender the plan names is worth up to two levels (one if not ranked first).
+                let bonus = match rank {
+                    Some(0) => 0,
+                    Some(_) => 1,
+                    None => 2,
+                };
                 (
-                    p.depth,
+                    usize::from(p.depth) + bonus,
+                    rank.unwrap_or(usize::MAX),
                     p.spare == 0,
-                    std::cmp::Reverse(p.upload_kbps.unwrap_or(0)),
-                    **id,
+                    u64::from(u32::MAX - p.upload_kbps.unwrap_or(0)),
+                    0,
+                    *id,
                 )
             })
-            .map(|(id, _)| *id);
+            .map(|(id, ..)| id);
         if let Some(peer) = best {
             self.asked_parent = Some((peer, now));
             self.send(peer, Frame::Subscribe(true));
@@ -261,6 +295,10 @@ impl Exchange {
     pub(super) fn climb(&mut self, now: Instant) {
         let strong = self.meter.estimate_bps() >= 2.0 * self.bitrate_bps();
         let depth = self.depth();
+        // The plan placed a hinted peer; the random baseline does not climb.
+        if self.hint.is_some() || self.config.parent_choice == ParentChoice::Random {
+            return;
+        }
         if !strong || self.parent.is_none() || depth < CLIMB_FROM_DEPTH || now < self.next_climb {
             return;
         }
