@@ -26,6 +26,8 @@
 //!   segment as soon as it has it (`tree`); a viewer nobody feeds, or whose parent is late,
 //!   requests missing segments itself, deadline first, from the holder expected to deliver
 //!   soonest, the source only as a last resort (`schedule`). On demand there is no tree.
+//! - The optimizer's plan, when a driver passes it on ([`Exchange::apply_hint`]), names the
+//!   parents to prefer and the children to make room for (`hints`).
 //! - Uploads wait in a queue, pushes before requests, earliest deadline first; a request that
 //!   would wait too long is answered `Busy` at once (`upload`). Upload capacity and partners'
 //!   delivery rates are measured (`capacity`).
@@ -1819,7 +1821,7 @@ impl Exchange {
         self.leave_silent_parent(now);
         self.climb(now);
         self.find_parent(now);
-        self.dial_hinted(now);
+        self.dial_hinted();
         self.redial_stalled_source(now);
         // A viewer nobody feeds yet makes room for the peers it was referred to.
         let climbing = self.climbing_until.is_some_and(|t| now < t);

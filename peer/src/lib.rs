@@ -10,8 +10,8 @@
 //! - [`wire`]: versioned, length-prefixed control frames with a size bound, and segment stream
 //!   headers.
 //! - [`exchange`]: the segment exchange state machine (`handle_input(now, …)` /
-//!   `poll_output()`): the feeding tree, who has what, what to request from whom, the upload
-//!   queue, bandwidth measurement, verification before storing.
+//!   `poll_output()`): the feeding tree (and the optimizer's hints for it), who has what, what
+//!   to request from whom, the upload queue, bandwidth measurement, verification before storing.
 //! - [`nat`]: NAT classes, which pairs can punch, the punching state machine, the relay's
 //!   forwarding table (and, with `node`, STUN, the shared UDP socket and the traversal task).
 //! - [`qos`]: the QoS definitions (continuity, startup delay, live latency, offload) that the

@@ -12,6 +12,7 @@
 //!                                   │ hosts, through the `Core` trait      sharing capacity,
 //!                                   ▼                                      NAT matrix, partitions
 //!   hosted: peer::exchange::Exchange (the node's own code) + MemoVerifier
+//!           ▲ hints (optimizer_loop: reports → optimizer::plan → hints, on the source's host)
 //!                                   │
 //!                                   ▼
 //!   metrics (RunSeries) ──▶ report: summary.json, timeseries.csv, SVG/PNG plots, report.html
@@ -25,7 +26,10 @@
 //! - [`coordinator`]: the overlay node with the optimizer's coordinators and a viewer agent on
 //!   top, and the coordinator-crash experiment behind `sim coordinator`.
 //! - [`scenario`]: scenario files and their validation.
-//! - [`run`]: one run of a scenario, Selfcast or the source-only baseline.
+//! - [`run`]: one run of a scenario: Selfcast, Selfcast with the optimizer's loop, the random
+//!   mesh, or the source-only baseline.
+//! - [`optimizer_loop`]: QoS reports to a coordinator on the source's host, plans
+//!   (`optimizer::plan`), hints back to the viewers' exchanges.
 //! - [`metrics`], [`report`]: what a run measured, and the files made from it.
 //! - [`bench`]: `sim bench`, the simulator's own speed.
 

@@ -269,11 +269,12 @@ impl Coordinator {
                 Upstream::Peer(j) => room.get(j as usize).copied().unwrap_or(0),
                 Upstream::Relay => 0,
             };
-            let previous = self
-                .designated
-                .get(&p.id)
-                .copied()
-                .and_then(|d| p.partners.iter().map(|q| q.from).find(|u| plan.resolve(*u) == Some(d)));
+            let previous = self.designated.get(&p.id).copied().and_then(|d| {
+                p.partners
+                    .iter()
+                    .map(|q| q.from)
+                    .find(|u| plan.resolve(*u) == Some(d))
+            });
             let choice = previous
                 .filter(|u| left(*u, &room, source_room) > 0)
                 .or_else(|| {

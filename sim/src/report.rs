@@ -720,8 +720,10 @@ fn optimizer_section(h: &mut String, runs: &[RunSeries]) {
             o.hinted_viewers,
             number(100.0 * o.parents_as_planned, 1)
         );
-        h.push_str("<table>\n<tr><th>compared with</th><th>latency p95</th>\
-                    <th>continuity</th><th>offload</th></tr>\n");
+        h.push_str(
+            "<table>\n<tr><th>compared with</th><th>latency p95</th>\
+                    <th>continuity</th><th>offload</th></tr>\n",
+        );
         let me = &run.summary;
         for other in runs.iter().filter(|r| r.label != run.label) {
             let s = &other.summary;

@@ -90,11 +90,20 @@ impl Mode {
 enum Ext {
     Publish(u64),
     Join,
-    Depart { host: HostId, crash: bool },
-    Seek { host: HostId },
-    SourceFail { down: SimTime },
+    Depart {
+        host: HostId,
+        crash: bool,
+    },
+    Seek {
+        host: HostId,
+    },
+    SourceFail {
+        down: SimTime,
+    },
     SourceReturn,
-    PartitionStart { index: usize },
+    PartitionStart {
+        index: usize,
+    },
     PartitionEnd,
     Sample,
     /// Viewers whose turn it is send their QoS reports (second `n` of the run).
@@ -618,12 +627,7 @@ impl<'a> Runner<'a> {
         let mix = class.nat.unwrap_or(net.nat);
         let nat = match pick(
             &mut self.rng,
-            [
-                mix.open,
-                mix.full_cone,
-                mix.port_restricted,
-                mix.symmetric,
-            ],
+            [mix.open, mix.full_cone, mix.port_restricted, mix.symmetric],
         ) {
             Some(1) => NatType::FullCone,
             Some(2) => NatType::PortRestricted,
@@ -891,7 +895,10 @@ impl<'a> Runner<'a> {
             })
             .collect();
         let optimizer = self.coordinator.as_ref().map(|c| {
-            for (kind, (count, bytes)) in [("qos-report", c.report_traffic), ("plan-hint", c.hint_traffic)] {
+            for (kind, (count, bytes)) in [
+                ("qos-report", c.report_traffic),
+                ("plan-hint", c.hint_traffic),
+            ] {
                 messages.insert(kind.to_owned(), Traffic { count, bytes });
             }
             optimizer_loop::LoopSummary {

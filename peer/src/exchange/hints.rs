@@ -5,13 +5,14 @@
 //! measures, and without a hint it works exactly as before. With one:
 //! - the hinted upstream peers are dialled (beyond the usual partner count), so that they are
 //!   partners to subscribe to;
-//! - the parent is chosen among the hinted upstream partners first, best ranked first; the
-//!   first one is asked even when it reports no spare room, since the plan counts on its upload
-//!   for us; a fed viewer moves to a better-ranked hinted partner no deeper than its parent, and
-//!   never from a hinted parent to one the plan does not name;
-//! - a parent (the source included) takes a peer its hint names as downstream even when full,
-//!   by dropping the weakest child the plan does not name, so a hinted tier-1 peer gets a
-//!   source slot;
+//! - a hinted sender counts as two levels nearer the source in the parent choice (one if it is
+//!   not ranked first); the first-ranked one is asked even when it reports no spare room, since
+//!   the plan counts on its upload for us; a fed viewer moves to a better-ranked hinted sender
+//!   no deeper than its parent (one level deeper for the first-ranked one: it frees the place
+//!   the plan meant for another), and, as without hints, to any partner two levels nearer;
+//! - a parent (the source included) takes a peer its hint names as downstream even when full:
+//!   its partner limit gives way, and it drops its weakest child the plan does not name, so a
+//!   hinted tier-1 peer gets a source slot;
 //! - a hinted peer does not climb on its own: the plan placed it.
 //!
 //! The plan counts upload in slots of a quarter stream from up to four senders; the tree feeds
@@ -116,9 +117,10 @@ const MAX_HINTED_DIALS: usize = 4;
 
 impl Exchange {
     /// Takes the optimizer's plan for this peer (see the module docs). A hint of an older epoch
-    /// than the one held is ignored; with [`ParentChoice::Random`] every hint is.
+    /// than the one held is ignored; so is every hint unless parents are
+    /// [`ParentChoice::Nearest`].
     pub fn apply_hint(&mut self, now: Instant, hint: Hint) {
-        if self.config.parent_choice == ParentChoice::Random
+        if self.config.parent_choice != ParentChoice::Nearest
             || self.hint.as_ref().is_some_and(|h| h.epoch > hint.epoch)
         {
             return;
@@ -144,7 +146,7 @@ impl Exchange {
         if self.is_source() {
             return;
         }
-        self.dial_hinted(now);
+        self.dial_hinted();
         self.find_parent(now);
     }
 
@@ -182,7 +184,7 @@ impl Exchange {
 
     /// Dials the hinted senders that are not partners yet (the source among them for a tier-1
     /// peer), at most a few at a time.
-    pub(super) fn dial_hinted(&mut self, _now: Instant) {
+    pub(super) fn dial_hinted(&mut self) {
         let Some(hint) = self.hint.as_ref() else {
             return;
         };
@@ -199,8 +201,8 @@ impl Exchange {
                 Upstream::Relay => None,
             })
             .collect();
-        let mut budget =
-            MAX_HINTED_DIALS.saturating_sub(self.dialing.iter().filter(|d| wanted.contains(d)).count());
+        let mut budget = MAX_HINTED_DIALS
+            .saturating_sub(self.dialing.iter().filter(|d| wanted.contains(d)).count());
         for id in wanted {
             if budget == 0 {
                 break;

@@ -77,9 +77,17 @@ impl Harness {
     }
 
     fn add_viewer(&mut self, n: u8, bootstrap: PeerId) -> PeerId {
+        self.add_hinted_viewer(n, bootstrap, None)
+    }
+
+    /// A viewer that holds `hint` from the start.
+    fn add_hinted_viewer(&mut self, n: u8, bootstrap: PeerId, hint: Option<Hint>) -> PeerId {
         let id = Keypair::from_seed([n; 32]).peer_id();
         let addr: SocketAddr = format!("10.0.1.{n}:1").parse().unwrap();
         let mut viewer = Exchange::viewer(self.now, config(), id, self.channel(), Some(addr));
+        if let Some(hint) = hint {
+            viewer.apply_hint(self.now, hint);
+        }
         let boot_addr = *self.addrs.iter().find(|(_, p)| **p == bootstrap).unwrap().0;
         viewer.add_candidates(
             self.now,
@@ -881,4 +889,112 @@ fn an_origin_that_sends_wrong_bytes_is_refused_and_the_broadcaster_serves_meanwh
         "{}",
         h.origin_fetches
     );
+}
+
+/// The hint of a plan that has `peer` fed by `from` (the source when `None`).
+fn hint_from(h: &Harness, epoch: u64, from: Option<PeerId>) -> Hint {
+    let addr = from.and_then(|f| h.addrs.iter().find(|(_, p)| **p == f).map(|(a, _)| *a));
+    Hint {
+        epoch,
+        tier: 2,
+        target_lag: Duration::from_millis(2000),
+        upstream: vec![HintedUpstream {
+            from: from.map_or(Upstream::Source, Upstream::Peer),
+            addr,
+            slots: 4,
+        }],
+        downstream: Vec::new(),
+    }
+}
+
+/// Publishes a live segment a second for `secs` seconds.
+fn stream_for(h: &mut Harness, source: PeerId, secs: u8) {
+    for n in 0..secs {
+        h.publish(source, &payload(n));
+        h.advance(SEGMENT);
+    }
+}
+
+#[test]
+fn a_viewer_subscribes_to_the_parent_its_hint_names() {
+    let (mut h, source) = Harness::new(StreamKind::Live);
+    h.publish(source, b"init");
+    let a = h.add_viewer(1, source);
+    stream_for(&mut h, source, 3);
+    let b = h.add_viewer(2, a);
+    stream_for(&mut h, source, 3);
+    let c = h.add_viewer(3, a);
+    stream_for(&mut h, source, 3);
+    // The tree alone feeds a newcomer from the partner nearest the source: a.
+    assert_eq!(h.nodes[&a].tree().0, Some(source));
+    assert_eq!(h.nodes[&b].tree().0, Some(a));
+    assert_eq!(h.nodes[&c].tree().0, Some(a));
+    assert!(h.nodes[&c].hint().is_none() && h.nodes[&c].follows_hint().is_none());
+
+    // The plan has b feed d: d dials b (it only knows a) and subscribes to it.
+    let hint = hint_from(&h, 1, Some(b));
+    let d = h.add_hinted_viewer(4, a, Some(hint));
+    stream_for(&mut h, source, 3);
+    assert!(h.linked(b, d));
+    assert_eq!(h.nodes[&d].tree().0, Some(b));
+    assert_eq!(h.nodes[&d].follows_hint(), Some(true));
+    assert_eq!(h.nodes[&d].stats().hints_applied, 1);
+    // An older plan's hint is ignored.
+    let now = h.now;
+    let stale = hint_from(&h, 0, Some(a));
+    h.nodes.get_mut(&d).unwrap().apply_hint(now, stale);
+    assert_eq!(h.nodes[&d].hint().map(|h| h.epoch), Some(1));
+    // The segments keep coming, through b.
+    let before = h.stored(d).len();
+    stream_for(&mut h, source, 2);
+    assert_eq!(h.stored(d).len(), before + 2);
+    assert!(h.nodes[&b].stats().segments_pushed > 0);
+}
+
+#[test]
+fn a_full_source_makes_room_for_the_peer_its_plan_names() {
+    let (mut h, source) = Harness::new(StreamKind::Live);
+    h.publish(source, b"init");
+    let a = h.add_viewer(1, source);
+    stream_for(&mut h, source, 3);
+    let b = h.add_viewer(2, source);
+    stream_for(&mut h, source, 3);
+    // The source feeds one viewer (its upload carries a stream and a half): a.
+    assert_eq!(h.nodes[&a].tree().0, Some(source));
+    assert_ne!(h.nodes[&b].tree().0, Some(source));
+
+    // The plan puts b in tier 1: the source drops a (not named) for b.
+    let now = h.now;
+    let mut for_source = hint_from(&h, 1, None);
+    for_source.upstream.clear();
+    for_source.downstream = vec![b];
+    h.nodes
+        .get_mut(&source)
+        .unwrap()
+        .apply_hint(now, for_source);
+    let to_b = hint_from(&h, 1, None);
+    h.nodes.get_mut(&b).unwrap().apply_hint(now, to_b);
+    h.run();
+    // (b may have been refused by the full source before: it asks again after that pause.)
+    stream_for(&mut h, source, 12);
+    assert_eq!(h.nodes[&b].tree().0, Some(source));
+    assert_eq!(h.nodes[&b].follows_hint(), Some(true));
+    assert_ne!(h.nodes[&a].tree().0, Some(source));
+    assert!(h.nodes[&a].tree().0.is_some(), "a found another parent");
+}
+
+#[test]
+fn the_random_baseline_ignores_hints() {
+    let (mut h, source) = Harness::new(StreamKind::Live);
+    h.publish(source, b"init");
+    let a = h.add_viewer(1, source);
+    let now = h.now;
+    let node = h.nodes.get_mut(&a).unwrap();
+    node.config.parent_choice = ParentChoice::Random;
+    let hint = hint_from(&h, 1, None);
+    h.nodes.get_mut(&a).unwrap().apply_hint(now, hint);
+    assert!(h.nodes[&a].hint().is_none());
+    stream_for(&mut h, source, 3);
+    // Alone with the source, it is still fed.
+    assert_eq!(h.nodes[&a].tree().0, Some(source));
 }

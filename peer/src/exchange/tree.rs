@@ -214,8 +214,9 @@ impl Exchange {
     /// the partner nearest the source, then with the most upload, that has room to feed us, or,
     /// for a peer that uploads more than two streams, one that may drop a weaker child for us. A
     /// fed viewer moves only to a partner at least two levels nearer the source than its parent
-    /// (or to a better-ranked hinted one no deeper), so the tree flattens without churning. With [`ParentChoice::Random`] an unfed viewer takes a partner with room at
-    /// random and stays with it.
+    /// (or to a better-ranked hinted one: see below), so the tree flattens without churning.
+    /// With [`ParentChoice::Random`] an unfed viewer takes a partner with room at random and
+    /// stays with it.
     pub(super) fn find_parent(&mut self, now: Instant) {
         // On demand, viewers watch different parts: no tree, the mesh serves them.
         if self.is_source() || !self.is_live() {
@@ -242,14 +243,22 @@ impl Exchange {
             .iter()
             .filter_map(|(id, p)| {
                 let rank = self.hint_rank(id);
+                // A fed viewer moves to a better-ranked hinted sender no deeper than its parent,
+                // or one level deeper for the sender ranked first (the plan's tiers free the
+                // place it holds for another); to any partner two levels nearer.
                 let movable = match current {
                     None => true,
                     Some(_) if random => false,
-                    Some(d) => match (rank, parent_rank) {
-                        (Some(r), Some(pr)) => r < pr && p.depth <= d || p.depth + 2 <= d,
-                        (Some(_), None) => p.depth <= d,
-                        (None, _) => p.depth + 2 <= d,
-                    },
+                    Some(d) => {
+                        let nearer = p.depth.saturating_add(2) <= d;
+                        let deeper_ok = u8::from(rank == Some(0));
+                        let follows = p.depth <= d.saturating_add(deeper_ok);
+                        match (rank, parent_rank) {
+                            (Some(r), Some(pr)) => r < pr && follows || nearer,
+                            (Some(_), None) => follows,
+                            (None, _) => nearer,
+                        }
+                    }
                 };
                 let ok = p.greeted
                     && p.depth < MAX_DEPTH
@@ -264,7 +273,7 @@ impl Exchange {
             })
             .min_by_key(|(id, p, rank)| {
                 if random {
-                    return (0, 0, false, self.random_rank(id), 0, *id);
+                    return (0, 0, false, self.random_rank(id), *id);
                 }
                 // A sender the plan names is worth up to two levels (one if not ranked first).
                 let bonus = match rank {
@@ -276,8 +285,8 @@ impl Exchange {
                     usize::from(p.depth) + bonus,
                     rank.unwrap_or(usize::MAX),
                     p.spare == 0,
+                    // The most upload first.
                     u64::from(u32::MAX - p.upload_kbps.unwrap_or(0)),
-                    0,
                     *id,
                 )
             })
@@ -296,7 +305,7 @@ impl Exchange {
         let strong = self.meter.estimate_bps() >= 2.0 * self.bitrate_bps();
         let depth = self.depth();
         // The plan placed a hinted peer; the random baseline does not climb.
-        if self.hint.is_some() || self.config.parent_choice == ParentChoice::Random {
+        if self.hint.is_some() || self.config.parent_choice != ParentChoice::Nearest {
             return;
         }
         if !strong || self.parent.is_none() || depth < CLIMB_FROM_DEPTH || now < self.next_climb {
