@@ -6,11 +6,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, warn};
-use tracker_overlay::swarm::{self, Connectivity, Field, Member, Reach};
-use tracker_overlay::{Abort, TxOp, Value};
+use tracker_overlay::coordinator::CoordinatorConfig;
+use tracker_overlay::swarm::{self, Connectivity, Field, Member, PeerHint, Reach};
+use tracker_overlay::{Abort, Phase, TxOp, Value};
 
 use crate::identity::{ChannelId, PeerId};
 use crate::nat::driver::Nat;
+use crate::node::NodeHandle;
 use crate::overlay_net::OverlayHandle;
 use crate::segment::SignedChannel;
 use crate::wire::PeerAddr;
@@ -231,5 +233,94 @@ pub async fn keep_registered(
         if overlay.status().await.is_none() {
             return;
         }
+    }
+}
+
+/// Reads one key by itself (a plain quorum read that takes no lock, so plan readers never
+/// hold up the coordinator's writes).
+async fn read_one(overlay: &OverlayHandle, op: TxOp) -> Result<Option<Value>, Abort> {
+    let mut values = overlay.transact(vec![op]).await?;
+    Ok(values.pop().flatten())
+}
+
+/// This peer's entry of the channel's stored plan, with the plan's epoch: the header, then
+/// the shard that holds the entry, each read alone. `Ok(None)` when no plan is stored or it
+/// does not name the peer (it has not reported yet). A shard written by a newer plan
+/// between the two reads is read again once, with the new header.
+pub async fn read_plan(
+    overlay: &OverlayHandle,
+    channel: ChannelId,
+    me: PeerId,
+) -> Result<Option<(u64, PeerHint)>, DirectoryError> {
+    let mut last = None;
+    for _ in 0..2 {
+        let header = read_one(overlay, TxOp::Read(swarm::key(&channel.0, Field::Plan))).await?;
+        let Some(header) = swarm::plan_header(header.as_ref())? else {
+            return Ok(None);
+        };
+        let shard = read_one(overlay, swarm::read_plan_for(&channel.0, &me.0, &header)).await?;
+        match swarm::plan_for(&me.0, &header, shard.as_ref()) {
+            Ok(entry) => return Ok(entry.map(|e| (header.epoch, e))),
+            Err(e @ swarm::MetaError::StaleShard { .. }) => last = Some(e),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(last.map_or(DirectoryError::Unknown, DirectoryError::from))
+}
+
+/// Takes part in the optimizer's loop until the node stops: once a round sends the node's
+/// QoS report to the channel's coordinator, then (half a round later) reads the node's entry
+/// of the stored plan and, when its epoch is new, hands it to the node with the addresses
+/// the membership records give for the peers it names.
+pub async fn keep_planned(node: NodeHandle) {
+    let round = CoordinatorConfig::default().round;
+    let overlay = node.overlay().clone();
+    let (channel, me) = (node.channel(), node.peer_id());
+    let mut applied = 0u64;
+    // A random phase, so that the members of a channel do not report in lockstep.
+    tokio::time::sleep(round.mul_f64(rand::random::<f64>() / 2.0)).await;
+    loop {
+        let Some(status) = overlay.status().await else {
+            return; // The overlay node stopped.
+        };
+        let member = status.phase == Phase::Member;
+        if member {
+            match node.qos_report().await {
+                Some(report) => overlay.report(report),
+                None => debug!("no QoS report yet: the channel is not verified"),
+            }
+        }
+        tokio::time::sleep(round / 2).await;
+        if member {
+            match read_plan(&overlay, channel, me).await {
+                Ok(Some((epoch, entry))) if epoch > applied => {
+                    let addrs = match read_one(
+                        &overlay,
+                        TxOp::Read(swarm::key(&channel.0, Field::Members)),
+                    )
+                    .await
+                    {
+                        Ok(members) => swarm::members(members.as_ref(), now_unix_s())
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|m| PeerAddr {
+                                id: PeerId(m.peer),
+                                addr: m.addr,
+                            })
+                            .collect(),
+                        Err(e) => {
+                            debug!(error = %e, "members not read; the plan goes without addresses");
+                            Vec::new()
+                        }
+                    };
+                    debug!(epoch, tier = entry.tier, "new plan entry");
+                    node.apply_plan(epoch, entry, addrs);
+                    applied = epoch;
+                }
+                Ok(_) => {}
+                Err(e) => debug!(error = %e, "plan not read"),
+            }
+        }
+        tokio::time::sleep(round / 2).await;
     }
 }

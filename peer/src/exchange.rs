@@ -1726,7 +1726,7 @@ impl Exchange {
     }
 
     /// The stream's bit rate, from the newest segment's statement (2 Mbit/s before any).
-    fn bitrate_bps(&self) -> f64 {
+    pub fn bitrate_bps(&self) -> f64 {
         self.statements
             .values()
             .rev()

@@ -17,6 +17,7 @@ use quinn::{Endpoint, VarInt};
 use rustc_hash::FxHashMap as HashMap;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
+use tracker_overlay::coordinator::{self, CoordinatorConfig, Coordinators, QosReport};
 use tracker_overlay::{
     Abort, Config, Event, Message, NodeRef, Output, OverlayNode, Phase, TxOp, Value,
 };
@@ -38,6 +39,7 @@ enum Command {
     Transact(Vec<TxOp>, oneshot::Sender<TxResult>),
     Leave,
     Status(oneshot::Sender<Status>),
+    Report(Box<QosReport>),
 }
 
 /// A snapshot of the node's view of the ring.
@@ -134,6 +136,12 @@ impl OverlayHandle {
         rx.await.unwrap_or(Err(Abort::NotJoined))
     }
 
+    /// Sends a QoS report to the channel's coordinator (best effort, routed through the ring;
+    /// send one per round). Dropped while the node is not in a ring.
+    pub fn report(&self, report: QosReport) {
+        let _ = self.commands.send(Command::Report(Box::new(report)));
+    }
+
     /// The node's view of the ring.
     pub async fn status(&self) -> Option<Status> {
         let (tx, rx) = oneshot::channel();
@@ -174,8 +182,15 @@ pub(crate) fn spawn_on(
     let me = NodeRef::new(key.peer_id().0, advertise);
     let (commands, command_rx) = mpsc::unbounded_channel();
     let (inbox, inbox_rx) = mpsc::unbounded_channel();
+    // The coordinators (of the channels whose plan key this node is responsible for) draw
+    // their random back-off from the node's seed.
+    let coords = Coordinators::new(CoordinatorConfig {
+        seed: cfg.seed ^ 0xc00d,
+        ..CoordinatorConfig::default()
+    });
     let actor = Actor {
         node: OverlayNode::new(Instant::now(), me, cfg),
+        coords,
         conns: conns.clone(),
         inbox: inbox.clone(),
         peers: HashMap::default(),
@@ -199,6 +214,8 @@ enum PeerLink {
 
 struct Actor {
     node: OverlayNode,
+    /// The optimizer's coordinators hosted on this node (sans-IO, driven beside it).
+    coords: Coordinators,
     conns: Connections,
     inbox: mpsc::UnboundedSender<Inbox>,
     peers: HashMap<PeerId, PeerLink>,
@@ -213,7 +230,10 @@ impl Actor {
         mut inbox: mpsc::UnboundedReceiver<Inbox>,
     ) {
         loop {
-            let deadline = self.node.poll_timeout();
+            let deadline = [self.node.poll_timeout(), self.coords.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
             let sleep = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -236,7 +256,15 @@ impl Actor {
                         self.inbox(msg);
                     }
                 }
-                () = sleep => self.node.handle_timeout(Instant::now()),
+                () = sleep => {
+                    let now = Instant::now();
+                    if self.node.poll_timeout().is_some_and(|t| t <= now) {
+                        self.node.handle_timeout(now);
+                    }
+                    if self.coords.poll_timeout().is_some_and(|t| t <= now) {
+                        self.coords.handle_timeout(now, &mut self.node);
+                    }
+                }
             }
             self.flush();
             if self.left {
@@ -256,6 +284,13 @@ impl Actor {
                 self.txs.insert(req, reply);
             }
             Command::Leave => self.node.leave(now),
+            Command::Report(report) => {
+                if self.node.phase() == Phase::Member
+                    && !coordinator::send_report(&mut self.node, now, &report)
+                {
+                    debug!("QoS report not sent");
+                }
+            }
             Command::Status(reply) => {
                 let node = &self.node;
                 let sure = match node.pred() {
@@ -317,16 +352,50 @@ impl Actor {
     }
 
     fn flush(&mut self) {
-        while let Some(out) = self.node.poll_output() {
-            match out {
-                Output::Transmit { to, msg } => self.send(to, msg),
-                Output::Event(Event::TxDone { req, result }) => {
-                    if let Some(reply) = self.txs.remove(&req) {
-                        let _ = reply.send(result);
+        // The coordinators react to events by running transactions and routing messages, which
+        // produce more output: drain until both are quiet.
+        loop {
+            let mut idle = true;
+            while let Some(out) = self.node.poll_output() {
+                idle = false;
+                let now = Instant::now();
+                match out {
+                    Output::Transmit { to, msg } => self.send(to, msg),
+                    Output::Event(Event::TxDone { req, result }) => {
+                        if !self
+                            .coords
+                            .handle_tx_done(now, req, &result, &mut self.node)
+                        {
+                            if let Some(reply) = self.txs.remove(&req) {
+                                let _ = reply.send(result);
+                            }
+                        }
                     }
+                    Output::Event(Event::Delivered {
+                        key,
+                        origin,
+                        payload,
+                    }) => {
+                        if let Err(e) = self.coords.handle_delivered(
+                            now,
+                            key,
+                            origin.peer,
+                            &payload,
+                            &mut self.node,
+                        ) {
+                            debug!(error = %e, "delivered payload dropped");
+                        }
+                    }
+                    Output::Event(Event::Left) => self.left = true,
+                    Output::Event(e) => debug!(event = ?e, "overlay"),
                 }
-                Output::Event(Event::Left) => self.left = true,
-                Output::Event(e) => debug!(event = ?e, "overlay"),
+            }
+            while let Some(e) = self.coords.poll_event() {
+                idle = false;
+                debug!(event = ?e, "coordinator");
+            }
+            if idle {
+                break;
             }
         }
     }

@@ -37,13 +37,17 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::exchange::{CloseReason, Event, Exchange, ExchangeConfig, Input, Output, PublishError};
+use crate::exchange::{
+    CloseReason, Event, Exchange, ExchangeConfig, Hint, Input, Output, PublishError,
+};
 use crate::identity::{ChannelId, Keypair, PeerId};
 use crate::nat::driver::{Nat, NatConfig};
 use crate::overlay_net::OverlayHandle;
 use crate::qos::ViewerQos;
 use crate::segment::{SegmentId, SignedChannel, StreamKind};
 use crate::wire::{Frame, FrameDecoder, FrameError, PeerAddr, SegmentHeader};
+use tracker_overlay::coordinator::{self, QosReport, Role};
+use tracker_overlay::swarm::PeerHint;
 
 /// Close codes of our QUIC connections (application error codes).
 mod close_code {
@@ -206,6 +210,30 @@ impl NodeHandle {
         let _ = self.tx.send(Msg::AddCandidates(peers));
     }
 
+    /// What this node would report to the channel's coordinator now (`None` once stopped, or
+    /// while a viewer has not verified the channel yet).
+    pub async fn qos_report(&self) -> Option<QosReport> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::QosReport(reply)).ok()?;
+        rx.await.ok().flatten()
+    }
+
+    /// Hands the exchange this node's entry of the optimizer's plan of `epoch`; `addrs` are
+    /// the addresses known for the peers it names (the directory's member records), to which
+    /// the exchange adds its partners' own.
+    pub fn apply_plan(&self, epoch: u64, entry: PeerHint, addrs: Vec<PeerAddr>) {
+        let _ = self.tx.send(Msg::Plan {
+            epoch,
+            entry,
+            addrs,
+        });
+    }
+
+    /// The epoch of the plan entry the exchange follows, if any.
+    pub fn plan_epoch(&self) -> Option<u64> {
+        self.status()["plan"]["epoch"].as_u64()
+    }
+
     /// Starts the broadcaster's node: it serves the channel described by `record`, signed by
     /// `key` (which is also the node's TLS identity, so viewers recognise the source).
     pub async fn start_source(
@@ -316,6 +344,14 @@ fn unix_ms() -> u64 {
 enum Msg {
     /// More peers to try (found through the overlay).
     AddCandidates(Vec<PeerAddr>),
+    /// Build a QoS report for the channel's coordinator.
+    QosReport(oneshot::Sender<Option<QosReport>>),
+    /// This node's entry of a stored plan.
+    Plan {
+        epoch: u64,
+        entry: PeerHint,
+        addrs: Vec<PeerAddr>,
+    },
     Connected {
         link: Link,
         dialled_by: PeerId,
@@ -562,9 +598,10 @@ async fn start(
         retry_at: now + FIRST_RETRY,
         retry_backoff: FIRST_RETRY,
     };
+    let span_plan = span.clone();
     tasks.spawn(actor.run(rx).instrument(span));
     info!(peer = %peer_id, %local_addr, http = ?http_addr, "node started");
-    Ok(NodeHandle {
+    let handle = NodeHandle {
         tx,
         store,
         status,
@@ -577,7 +614,11 @@ async fn start(
         nat,
         advertise,
         tasks: Arc::new(tokio::sync::Mutex::new(tasks)),
-    })
+    };
+    // Every node of a channel reports to the optimizer's coordinator and follows its plan
+    // (ends with the node).
+    tokio::spawn(crate::directory::keep_planned(handle.clone()).instrument(span_plan));
+    Ok(handle)
 }
 
 /// The address others can dial us at when we were told none: `local` itself unless it is a
@@ -802,6 +843,14 @@ impl Actor {
                 let _ = reply.send(result);
             }
             Msg::AddCandidates(peers) => self.exchange.add_candidates(now, peers),
+            Msg::QosReport(reply) => {
+                let _ = reply.send(self.qos_report(now));
+            }
+            Msg::Plan {
+                epoch,
+                entry,
+                addrs,
+            } => self.apply_plan(now, epoch, &entry, &addrs),
             Msg::Shutdown => {}
         }
     }
@@ -1012,6 +1061,78 @@ impl Actor {
         }
     }
 
+    /// What the optimizer needs to know about this peer: measured upload, lag and continuity
+    /// as the player sees them, partners, NAT class. There is no network coordinate yet
+    /// (no Vivaldi in the node): every peer reports the origin, so RTT plays no part.
+    fn qos_report(&mut self, now: Instant) -> Option<QosReport> {
+        let source = self.exchange.is_source();
+        if !source && self.exchange.record().is_none() {
+            return None;
+        }
+        let bitrate_bps = self.exchange.bitrate_bps().max(1.0) as u64;
+        self.qos.advance(now);
+        let (lag_ms, continuity) = if source {
+            (Some(0.0), 1.0)
+        } else {
+            // Before anything was due, nothing was missed.
+            let continuity = self
+                .qos
+                .viewer
+                .as_ref()
+                .and_then(ViewerQos::continuity)
+                .unwrap_or(1.0);
+            (
+                self.qos.median_latency_ms(),
+                continuity.clamp(0.0, 1.0) as f32,
+            )
+        };
+        let partners = self
+            .exchange
+            .partners()
+            .map(|p| p.peer.0)
+            .take(coordinator::MAX_REPORT_PARTNERS)
+            .collect();
+        Some(QosReport {
+            channel: self.exchange.channel().0,
+            role: if source {
+                Role::Source { bitrate_bps }
+            } else {
+                Role::Viewer
+            },
+            upload_bps: self.exchange.upload_state().0.max(0.0) as u64,
+            need_bps: if source { 0 } else { bitrate_bps },
+            coord: optimizer::Coord::default(),
+            connectivity: self.nat.record().connectivity,
+            lag_ms: lag_ms.map(|ms| ms.min(f64::from(u32::MAX)) as u32),
+            continuity,
+            partners,
+        })
+    }
+
+    /// Gives the exchange this node's plan entry, with what addresses are known for the
+    /// peers it names.
+    fn apply_plan(&mut self, now: Instant, epoch: u64, entry: &PeerHint, addrs: &[PeerAddr]) {
+        let partners: HashMap<PeerId, SocketAddr> = self
+            .exchange
+            .partners()
+            .filter_map(|p| Some((p.peer, p.listen?)))
+            .collect();
+        let hint = Hint::from_peer_hint(epoch, entry, |id| {
+            addrs
+                .iter()
+                .find(|a| a.id == *id)
+                .map(|a| a.addr)
+                .or_else(|| partners.get(id).copied())
+        });
+        info!(
+            epoch,
+            tier = hint.tier,
+            upstream = hint.upstream.len(),
+            "applying the optimizer's plan"
+        );
+        self.exchange.apply_hint(now, hint);
+    }
+
     fn publish_status(&mut self) {
         self.qos.advance(Instant::now());
         let qos = self.qos.report();
@@ -1051,6 +1172,11 @@ impl Actor {
                 "depth": depth,
             },
             "upload_kbps": (self.exchange.upload_state().0 / 1000.0) as u64,
+            "plan": self.exchange.hint().map(|h| json!({
+                "epoch": h.epoch,
+                "tier": h.tier,
+                "parent_hinted": self.exchange.follows_hint(),
+            })),
             "connections": self.net.open().iter().map(|(_, n)| n).sum::<usize>(),
             "nat": self.nat.status(),
             "qos": qos,
@@ -1097,6 +1223,13 @@ impl NodeQos {
         }
     }
 
+    /// The median live latency of the recent segments (ms).
+    fn median_latency_ms(&self) -> Option<f64> {
+        let mut recent: Vec<f64> = self.recent_latency_ms.iter().copied().collect();
+        recent.sort_by(f64::total_cmp);
+        recent.get(recent.len() / 2).copied()
+    }
+
     fn advance(&mut self, now: Instant) {
         if let Some(viewer) = self.viewer.as_mut() {
             viewer.advance(now);
@@ -1107,9 +1240,7 @@ impl NodeQos {
         let Some(viewer) = &self.viewer else {
             return serde_json::Value::Null;
         };
-        let mut recent: Vec<f64> = self.recent_latency_ms.iter().copied().collect();
-        recent.sort_by(f64::total_cmp);
-        let median = recent.get(recent.len() / 2).copied();
+        let median = self.median_latency_ms();
         json!({
             "continuity": viewer.continuity(),
             "segments_due": viewer.totals().due,
