@@ -12,7 +12,7 @@ use tracker_overlay::{Abort, Phase, TxOp, Value};
 
 use crate::identity::{ChannelId, PeerId};
 use crate::nat::driver::Nat;
-use crate::node::NodeHandle;
+use crate::node::PlanPort;
 use crate::overlay_net::OverlayHandle;
 use crate::segment::SignedChannel;
 use crate::wire::PeerAddr;
@@ -272,14 +272,20 @@ pub async fn read_plan(
 /// QoS report to the channel's coordinator, then (half a round later) reads the node's entry
 /// of the stored plan and, when its epoch is new, hands it to the node with the addresses
 /// the membership records give for the peers it names.
-pub async fn keep_planned(node: NodeHandle) {
+pub(crate) async fn keep_planned(
+    overlay: OverlayHandle,
+    channel: ChannelId,
+    me: PeerId,
+    node: PlanPort,
+) {
     let round = CoordinatorConfig::default().round;
-    let overlay = node.overlay().clone();
-    let (channel, me) = (node.channel(), node.peer_id());
     let mut applied = 0u64;
     // A random phase, so that the members of a channel do not report in lockstep.
     tokio::time::sleep(round.mul_f64(rand::random::<f64>() / 2.0)).await;
     loop {
+        if node.stopped() {
+            return;
+        }
         let Some(status) = overlay.status().await else {
             return; // The overlay node stopped.
         };

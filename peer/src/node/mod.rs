@@ -213,20 +213,20 @@ impl NodeHandle {
     /// What this node would report to the channel's coordinator now (`None` once stopped, or
     /// while a viewer has not verified the channel yet).
     pub async fn qos_report(&self) -> Option<QosReport> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(Msg::QosReport(reply)).ok()?;
-        rx.await.ok().flatten()
+        self.plan_port().qos_report().await
     }
 
     /// Hands the exchange this node's entry of the optimizer's plan of `epoch`; `addrs` are
     /// the addresses known for the peers it names (the directory's member records), to which
     /// the exchange adds its partners' own.
     pub fn apply_plan(&self, epoch: u64, entry: PeerHint, addrs: Vec<PeerAddr>) {
-        let _ = self.tx.send(Msg::Plan {
-            epoch,
-            entry,
-            addrs,
-        });
+        self.plan_port().apply_plan(epoch, entry, addrs);
+    }
+
+    fn plan_port(&self) -> PlanPort {
+        PlanPort {
+            tx: self.tx.clone(),
+        }
     }
 
     /// The epoch of the plan entry the exchange follows, if any.
@@ -331,6 +331,36 @@ impl NodeHandle {
         let _ = self.tx.send(Msg::Shutdown);
         let mut tasks = self.tasks.lock().await;
         while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// What the optimizer loop needs of a node: its QoS report, a way to hand it its plan entry.
+/// Unlike a [`NodeHandle`] it holds none of the node's sockets, so a node that stops frees
+/// its port at once.
+pub(crate) struct PlanPort {
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl PlanPort {
+    /// See [`NodeHandle::qos_report`].
+    pub(crate) async fn qos_report(&self) -> Option<QosReport> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::QosReport(reply)).ok()?;
+        rx.await.ok().flatten()
+    }
+
+    /// See [`NodeHandle::apply_plan`].
+    pub(crate) fn apply_plan(&self, epoch: u64, entry: PeerHint, addrs: Vec<PeerAddr>) {
+        let _ = self.tx.send(Msg::Plan {
+            epoch,
+            entry,
+            addrs,
+        });
+    }
+
+    /// Whether the node stopped.
+    pub(crate) fn stopped(&self) -> bool {
+        self.tx.is_closed()
     }
 }
 
@@ -617,7 +647,15 @@ async fn start(
     };
     // Every node of a channel reports to the optimizer's coordinator and follows its plan
     // (ends with the node).
-    tokio::spawn(crate::directory::keep_planned(handle.clone()).instrument(span_plan));
+    tokio::spawn(
+        crate::directory::keep_planned(
+            handle.overlay.clone(),
+            channel,
+            peer_id,
+            handle.plan_port(),
+        )
+        .instrument(span_plan),
+    );
     Ok(handle)
 }
 
