@@ -1267,11 +1267,7 @@ mod tests {
 
     /// a sends b a 250 kB bulk message (10 Mbit/s: whole at b at 260 ms); b forwards it to c as
     /// it arrives, over `b_up` bit/s to c's `c_down`, and vouches for it with `ok`.
-    fn forward(
-        b_up: f64,
-        c_down: f64,
-        ok: bool,
-    ) -> (Engine<Probe, ()>, Log) {
+    fn forward(b_up: f64, c_down: f64, ok: bool) -> (Engine<Probe, ()>, Log) {
         let mut e = Engine::new(1, Traversal::None, 0.0, 0.0);
         let a = e.add_host(HostNet::new((0.0, 0.0), 5.0, 10e6, 100e6, NatType::Open));
         let b = e.add_host(HostNet::new((10.0, 0.0), 5.0, b_up, 100e6, NatType::Open));
