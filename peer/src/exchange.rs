@@ -1605,7 +1605,7 @@ impl Exchange {
                 .as_secs_f64();
             // Our parent pushes what it gets; fetch elsewhere only if it is late: if it has
             // the segment, its push is on the way.
-            let window = match parent.and_then(|i| self.partners.values().nth(i)) {
+            let window = match parent.and_then(|i| self.partners.at(i)) {
                 Some(p) if p.have.contains(id) => PUSH_WAIT_S,
                 Some(_) => REPAIR_WINDOW_S,
                 None => f64::INFINITY,
@@ -1835,7 +1835,10 @@ impl Exchange {
         if missing == 0 {
             return;
         }
-        let mut candidates: Vec<(PeerId, SocketAddr)> = self
+        // Peers we were referred to (nearer the tree's top, with room) first, then in id order
+        // (the id's first eight bytes as a number: the same order, compared faster).
+        let referred = &self.referred;
+        let mut candidates: Vec<((bool, u64, PeerId), SocketAddr)> = self
             .candidates
             .iter()
             .filter(|(id, _)| {
@@ -1843,12 +1846,16 @@ impl Exchange {
                     && !self.dialing.contains(id)
                     && !self.backoff.contains_key(id)
             })
-            .map(|(id, addr)| (*id, *addr))
+            .map(|(id, addr)| ((!referred.contains(id), id_prefix(id), *id), *addr))
             .collect();
-        // Peers we were referred to (nearer the tree's top, with room) first.
-        let referred = &self.referred;
-        candidates.sort_by_key(|(id, _)| (!referred.contains(id), *id));
-        for (id, addr) in candidates {
+        // Only the first `missing` are dialled: pick them out, then sort those (the keys are
+        // distinct, so this is the order a sort of all of them gives).
+        if candidates.len() > missing {
+            candidates.select_nth_unstable_by_key(missing - 1, |(key, _)| *key);
+            candidates.truncate(missing);
+        }
+        candidates.sort_unstable_by_key(|(key, _)| *key);
+        for ((_, _, id), addr) in candidates {
             if missing == 0 {
                 break;
             }
@@ -1933,38 +1940,57 @@ impl Exchange {
     }
 
     fn broadcast(&mut self, except: Option<PeerId>, frame: Frame) {
-        let peers: Vec<PeerId> = self
-            .partners
-            .keys()
-            .copied()
-            .filter(|p| Some(*p) != except)
-            .collect();
-        for peer in peers {
-            self.send(peer, frame.clone());
+        // The last partner gets the frame itself, the others a copy each.
+        let mut last = None;
+        for &peer in self.partners.keys() {
+            if Some(peer) == except {
+                continue;
+            }
+            if let Some(to) = last.replace(peer) {
+                self.outputs.push_back(Output::Send {
+                    to,
+                    frame: frame.clone(),
+                });
+            }
+        }
+        if let Some(to) = last {
+            self.outputs.push_back(Output::Send { to, frame });
         }
     }
 }
 
-/// The partners in id order: a sorted vector (a few dozen at most, next to each other in
-/// memory), searched by id. The exchange looks a partner up on every frame.
+/// The partners in id order: sorted vectors (a few dozen at most, next to each other in
+/// memory), searched by id. The exchange looks a partner up on every frame, so the ids sit in
+/// a vector of their own (a search touches a few cache lines, not a few partners), and a
+/// search compares each id's first eight bytes as one number before the rest.
 #[derive(Debug, Default)]
 struct PartnerMap {
-    entries: Vec<(PeerId, Partner)>,
+    ids: Vec<PeerId>,
+    partners: Vec<Partner>,
+}
+
+/// An id's first eight bytes as a big-endian number: ordering by it, then by the whole id, is
+/// the ids' own (lexicographic) order.
+fn id_prefix(id: &PeerId) -> u64 {
+    let [a, b, c, d, e, f, g, h, ..] = id.0;
+    u64::from_be_bytes([a, b, c, d, e, f, g, h])
 }
 
 impl PartnerMap {
     fn find(&self, id: &PeerId) -> Result<usize, usize> {
-        self.entries.binary_search_by(|(k, _)| k.cmp(id))
+        let prefix = id_prefix(id);
+        self.ids
+            .binary_search_by(|k| id_prefix(k).cmp(&prefix).then_with(|| k.cmp(id)))
     }
 
     fn get(&self, id: &PeerId) -> Option<&Partner> {
         let i = self.find(id).ok()?;
-        Some(&self.entries[i].1)
+        Some(&self.partners[i])
     }
 
     fn get_mut(&mut self, id: &PeerId) -> Option<&mut Partner> {
         let i = self.find(id).ok()?;
-        Some(&mut self.entries[i].1)
+        Some(&mut self.partners[i])
     }
 
     fn contains_key(&self, id: &PeerId) -> bool {
@@ -1973,47 +1999,59 @@ impl PartnerMap {
 
     /// The partner at `index` in id order, with its id.
     fn at_mut(&mut self, index: usize) -> (PeerId, &mut Partner) {
-        let (id, partner) = &mut self.entries[index];
-        (*id, partner)
+        (self.ids[index], &mut self.partners[index])
+    }
+
+    /// The partner at `index` in id order.
+    fn at(&self, index: usize) -> Option<&Partner> {
+        self.partners.get(index)
     }
 
     fn insert(&mut self, id: PeerId, partner: Partner) {
         match self.find(&id) {
-            Ok(i) => self.entries[i].1 = partner,
-            Err(i) => self.entries.insert(i, (id, partner)),
+            Ok(i) => self.partners[i] = partner,
+            Err(i) => {
+                self.ids.insert(i, id);
+                self.partners.insert(i, partner);
+            }
         }
     }
 
     fn remove(&mut self, id: &PeerId) -> Option<Partner> {
         let i = self.find(id).ok()?;
-        Some(self.entries.remove(i).1)
+        self.ids.remove(i);
+        Some(self.partners.remove(i))
     }
 
     fn len(&self) -> usize {
-        self.entries.len()
+        self.ids.len()
     }
 
     fn iter(&self) -> impl Iterator<Item = (&PeerId, &Partner)> + '_ {
-        self.entries.iter().map(|(k, v)| (k, v))
+        self.ids.iter().zip(&self.partners)
     }
 
     fn keys(&self) -> impl Iterator<Item = &PeerId> + '_ {
-        self.entries.iter().map(|(k, _)| k)
+        self.ids.iter()
     }
 
     fn values(&self) -> impl Iterator<Item = &Partner> + '_ {
-        self.entries.iter().map(|(_, v)| v)
+        self.partners.iter()
     }
 
     fn values_mut(&mut self) -> impl Iterator<Item = &mut Partner> + '_ {
-        self.entries.iter_mut().map(|(_, v)| v)
+        self.partners.iter_mut()
     }
 
     /// All partners, starting with the first whose id is not below `id`, wrapping around.
     fn from(&self, id: PeerId) -> impl Iterator<Item = (&PeerId, &Partner)> + '_ {
         let (Ok(i) | Err(i)) = self.find(&id);
-        let (before, after) = self.entries.split_at(i);
-        after.iter().chain(before).map(|(k, v)| (k, v))
+        let (ids_before, ids_after) = self.ids.split_at(i);
+        let (before, after) = self.partners.split_at(i);
+        ids_after
+            .iter()
+            .zip(after)
+            .chain(ids_before.iter().zip(before))
     }
 }
 
@@ -2132,15 +2170,62 @@ impl<V> SegmentMap<V> {
 
 /// What a partner holds: a bitmap over media segment numbers (a buffer map) that slides
 /// forward as old segments are forgotten, plus the init segment.
+///
+/// The first few words sit in the map itself (a live window spans three or four), so that
+/// looking a segment up in each partner's map, as every round of requests does, follows no
+/// pointer; words past those spill into a deque.
 #[derive(Debug, Default)]
 struct HaveMap {
     init: bool,
     /// Word `i` covers segments `(first_word + i) * 64 ..`.
     first_word: u64,
-    words: VecDeque<u64>,
+    /// Words in the map.
+    len: usize,
+    /// Words `0..HAVE_INLINE`; those at `len` and beyond are zero.
+    inline: [u64; HAVE_INLINE],
+    /// Words `HAVE_INLINE..len`.
+    spill: VecDeque<u64>,
 }
 
+/// Words of a [`HaveMap`] kept inline.
+const HAVE_INLINE: usize = 4;
+
 impl HaveMap {
+    fn word(&self, index: usize) -> Option<u64> {
+        if index >= self.len {
+            None
+        } else if index < HAVE_INLINE {
+            Some(self.inline[index])
+        } else {
+            self.spill.get(index - HAVE_INLINE).copied()
+        }
+    }
+
+    fn word_mut(&mut self, index: usize) -> Option<&mut u64> {
+        if index >= self.len {
+            None
+        } else if index < HAVE_INLINE {
+            Some(&mut self.inline[index])
+        } else {
+            self.spill.get_mut(index - HAVE_INLINE)
+        }
+    }
+
+    /// Grows the map to `len` words (new ones zero).
+    fn grow(&mut self, len: usize) {
+        if len > HAVE_INLINE {
+            self.spill.resize(len - HAVE_INLINE, 0);
+        }
+        self.len = len;
+    }
+
+    /// Drops the first word.
+    fn pop_front(&mut self) {
+        self.inline.copy_within(1.., 0);
+        self.inline[HAVE_INLINE - 1] = self.spill.pop_front().unwrap_or(0);
+        self.len -= 1;
+    }
+
     fn insert(&mut self, id: SegmentId) {
         let SegmentId::Media(n) = id else {
             self.init = true;
@@ -2150,18 +2235,20 @@ impl HaveMap {
         if word < self.first_word {
             return; // already forgotten
         }
-        if self.words.is_empty() {
+        if self.len == 0 {
             self.first_word = word;
         }
         let index = (word - self.first_word) as usize;
-        if index >= self.words.len() {
+        if index >= self.len {
             // A partner announcing a segment absurdly far ahead is not worth the memory.
             if index > 1 << 16 {
                 return;
             }
-            self.words.resize(index + 1, 0);
+            self.grow(index + 1);
         }
-        self.words[index] |= 1 << (n % 64);
+        if let Some(w) = self.word_mut(index) {
+            *w |= 1 << (n % 64);
+        }
     }
 
     fn remove(&mut self, id: SegmentId) {
@@ -2172,7 +2259,7 @@ impl HaveMap {
         let Some(index) = (n / 64).checked_sub(self.first_word) else {
             return;
         };
-        if let Some(word) = self.words.get_mut(index as usize) {
+        if let Some(word) = usize::try_from(index).ok().and_then(|i| self.word_mut(i)) {
             *word &= !(1 << (n % 64));
         }
     }
@@ -2184,19 +2271,20 @@ impl HaveMap {
         let Some(index) = (n / 64).checked_sub(self.first_word) else {
             return false;
         };
-        self.words
-            .get(index as usize)
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.word(i))
             .is_some_and(|w| w & (1 << (n % 64)) != 0)
     }
 
     /// Forgets media segments before `seq`.
     fn forget_before(&mut self, seq: u64) {
-        while self.first_word < seq / 64 && !self.words.is_empty() {
-            self.words.pop_front();
+        while self.first_word < seq / 64 && self.len > 0 {
+            self.pop_front();
             self.first_word += 1;
         }
-        if let Some(word) = self.words.front_mut() {
-            if self.first_word == seq / 64 {
+        if self.first_word == seq / 64 {
+            if let Some(word) = self.word_mut(0) {
                 *word &= !((1u64 << (seq % 64)) - 1);
             }
         }
