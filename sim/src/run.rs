@@ -30,7 +30,7 @@ use crate::hosted::{host_addr, Directory, ExchangeCore, MemoVerifier};
 use crate::metrics::{percentiles, RunSeries, Sample, Summary, Traffic};
 use crate::net::{HostId, HostNet, NatType, SimTime};
 use crate::optimizer_loop::{self, Coordinator};
-use crate::scenario::{Scenario, SessionLength, StreamKind, VodStart};
+use crate::scenario::{Network, Scenario, SessionLength, StreamKind, VodStart};
 use tracker_overlay::coordinator::{QosReport, Role, MAX_REPORT_PARTNERS};
 
 /// The Unix time (ms) that simulated time 0 stands for; fixed so that runs are reproducible.
@@ -218,17 +218,7 @@ impl<'a> Runner<'a> {
             Mode::SourceOnly => f64::INFINITY,
             _ => scenario.source.up_mbps * 1e6,
         };
-        let pos = (
-            rng.gen_range(0.0..=net.area_ms),
-            rng.gen_range(0.0..=net.area_ms),
-        );
-        let source = engine.add_host(HostNet::new(
-            pos,
-            net.access_ms[0],
-            up_bps,
-            1e9,
-            NatType::Open,
-        ));
+        let source = engine.add_host(server_net(&mut rng, net, up_bps));
         let directory = Rc::new(RefCell::new(Directory::default()));
         let source_peer = key.peer_id();
         directory.borrow_mut().insert(source_peer, source);
@@ -236,17 +226,7 @@ impl<'a> Runner<'a> {
         // everyone.
         let origin = scenario.origin.filter(|_| mode.peer_to_peer());
         if let Some(origin) = origin {
-            let pos = (
-                rng.gen_range(0.0..=net.area_ms),
-                rng.gen_range(0.0..=net.area_ms),
-            );
-            let host = engine.add_server(HostNet::new(
-                pos,
-                net.access_ms[0],
-                origin.up_mbps * 1e6,
-                1e9,
-                NatType::Open,
-            ));
+            let host = engine.add_server(server_net(&mut rng, net, origin.up_mbps * 1e6));
             directory.borrow_mut().set_origin(host);
         }
         let end = secs(scenario.duration_s);
@@ -987,6 +967,16 @@ fn session_length(rng: &mut impl Rng, dist: SessionLength) -> f64 {
             Pareto::new(min_s, alpha).map_or(min_s, |d| d.sample(rng))
         }
     }
+}
+
+/// The network of a well-connected machine (the source, an origin): anywhere in the area,
+/// the shortest access delay, open, `up_bps` up and 1 Gbit/s down. Draws its place from `rng`.
+fn server_net(rng: &mut impl Rng, net: &Network, up_bps: f64) -> HostNet {
+    let pos = (
+        rng.gen_range(0.0..=net.area_ms),
+        rng.gen_range(0.0..=net.area_ms),
+    );
+    HostNet::new(pos, net.access_ms[0], up_bps, 1e9, NatType::Open)
 }
 
 fn secs(s: f64) -> SimTime {

@@ -959,33 +959,15 @@ impl Actor {
                     }
                 }
                 Output::SendSegment { to, id, bytes } => {
-                    let Some(c) = self.conns.get(&to) else {
-                        let now = Instant::now();
-                        self.exchange
-                            .handle_input(now, Input::SegmentSent { peer: to, id });
-                        continue;
-                    };
-                    let tx = self.tx.clone();
-                    let conn = c.conn.clone();
-                    tokio::spawn(async move {
-                        send_segment(conn, id, bytes).await;
-                        let _ = tx.send(Msg::SegmentSent { peer: to, id });
-                    });
+                    self.upload(to, id, |conn| send_segment(conn, id, bytes));
                 }
                 Output::ForwardSegment { to, id, from } => {
-                    let relay = self.relays.get(&(from, id)).cloned();
-                    let (Some(c), Some(relay)) = (self.conns.get(&to), relay) else {
-                        let now = Instant::now();
-                        self.exchange
-                            .handle_input(now, Input::SegmentSent { peer: to, id });
-                        continue;
-                    };
-                    let tx = self.tx.clone();
-                    let conn = c.conn.clone();
-                    tokio::spawn(async move {
-                        forward_segment(conn, id, relay).await;
-                        let _ = tx.send(Msg::SegmentSent { peer: to, id });
-                    });
+                    match self.relays.get(&(from, id)).cloned() {
+                        Some(relay) => self.upload(to, id, |conn| forward_segment(conn, id, relay)),
+                        None => self
+                            .exchange
+                            .handle_input(Instant::now(), Input::SegmentSent { peer: to, id }),
+                    }
                 }
                 Output::FetchOrigin { id } => {
                     let (Some(origin), Some(limit)) =
@@ -1044,6 +1026,25 @@ impl Actor {
             }
         }
         self.publish_status();
+    }
+
+    /// Runs `send` on the connection to `to` in a task of its own and tells the exchange when
+    /// it is done (at once when there is no connection: the upload's slot is free again).
+    fn upload<F>(&mut self, to: PeerId, id: SegmentId, send: impl FnOnce(Connection) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let Some(c) = self.conns.get(&to) else {
+            self.exchange
+                .handle_input(Instant::now(), Input::SegmentSent { peer: to, id });
+            return;
+        };
+        let tx = self.tx.clone();
+        let task = send(c.conn.clone());
+        tokio::spawn(async move {
+            task.await;
+            let _ = tx.send(Msg::SegmentSent { peer: to, id });
+        });
     }
 
     fn on_event(&mut self, event: Event) {
