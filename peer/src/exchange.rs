@@ -288,6 +288,8 @@ pub enum CloseReason {
     WrongChannel,
     /// The peer broke the protocol too often (forged statements, corrupt segments, …).
     Misbehaved,
+    /// Nobody feeds this peer and no partner has room to: it lets one go to meet others.
+    Exploring,
 }
 
 impl CloseReason {
@@ -297,6 +299,7 @@ impl CloseReason {
             Self::Full => "full: try the peers sent",
             Self::WrongChannel => "wrong channel",
             Self::Misbehaved => "too many protocol violations",
+            Self::Exploring => "looking for a peer with room to feed us",
         }
     }
 }
@@ -411,6 +414,9 @@ struct Partner {
     listen: Option<SocketAddr>,
     greeted: bool,
     have: HaveMap,
+    /// Statements it is known to hold (it sent them, or we did, or it holds the segment):
+    /// not announced to it again.
+    told: HaveMap,
     inflight: usize,
     strikes: u32,
     /// It answered `Busy`: not asked again before this instant.
@@ -437,6 +443,7 @@ impl Partner {
             listen: None,
             greeted: false,
             have: HaveMap::default(),
+            told: HaveMap::default(),
             inflight: 0,
             strikes: 0,
             busy_until: None,
@@ -542,6 +549,10 @@ pub struct Exchange {
     /// referrals count as part of the climb.
     next_climb: Instant,
     climb_backoff: Duration,
+    /// Partners let go to meet others (see `explore`): varies which one goes next.
+    explored: u64,
+    /// When `explore` may let the next partner go.
+    next_explore: Option<Instant>,
     climbing_until: Option<Instant>,
     /// The first media segment this viewer wants.
     start: Option<u64>,
@@ -628,6 +639,8 @@ impl Exchange {
             vod_anchor: None,
             next_climb: now + FIRST_CLIMB,
             climb_backoff: FIRST_CLIMB,
+            explored: 0,
+            next_explore: None,
             climbing_until: None,
             start: None,
             playhead: None,
@@ -734,10 +747,10 @@ impl Exchange {
         meta.last = last;
         let signed = meta.sign(key);
         self.accept_statement(now, signed);
-        self.broadcast(None, Frame::Announce(vec![signed]));
+        self.announce(&[signed]);
         if !meta.is_end_marker() {
             self.store_segment(id, meta, bytes, None);
-            self.broadcast(None, Frame::Have(vec![id]));
+            self.announce_held(id);
             self.push_children(now, id);
         }
         self.schedule(now);
@@ -982,6 +995,11 @@ impl Exchange {
             },
         );
         let statements: Vec<SignedSegment> = self.statements.values().copied().collect();
+        if let Some(partner) = self.partners.get_mut(&peer) {
+            for statement in &statements {
+                partner.told.insert(statement.meta.id);
+            }
+        }
         for chunk in statements.chunks(MAX_LIST_LEN) {
             self.send(peer, Frame::Announce(chunk.to_vec()));
         }
@@ -1070,6 +1088,7 @@ impl Exchange {
                 let mut useful = false;
                 for id in ids {
                     partner.have.insert(id);
+                    partner.told.insert(id);
                     // Worth a look only if we may still ask for it: not held, not asked for,
                     // not behind the first segment we miss.
                     useful |= !self.store.contains_key(&id)
@@ -1203,6 +1222,9 @@ impl Exchange {
                 // not ours to judge.
                 continue;
             }
+            if let Some(partner) = self.partners.get_mut(&peer) {
+                partner.told.insert(id);
+            }
             if self.statements.contains_key(&id) || self.is_evicted(id) {
                 continue;
             }
@@ -1231,7 +1253,7 @@ impl Exchange {
         if fresh.is_empty() {
             return false;
         }
-        self.broadcast(Some(peer), Frame::Announce(fresh));
+        self.announce(&fresh);
         true
     }
 
@@ -1319,7 +1341,7 @@ impl Exchange {
         }
         self.stats.bytes_from_origin += bytes.len() as u64;
         self.store_segment(id, statement.meta, bytes, None);
-        self.broadcast(None, Frame::Have(vec![id]));
+        self.announce_held(id);
         self.push_children(now, id);
     }
 
@@ -1416,8 +1438,13 @@ impl Exchange {
             }
             _ => {}
         }
+        if let Some(partner) = self.partners.get_mut(&peer) {
+            // It sent the segment, so it holds it (and needs no `Have` of ours).
+            partner.have.insert(id);
+            partner.told.insert(id);
+        }
         self.store_segment(id, statement.meta, bytes, Some(peer));
-        self.broadcast(None, Frame::Have(vec![id]));
+        self.announce_held(id);
         // Pushes queued while it arrived now send it from the store; children that joined
         // since get it too.
         self.push_children(now, id);
@@ -1441,6 +1468,7 @@ impl Exchange {
         }
         for partner in self.partners.values_mut() {
             partner.have.clear();
+            partner.told.clear();
         }
         // The feeding tree and the playback position were the old session's.
         self.vod_anchor = None;
@@ -1520,6 +1548,7 @@ impl Exchange {
         self.floor = keep_from;
         for partner in self.partners.values_mut() {
             partner.have.forget_before(keep_from);
+            partner.told.forget_before(keep_from);
         }
         self.outputs
             .push_back(Output::Event(Event::Evicted { seq: keep_from }));
@@ -1831,6 +1860,9 @@ impl Exchange {
             } else {
                 0
             };
+        if self.partners.len() + self.dialing.len() >= want {
+            self.explore(now);
+        }
         let mut missing = want.saturating_sub(self.partners.len() + self.dialing.len());
         if missing == 0 {
             return;
@@ -1862,6 +1894,49 @@ impl Exchange {
             missing -= 1;
             self.dialing.insert(id);
             self.outputs.push_back(Output::Dial(PeerAddr { id, addr }));
+        }
+    }
+
+    /// A live viewer nobody feeds, none of whose partners has room to, lets one partner go
+    /// (one that gives it nothing and has no room) so that `maintain` dials someone new:
+    /// without this it would keep the same full partners, and pull every segment, for good.
+    fn explore(&mut self, now: Instant) {
+        let unfed = self.is_live() && self.parent.is_none() && self.asked_parent.is_none();
+        let due = self.next_explore.is_none_or(|t| t <= now);
+        if !unfed || !due || self.candidates.len() <= self.partners.len() {
+            return;
+        }
+        let source = self.source_peer();
+        let mut useless = None;
+        for (id, p) in self.partners.iter() {
+            let could_feed = p.spare > 0 && p.depth < MAX_DEPTH;
+            if could_feed && p.refused_until.is_none_or(|t| t <= now) {
+                return; // `find_parent` asks it.
+            }
+            // Kept: partners not heard from yet, that may have room later, the source, and
+            // those we exchange segments with.
+            let kept = !(p.greeted && p.upload_kbps.is_some())
+                || could_feed
+                || Some(*id) == source
+                || self.children.contains(id)
+                || p.inflight > 0
+                || self.uploads.keys().any(|(to, _)| to == id);
+            if kept {
+                continue;
+            }
+            let rank = self.random_rank(id) ^ self.explored;
+            if useless.is_none_or(|(r, _)| rank < r) {
+                useless = Some((rank, *id));
+            }
+        }
+        if let Some((_, peer)) = useless {
+            debug!(peer = %peer.short(), "no partner can feed us; letting one go");
+            self.explored = self.explored.wrapping_add(1);
+            self.next_explore = Some(now + EXPLORE_EVERY);
+            self.close(peer, CloseReason::Exploring);
+            // Gone for us now (the driver's word that the link closed changes nothing more);
+            // it may have room later, after the redial backoff.
+            self.on_disconnected(now, peer);
         }
     }
 
@@ -1929,7 +2004,7 @@ impl Exchange {
     }
 
     fn close(&mut self, peer: PeerId, reason: CloseReason) {
-        if reason != CloseReason::Full {
+        if matches!(reason, CloseReason::WrongChannel | CloseReason::Misbehaved) {
             self.candidates.remove(&peer);
         }
         self.outputs.push_back(Output::Close { peer, reason });
@@ -1937,6 +2012,50 @@ impl Exchange {
 
     fn send(&mut self, to: PeerId, frame: Frame) {
         self.outputs.push_back(Output::Send { to, frame });
+    }
+
+    /// Announces statements to the partners not known to hold them already, other than those
+    /// nearer the source than we are (their own parents tell them sooner): statements flow
+    /// down the feeding tree and across it, not back up. A peer nobody feeds tells everyone
+    /// (what it knows of others' depths may be stale: the tree it was in may be gone).
+    fn announce(&mut self, statements: &[SignedSegment]) {
+        let depth = self.depth();
+        for index in 0..self.partners.len() {
+            let (peer, partner) = self.partners.at_mut(index);
+            let upstream = partner.depth < depth && depth != NO_DEPTH;
+            if upstream && !self.children.contains(&peer) {
+                continue;
+            }
+            let news: Vec<SignedSegment> = statements
+                .iter()
+                .filter(|s| !partner.told.contains(s.meta.id))
+                .copied()
+                .collect();
+            if news.is_empty() {
+                continue;
+            }
+            for statement in &news {
+                partner.told.insert(statement.meta.id);
+            }
+            self.outputs.push_back(Output::Send {
+                to: peer,
+                frame: Frame::Announce(news),
+            });
+        }
+    }
+
+    /// Tells every partner not known to hold segment `id` that we now hold it.
+    fn announce_held(&mut self, id: SegmentId) {
+        for index in 0..self.partners.len() {
+            let (peer, partner) = self.partners.at_mut(index);
+            if partner.have.contains(id) {
+                continue;
+            }
+            self.outputs.push_back(Output::Send {
+                to: peer,
+                frame: Frame::Have(vec![id]),
+            });
+        }
     }
 
     fn broadcast(&mut self, except: Option<PeerId>, frame: Frame) {
@@ -2333,6 +2452,9 @@ const PUSH_WAIT_S: f64 = 0.5;
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 /// ... and at most this often.
 const REPORT_GAP: Duration = Duration::from_secs(2);
+
+/// A viewer nobody feeds lets a partner go to meet others at most this often.
+const EXPLORE_EVERY: Duration = Duration::from_secs(1);
 
 /// Extra partners a viewer nobody feeds may dial, for the peers it was referred to.
 const MAX_EXTRA_PARTNERS: usize = 3;

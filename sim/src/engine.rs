@@ -864,6 +864,13 @@ impl<C: Core, X> Engine<C, X> {
             } => {
                 self.count(kind, bytes);
                 if self.conn(host, to) != Some(Conn::Established) || !self.net.same_side(host, to) {
+                    // The receiver crashed (its peers learn only at the idle timeout) or is
+                    // cut off: QUIC takes the bytes into its buffers all the same, so the
+                    // upload is over for the sender, which would otherwise wait for it until
+                    // it hears the connection is gone.
+                    if bulk {
+                        self.input(host, Input::Sent { to, tag });
+                    }
                     return;
                 }
                 if bulk {
@@ -1401,6 +1408,37 @@ mod tests {
         e.leave(c);
         run(&mut e, 12_100_000_000);
         assert!(e.core(a).unwrap().log.iter().any(|l| l == "down 2"));
+    }
+
+    #[test]
+    fn a_bulk_send_to_a_crashed_host_is_over_for_the_sender_at_once() {
+        let (mut e, a, b) = engine();
+        e.start(b, Probe::default());
+        e.start(
+            a,
+            Probe {
+                dial: vec![b],
+                ..Probe::default()
+            },
+        );
+        run(&mut e, 1_000_000_000);
+        e.crash(b);
+        // a does not know yet (the idle timeout is 10 s away) and sends b a segment: QUIC
+        // buffers it, so a's upload is over and its slot free, as in the real node.
+        e.with_core(a, |core, _| {
+            core.out.push(Output::Send {
+                to: b,
+                msg: 3,
+                bytes: 250_000,
+                bulk: true,
+                kind: "seg",
+                tag: 3,
+            });
+        });
+        run(&mut e, 1_001_000_000);
+        let log = &e.core(a).unwrap().log;
+        assert!(log.contains(&"sent 3 to 1".to_owned()), "{log:?}");
+        assert!(!log.contains(&"down 1".to_owned()));
     }
 
     #[test]

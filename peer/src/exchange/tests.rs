@@ -27,6 +27,8 @@ struct Harness {
     origin_bytes: Option<Bytes>,
     /// Fetches from the origin so far.
     origin_fetches: usize,
+    /// Control frames delivered: sender, receiver, frame.
+    frames: Vec<(PeerId, PeerId, Frame)>,
     next_seq: u64,
 }
 
@@ -65,6 +67,7 @@ impl Harness {
             forwards: HashMap::default(),
             origin_bytes: None,
             origin_fetches: 0,
+            frames: Vec::new(),
             next_seq: 0,
         };
         h.nodes.insert(source_id, source);
@@ -147,6 +150,7 @@ impl Harness {
         match out {
             Output::Send { to, frame } => {
                 if self.linked(from, to) && !self.mute.contains(&from) {
+                    self.frames.push((from, to, frame.clone()));
                     let peer = from;
                     self.nodes
                         .get_mut(&to)
@@ -997,4 +1001,166 @@ fn the_random_baseline_ignores_hints() {
     stream_for(&mut h, source, 3);
     // Alone with the source, it is still fed.
     assert_eq!(h.nodes[&a].tree().0, Some(source));
+}
+
+/// The source feeds `first`, which feeds `second`.
+fn chain(h: &mut Harness, source: PeerId) -> (PeerId, PeerId) {
+    h.publish(source, b"init");
+    let viewers = [h.add_viewer(1, source), h.add_viewer(2, source)];
+    for n in 0..4 {
+        h.publish(source, &payload(n));
+        h.advance(SEGMENT);
+    }
+    let fed = |h: &Harness, parent: PeerId| {
+        viewers
+            .into_iter()
+            .find(|v| h.nodes[v].tree().0 == Some(parent))
+            .unwrap()
+    };
+    let first = fed(h, source);
+    (first, fed(h, first))
+}
+
+#[test]
+fn a_segment_is_announced_only_to_partners_not_known_to_hold_it() {
+    let (mut h, source) = Harness::new(StreamKind::Live);
+    let (first, second) = chain(&mut h, source);
+    h.frames.clear();
+    for n in 4..8 {
+        h.publish(source, &payload(n));
+        h.advance(SEGMENT);
+    }
+    let sent = |from: PeerId, to: PeerId, have: bool| {
+        h.frames
+            .iter()
+            .filter(|(f, t, frame)| {
+                *f == from
+                    && *t == to
+                    && match frame {
+                        Frame::Have(ids) => have && ids.iter().any(|id| *id != SegmentId::Init),
+                        Frame::Announce(_) => !have,
+                        _ => false,
+                    }
+            })
+            .count()
+    };
+    // Each viewer got every segment from its parent, which holds it: it tells it nothing,
+    // and statements cross each partnership once, not both ways.
+    assert_eq!(sent(first, source, true), 0);
+    assert_eq!(sent(second, first, true), 0);
+    assert_eq!(sent(first, source, false), 0);
+    assert_eq!(sent(second, first, false), 0);
+    assert_eq!(sent(source, first, false), 4);
+    assert_eq!(h.stored(second).len(), 9);
+}
+
+#[test]
+fn a_peer_feeding_others_turns_away_requests_that_would_slow_its_pushes() {
+    let (mut h, source) = Harness::new(StreamKind::Live);
+    let (first, _) = chain(&mut h, source);
+    let now = h.now;
+    let node = h.nodes.get_mut(&first).unwrap();
+    let bitrate = node.bitrate_bps();
+    let stranger = PeerId([9; 32]);
+    node.handle_input(now, Input::Connected { peer: stranger });
+    while node.poll_output().is_some() {}
+    let request = Input::Frame {
+        peer: stranger,
+        frame: Frame::Request(SegmentId::Media(3)),
+    };
+    // An uplink of 1.5 streams: a request served beside the push to its child would leave
+    // the push less than the stream's rate.
+    node.meter = UploadMeter::new(1.5 * bitrate, Some(1.5 * bitrate));
+    node.handle_input(now, request.clone());
+    let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
+    assert!(
+        matches!(
+            &outputs[..],
+            [Output::Send {
+                frame: Frame::Busy(_),
+                ..
+            }]
+        ),
+        "{outputs:?}"
+    );
+    // Three streams' worth: both get more than the stream's rate.
+    node.meter = UploadMeter::new(3.0 * bitrate, Some(3.0 * bitrate));
+    node.handle_input(now, request);
+    let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
+    assert!(
+        outputs
+            .iter()
+            .any(|o| matches!(o, Output::SendSegment { to, .. } if *to == stranger)),
+        "{outputs:?}"
+    );
+}
+
+#[test]
+fn a_viewer_nobody_can_feed_lets_a_full_partner_go_to_meet_others() {
+    let (h, _) = Harness::new(StreamKind::Live);
+    let record = h.nodes.values().next().unwrap().record().unwrap().clone();
+    let mut now = h.now;
+    let me = PeerId([100; 32]);
+    let viewer_config = ExchangeConfig {
+        max_partners: 3,
+        ..config()
+    };
+    let mut viewer = Exchange::viewer(now, viewer_config, me, h.channel(), None);
+    let peers: Vec<PeerAddr> = (1..=5u8)
+        .map(|n| PeerAddr {
+            id: PeerId([n; 32]),
+            addr: format!("10.0.2.{n}:1").parse().unwrap(),
+        })
+        .collect();
+    viewer.add_candidates(now, peers.iter().copied());
+    let dialled: Vec<PeerId> = std::iter::from_fn(|| viewer.poll_output())
+        .filter_map(|o| match o {
+            Output::Dial(p) => Some(p.id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dialled.len(), 3);
+    // Every partner is fed but full.
+    for (i, peer) in dialled.iter().copied().enumerate() {
+        viewer.handle_input(now, Input::Connected { peer });
+        let listen = peers.iter().find(|p| p.id == peer).map(|p| p.addr);
+        let mut frames = vec![Frame::Hello {
+            channel: h.channel(),
+            listen,
+        }];
+        if i == 0 {
+            frames.push(Frame::Channel(Box::new(record.clone())));
+        }
+        frames.push(Frame::Report {
+            upload_kbps: 4000,
+            depth: 1,
+            spare: 0,
+        });
+        for frame in frames {
+            viewer.handle_input(now, Input::Frame { peer, frame });
+        }
+    }
+    while viewer.poll_output().is_some() {}
+    now += Duration::from_secs(2);
+    viewer.handle_timeout(now);
+    let outputs: Vec<Output> = std::iter::from_fn(|| viewer.poll_output()).collect();
+    let closed: Vec<PeerId> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Close {
+                peer,
+                reason: CloseReason::Exploring,
+            } => Some(*peer),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed.len(), 1, "{outputs:?}");
+    assert!(dialled.contains(&closed[0]));
+    assert!(
+        outputs
+            .iter()
+            .any(|o| matches!(o, Output::Dial(p) if !dialled.contains(&p.id) && p.id != me)),
+        "{outputs:?}"
+    );
+    assert_eq!(viewer.partners().count(), 2);
 }

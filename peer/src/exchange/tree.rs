@@ -377,4 +377,4 @@ pub(super) const FIRST_CLIMB: Duration = Duration::from_secs(10);
 const MAX_CLIMB_BACKOFF: Duration = Duration::from_secs(120);
 /// The share of a viewer's uplink that its children's streams take at most: the rest
 /// absorbs requests, repairs and rate dips, so forwards do not queue up behind each other.
-const CHILD_LOAD: f64 = 1.0;
+const CHILD_LOAD: f64 = 0.87;

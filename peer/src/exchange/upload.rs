@@ -44,6 +44,16 @@ impl Exchange {
         let late = self.config.upload_slots != usize::MAX
             && !idle
             && (finish > MAX_UPLOAD_WAIT || self.upload_queue.len() >= MAX_UPLOAD_QUEUE);
+        // Connections share the uplink about fairly (QUIC's priorities order streams within
+        // one connection only): a request served beside the pushes to the peers we feed must
+        // not slow them below the stream's rate, or every peer below us falls behind. (The
+        // source keeps a stream's worth out of its children's share for such requests.)
+        let starves = self.config.upload_slots != usize::MAX
+            && !self.is_source()
+            && !self.children.is_empty()
+            && self.meter.estimate_bps()
+                < (self.children.len() + 1) as f64 * self.bitrate_bps() * PUSH_HEADROOM;
+        let late = late || starves;
         if already || late {
             self.stats.requests_refused += 1;
             self.send(peer, Frame::Busy(id));
@@ -200,6 +210,9 @@ pub(super) struct Queued {
 /// An upload is accepted if everything queued before it and itself can be sent within this
 /// time; otherwise the requester hears `Busy` and asks someone else.
 const MAX_UPLOAD_WAIT: Duration = Duration::from_millis(1500);
+/// A request is served beside pushes only if each would still get this many times the
+/// stream's rate.
+const PUSH_HEADROOM: f64 = 1.1;
 /// The most requests a peer queues.
 const MAX_UPLOAD_QUEUE: usize = 64;
 /// A push still queued this long after the segment's deadline is dropped.

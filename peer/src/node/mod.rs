@@ -993,11 +993,11 @@ impl Actor {
                     spawn_dial(&self.net, Some(target.id), target.addr, self.tx.clone(), me);
                 }
                 Output::Close { peer, reason } => {
-                    if reason == CloseReason::Full {
+                    if matches!(reason, CloseReason::Full | CloseReason::Exploring) {
                         // Only the segment link ends: its control stream finishes after the
                         // frames already queued (the peers to try); the connection stays for
                         // the overlay.
-                        debug!(peer = %peer.short(), "full: redirecting a newcomer");
+                        debug!(peer = %peer.short(), reason = reason.as_str(), "ending the segment link");
                         self.conns.remove(&peer);
                         continue;
                     }
