@@ -129,7 +129,7 @@ impl Exchange {
         for up in &hint.upstream {
             match (up.from, up.addr) {
                 (Upstream::Peer(id), Some(addr)) if id != self.me => {
-                    self.candidates.insert(id, addr);
+                    self.remember(id, addr);
                     // Named by the plan: worth a dial now, whatever happened before.
                     self.backoff.remove(&id);
                 }

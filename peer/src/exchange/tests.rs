@@ -1044,13 +1044,14 @@ fn a_segment_is_announced_only_to_partners_not_known_to_hold_it() {
             })
             .count()
     };
-    // Each viewer got every segment from its parent, which holds it: it tells it nothing,
-    // and statements cross each partnership once, not both ways.
+    // Each viewer got every segment from its parent, which holds it: it tells it nothing.
+    // Statements never go back to the partner they came from.
     assert_eq!(sent(first, source, true), 0);
     assert_eq!(sent(second, first, true), 0);
     assert_eq!(sent(first, source, false), 0);
-    assert_eq!(sent(second, first, false), 0);
+    assert_eq!(sent(second, source, false), 0);
     assert_eq!(sent(source, first, false), 4);
+    assert_eq!(sent(source, second, false), 4);
     assert_eq!(h.stored(second).len(), 9);
 }
 
@@ -1163,4 +1164,40 @@ fn a_viewer_nobody_can_feed_lets_a_full_partner_go_to_meet_others() {
         "{outputs:?}"
     );
     assert_eq!(viewer.partners().count(), 2);
+}
+
+#[test]
+fn a_peer_remembers_a_bounded_sample_of_the_peers_it_hears_of() {
+    let (mut h, source) = Harness::new(StreamKind::Live);
+    h.publish(source, b"init");
+    let viewer = h.add_viewer(1, source);
+    let now = h.now;
+    let node = h.nodes.get_mut(&viewer).unwrap();
+    let heard: Vec<PeerAddr> = (0..2000u32)
+        .map(|n| {
+            let mut id = [7u8; 32];
+            id[..4].copy_from_slice(&n.to_le_bytes());
+            PeerAddr {
+                id: PeerId(id),
+                addr: SocketAddr::from(([10, 9, (n >> 8) as u8, n as u8], 1)),
+            }
+        })
+        .collect();
+    for chunk in heard.chunks(16) {
+        node.handle_input(
+            now,
+            Input::Frame {
+                peer: source,
+                frame: Frame::Peers(chunk.to_vec()),
+            },
+        );
+        assert!(node.candidates.len() <= MAX_CANDIDATES);
+    }
+    // The source, a partner, is never forgotten; a good part of the rest is new.
+    assert!(node.candidates.contains_key(&source));
+    let late = heard[1500..]
+        .iter()
+        .filter(|p| node.candidates.contains_key(&p.id))
+        .count();
+    assert!(late > 20, "{late}");
 }
