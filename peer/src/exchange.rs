@@ -235,6 +235,9 @@ pub enum Output {
         id: SegmentId,
         /// Its verified bytes.
         bytes: Bytes,
+        /// Send it at most this fast (kbit/s): a request served beside pushes to the peers we
+        /// feed, paced so that it takes only what they leave of the uplink.
+        pace_kbps: Option<u32>,
     },
     /// Send a segment on a stream of its own while it is still arriving from `from` (after
     /// [`Input::SegmentArriving`]): pass its bytes on as they come, and end the stream as
@@ -696,8 +699,10 @@ impl Exchange {
             Input::SegmentSent { peer, id } => {
                 // Serving others cannot make a request of ours possible.
                 self.account_sharing(now);
-                // A forward went at the pace of its arrival, which says nothing of our uplink.
-                if let Some(up) = self.uploads.remove(&(peer, id)).filter(|u| !u.forwarded) {
+                // A forward went at its arrival's pace, a paced request at ours: neither says
+                // what the uplink can do.
+                let sample = self.uploads.remove(&(peer, id));
+                if let Some(up) = sample.filter(|u| !u.forwarded && !u.paced) {
                     let took = now.saturating_duration_since(up.started).as_secs_f64();
                     let sharing = up.shared / took.max(1e-3);
                     self.meter.completed(now, up.started, up.bytes, sharing);

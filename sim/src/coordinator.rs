@@ -182,8 +182,11 @@ impl CoordCore {
                     self.out.push_back(Output::Close(h));
                     continue;
                 }
-                // The overlay sends no bulk messages, so it forwards none.
-                Output::Forward { .. } | Output::EndRelay { .. } | Output::Fetch { .. } => continue,
+                // The overlay sends no bulk messages, so it forwards and paces none.
+                Output::Forward { .. }
+                | Output::EndRelay { .. }
+                | Output::Fetch { .. }
+                | Output::SendPaced { .. } => continue,
                 Output::Send {
                     to,
                     msg,

@@ -110,6 +110,22 @@ pub enum Output<M, E> {
         /// For bulk messages: returned to the sender in [`Input::Sent`].
         tag: u64,
     },
+    /// Send bulk data at most at `max_bps` (the sender paces it, leaving the rest of its
+    /// uplink to its other transfers); otherwise as a bulk [`Output::Send`].
+    SendPaced {
+        /// The receiver.
+        to: HostId,
+        /// The message.
+        msg: M,
+        /// Its size on the wire, in bytes.
+        bytes: u64,
+        /// The pace.
+        max_bps: f64,
+        /// The message kind, for the protocol counters.
+        kind: &'static str,
+        /// Returned to the sender in [`Input::Sent`].
+        tag: u64,
+    },
     /// Pass on, to `to`, the bulk message with this tag that `from` is sending this host, as
     /// it arrives (cut-through). Its last bytes wait for [`Output::EndRelay`].
     Forward {
@@ -890,6 +906,21 @@ impl<C: Core, X> Engine<C, X> {
                     self.deliver(at, to, host, msg);
                 }
             }
+            Output::SendPaced {
+                to,
+                msg,
+                bytes,
+                max_bps,
+                kind,
+                tag,
+            } => {
+                self.count(kind, bytes);
+                if self.conn(host, to) != Some(Conn::Established) || !self.net.same_side(host, to) {
+                    self.input(host, Input::Sent { to, tag });
+                    return;
+                }
+                self.start_capped_flow(host, to, bytes, (tag, msg), None, max_bps);
+            }
             Output::Forward {
                 to,
                 from,
@@ -924,11 +955,24 @@ impl<C: Core, X> Engine<C, X> {
         payload: (u64, C::Msg),
         gate: Option<HostId>,
     ) -> (FlowId, u64) {
+        self.start_capped_flow(from, to, bytes, payload, gate, f64::INFINITY)
+    }
+
+    /// Starts a bulk flow that goes at most at `cap_bps`.
+    fn start_capped_flow(
+        &mut self,
+        from: HostId,
+        to: HostId,
+        bytes: u64,
+        payload: (u64, C::Msg),
+        gate: Option<HostId>,
+        cap_bps: f64,
+    ) -> (FlowId, u64) {
         self.hosts[from.0 as usize].uploaded += bytes;
         self.hosts[to.0 as usize].received += bytes;
         let (flow, serial, changed) = self
             .net
-            .start_gated_flow(self.now, from, to, bytes, payload, gate);
+            .start_capped_flow(self.now, from, to, bytes, payload, gate, cap_bps);
         self.reschedule(changed);
         let head = self.now + self.net.base_delay(from, to).as_nanos() as u64;
         self.push(head, Ev::Head { flow, serial });

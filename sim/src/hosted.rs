@@ -249,18 +249,33 @@ impl Core for ExchangeCore {
                         tag: 0,
                     }
                 }
-                exchange::Output::SendSegment { to, id, bytes } => {
+                exchange::Output::SendSegment {
+                    to,
+                    id,
+                    bytes,
+                    pace_kbps,
+                } => {
                     let Some(to) = host_of(&to) else { continue };
                     // The stream header is a handful of bytes; its exact size does not matter at this scale.
                     let size = (bytes.len() + SEGMENT_HEADER_BYTES) as u64;
                     let msg = Wire::Segment { id, bytes };
-                    Output::Send {
-                        to,
-                        msg,
-                        bytes: size,
-                        bulk: true,
-                        kind: "segment",
-                        tag: tag_of(id),
+                    match pace_kbps {
+                        Some(kbps) => Output::SendPaced {
+                            to,
+                            msg,
+                            bytes: size,
+                            max_bps: f64::from(kbps) * 1000.0,
+                            kind: "segment",
+                            tag: tag_of(id),
+                        },
+                        None => Output::Send {
+                            to,
+                            msg,
+                            bytes: size,
+                            bulk: true,
+                            kind: "segment",
+                            tag: tag_of(id),
+                        },
                     }
                 }
                 exchange::Output::ForwardSegment { to, id, from } => {

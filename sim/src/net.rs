@@ -108,6 +108,8 @@ struct Flow<P> {
     serial: u64,
     /// A forward: the host whose flow into `from` this one passes on (see [`Ended::gate`]).
     gate: Option<HostId>,
+    /// The most it goes at (a sender pacing it), or infinity.
+    cap_bps: f64,
     remaining_bits: f64,
     rate_bps: f64,
     updated: SimTime,
@@ -303,6 +305,23 @@ impl<P> Net<P> {
         payload: P,
         gate: Option<HostId>,
     ) -> (FlowId, u64, Vec<FlowDeadline>) {
+        self.start_capped_flow(now, from, to, bytes, payload, gate, f64::INFINITY)
+    }
+
+    /// Starts a bulk transfer that goes at most at `cap_bps` (its sender paces it); the
+    /// sender's other flows share what it leaves. Returns what
+    /// [`Net::start_gated_flow`] does.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_capped_flow(
+        &mut self,
+        now: SimTime,
+        from: HostId,
+        to: HostId,
+        bytes: u64,
+        payload: P,
+        gate: Option<HostId>,
+        cap_bps: f64,
+    ) -> (FlowId, u64, Vec<FlowDeadline>) {
         let serial = self.next_serial;
         self.next_serial += 1;
         let mut flow = Flow {
@@ -311,6 +330,7 @@ impl<P> Net<P> {
             bytes,
             serial,
             gate,
+            cap_bps,
             remaining_bits: bytes as f64 * 8.0,
             rate_bps: 0.0,
             updated: now,
@@ -433,6 +453,33 @@ impl<P> Net<P> {
         (aborted, changed)
     }
 
+    /// The rate each uncapped flow leaving `host` gets: its uplink shared equally, except
+    /// that a flow capped below the equal share takes only its cap and leaves the rest to the
+    /// others (max-min fairness at the sender).
+    fn upload_level(&self, host: HostId) -> f64 {
+        let h = self.host(host);
+        let mut caps: Vec<f64> = h
+            .up_flows
+            .iter()
+            .filter_map(|id| self.flows.get(id.0 as usize)?.as_ref())
+            .map(|f| f.cap_bps)
+            .filter(|c| c.is_finite())
+            .collect();
+        let (mut left, mut n) = (h.up_bps, h.up_flows.len().max(1));
+        if caps.is_empty() {
+            return left / n as f64;
+        }
+        caps.sort_by(f64::total_cmp);
+        for cap in caps {
+            if n <= 1 || cap >= left / n as f64 {
+                break;
+            }
+            left -= cap;
+            n -= 1;
+        }
+        left / n as f64
+    }
+
     /// The rate at which `host` sends one more flow now: its uplink's fair share.
     pub fn upload_share_bps(&self, host: HostId) -> f64 {
         let h = self.host(host);
@@ -481,8 +528,9 @@ impl<P> Net<P> {
                 let Some(flow) = self.flows[id.0 as usize].as_ref() else {
                     continue;
                 };
-                let (s, r) = (self.host(flow.from), self.host(flow.to));
-                (s.up_bps / s.up_flows.len() as f64).min(r.down_bps / r.down_flows.len() as f64)
+                let r = self.host(flow.to);
+                let up = flow.cap_bps.min(self.upload_level(flow.from));
+                up.min(r.down_bps / r.down_flows.len() as f64)
             };
             let Some(flow) = self.flows[id.0 as usize].as_mut() else {
                 continue;
@@ -585,6 +633,26 @@ mod tests {
         for (_, at) in &done {
             assert!((*at as f64 / 1e9 - 4.0).abs() < 1e-6, "{done:?}");
         }
+    }
+
+    #[test]
+    fn a_paced_flow_takes_its_cap_and_leaves_the_rest_to_the_others() {
+        let mut net = net_with(&[
+            (8.0 * MBIT, 100.0 * MBIT),
+            (1.0, 100.0 * MBIT),
+            (1.0, 100.0 * MBIT),
+        ]);
+        // 2 Mbit/s for the paced one, 6 for the other: 1 MB takes 4 s and 1.33 s.
+        let (_, _, mut d) =
+            net.start_capped_flow(0, HostId(0), HostId(1), 1_000_000, 1, None, 2.0 * MBIT);
+        d.extend(net.start_flow(0, HostId(0), HostId(2), 1_000_000, 2));
+        let done = drain(&mut net, d);
+        assert_eq!(done[0].0, 2);
+        assert!(
+            (done[0].1 as f64 / 1e9 - 8.0 / 6.0).abs() < 1e-6,
+            "{done:?}"
+        );
+        assert!((done[1].1 as f64 / 1e9 - 4.0).abs() < 1e-6, "{done:?}");
     }
 
     #[test]

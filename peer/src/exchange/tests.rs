@@ -158,7 +158,7 @@ impl Harness {
                         .handle_input(now, Input::Frame { peer, frame });
                 }
             }
-            Output::SendSegment { to, id, bytes } => {
+            Output::SendSegment { to, id, bytes, .. } => {
                 if !self.linked(from, to) || self.mute.contains(&from) {
                     return;
                 }
@@ -1056,7 +1056,7 @@ fn a_segment_is_announced_only_to_partners_not_known_to_hold_it() {
 }
 
 #[test]
-fn a_peer_feeding_others_turns_away_requests_that_would_slow_its_pushes() {
+fn a_peer_feeding_others_paces_requests_to_spare_its_pushes() {
     let (mut h, source) = Harness::new(StreamKind::Live);
     let (first, _) = chain(&mut h, source);
     let now = h.now;
@@ -1069,9 +1069,8 @@ fn a_peer_feeding_others_turns_away_requests_that_would_slow_its_pushes() {
         peer: stranger,
         frame: Frame::Request(SegmentId::Media(3)),
     };
-    // An uplink of 1.5 streams: a request served beside the push to its child would leave
-    // the push less than the stream's rate.
-    node.meter = UploadMeter::new(1.5 * bitrate, Some(1.5 * bitrate));
+    // An uplink of 1.2 streams: what the push to its child leaves is not worth serving from.
+    node.meter = UploadMeter::new(1.2 * bitrate, Some(1.2 * bitrate));
     node.handle_input(now, request.clone());
     let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
     assert!(
@@ -1084,15 +1083,19 @@ fn a_peer_feeding_others_turns_away_requests_that_would_slow_its_pushes() {
         ),
         "{outputs:?}"
     );
-    // Three streams' worth: both get more than the stream's rate.
+    // Three streams' worth: the request goes at the pace of what the push leaves (1.9
+    // streams), so that the push keeps 1.1.
     node.meter = UploadMeter::new(3.0 * bitrate, Some(3.0 * bitrate));
     node.handle_input(now, request);
     let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
+    let pace = outputs.iter().find_map(|o| match o {
+        Output::SendSegment { to, pace_kbps, .. } if *to == stranger => Some(*pace_kbps),
+        _ => None,
+    });
+    let expected = (1.9 * bitrate / 1000.0) as u32;
     assert!(
-        outputs
-            .iter()
-            .any(|o| matches!(o, Output::SendSegment { to, .. } if *to == stranger)),
-        "{outputs:?}"
+        pace.flatten().is_some_and(|k| k.abs_diff(expected) <= 1),
+        "{pace:?} for {expected}"
     );
 }
 

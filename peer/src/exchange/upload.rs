@@ -24,16 +24,26 @@ impl Exchange {
         let already = self.uploads.contains_key(&(peer, id))
             || self.upload_queue.iter().any(|q| q.to == peer && q.id == id);
         let deadline = self.deadline(id, now);
+        let pace = self.request_pace();
+        let queued = |q: &&Queued| {
+            // A paced request waits only for earlier requests; otherwise pushes go first.
+            (!q.request && pace.is_none()) || q.request && q.deadline <= deadline
+        };
         // Everything that goes before it: what is being sent, every push, earlier requests.
-        let ahead: usize = self.uploads.values().map(|u| u.bytes).sum::<usize>()
+        let ahead: usize = self
+            .uploads
+            .values()
+            .filter(|u| pace.is_none() || u.paced)
+            .map(|u| u.bytes)
+            .sum::<usize>()
             + self
                 .upload_queue
                 .iter()
-                .filter(|q| !q.request || q.deadline <= deadline)
+                .filter(queued)
                 .filter_map(|q| self.statements.get(&q.id).map(|s| s.meta.len as usize))
                 .sum::<usize>();
-        let finish =
-            Duration::from_secs_f64((ahead + len) as f64 * 8.0 / self.meter.estimate_bps());
+        let rate = pace.unwrap_or_else(|| self.meter.estimate_bps()).max(1.0);
+        let finish = Duration::from_secs_f64((ahead + len) as f64 * 8.0 / rate);
         // The requester's deadline may be later than ours (it plays further behind), so
         // the bound is on the wait, not on our deadline.
         // Without a limit from the user the estimate starts as a guess: an idle uplink then
@@ -44,15 +54,8 @@ impl Exchange {
         let late = self.config.upload_slots != usize::MAX
             && !idle
             && (finish > MAX_UPLOAD_WAIT || self.upload_queue.len() >= MAX_UPLOAD_QUEUE);
-        // Connections share the uplink about fairly (QUIC's priorities order streams within
-        // one connection only): a request served beside the pushes to the peers we feed must
-        // not slow them below the stream's rate, or every peer below us falls behind. (The
-        // source keeps a stream's worth out of its children's share for such requests.)
-        let starves = self.config.upload_slots != usize::MAX
-            && !self.is_source()
-            && !self.children.is_empty()
-            && self.meter.estimate_bps()
-                < (self.children.len() + 1) as f64 * self.bitrate_bps() * PUSH_HEADROOM;
+        // Too little left beside the pushes to be worth a requester's wait.
+        let starves = pace.is_some_and(|p| p < self.bitrate_bps() * MIN_PACE);
         let late = late || starves;
         if already || late {
             self.stats.requests_refused += 1;
@@ -88,8 +91,14 @@ impl Exchange {
     /// arriving at once (they go at the pace of their arrival, so they take no slot), the
     /// rest while slots are free.
     pub(super) fn start_uploads(&mut self, now: Instant) {
-        let busy = self.uploads.values().filter(|u| !u.forwarded).count();
+        let busy = self
+            .uploads
+            .values()
+            .filter(|u| !u.forwarded && !u.paced)
+            .count();
         let mut free = self.upload_slots().saturating_sub(busy);
+        let pace = self.request_pace();
+        let mut pacing = self.uploads.values().any(|u| u.paced);
         let mut starts: Vec<(Queued, Result<Bytes, PeerId>)> = Vec::new();
         let mut done: Vec<Queued> = Vec::new();
         let mut receiving: Vec<PeerId> = self.uploads.keys().map(|(to, _)| *to).collect();
@@ -128,7 +137,13 @@ impl Exchange {
                 done.push(*q);
                 continue;
             }
-            if source.is_ok() {
+            if q.request && pace.is_some() {
+                // Beside pushes, one request at a time, at the pace the pushes leave free.
+                if pacing {
+                    continue;
+                }
+                pacing = true;
+            } else if source.is_ok() {
                 if free == 0 {
                     continue;
                 }
@@ -145,8 +160,21 @@ impl Exchange {
             return;
         }
         self.account_sharing(now);
-        for (Queued { to: peer, id, .. }, source) in starts {
+        for (
+            Queued {
+                to: peer,
+                id,
+                request,
+                ..
+            },
+            source,
+        ) in starts
+        {
             let len = self.statements.get(&id).map_or(0, |s| s.meta.len as usize);
+            let pace_kbps = pace.filter(|_| request).map(|p| {
+                let floor = self.bitrate_bps() * MIN_PACE;
+                (p.max(floor) / 1000.0) as u32
+            });
             self.uploads.insert(
                 (peer, id),
                 Upload {
@@ -154,6 +182,7 @@ impl Exchange {
                     started: now,
                     shared: 0.0,
                     forwarded: source.is_err(),
+                    paced: pace_kbps.is_some(),
                 },
             );
             self.stats.bytes_uploaded += len as u64;
@@ -163,16 +192,33 @@ impl Exchange {
                     to: peer,
                     id,
                     bytes,
+                    pace_kbps,
                 },
                 Err(from) => Output::ForwardSegment { to: peer, id, from },
             });
         }
     }
 
-    /// How many segments this peer sends at once: one per two streams' worth of measured
+    /// The rate at which a viewer that feeds others serves a request: what its uplink has
+    /// beyond its children's streams (with headroom). Connections share an uplink about fairly
+    /// (QUIC's priorities order the streams of one connection only), so a request sent at full
+    /// speed beside the pushes would slow them below the stream's rate, and every peer below
+    /// us would fall behind. `None` when nothing needs sparing: a peer that feeds nobody, or
+    /// the source (which keeps a stream's worth out of its children's share).
+    pub(super) fn request_pace(&self) -> Option<f64> {
+        if self.config.upload_slots == usize::MAX || self.is_source() || self.children.is_empty() {
+            return None;
+        }
+        let pushes = self.children.len() as f64 * self.bitrate_bps() * PUSH_HEADROOM;
+        Some((self.meter.estimate_bps() - pushes).max(0.0))
+    }
+
+    /// How many segments this peer sends at once: one per four streams' worth of measured
     /// upload capacity (at least one), up to the configured bound. Few at a time, each at a
     /// high rate, finish sooner than many sharing the uplink (requests wait in the
-    /// earliest-deadline-first queue instead).
+    /// earliest-deadline-first queue instead); but one at a time is too few for a source
+    /// feeding ten streams' worth, which then waits on each receiver's downlink in turn (its
+    /// queue grew to 30 in `live-1k`, and the whole swarm fell seconds behind).
     pub(super) fn upload_slots(&self) -> usize {
         if self.config.upload_slots == usize::MAX {
             return usize::MAX; // A CDN-like source: everything at once.
@@ -193,6 +239,8 @@ pub(super) struct Upload {
     pub(super) shared: f64,
     /// Forwarded while it arrived (its pace was the arrival's, not our uplink's).
     pub(super) forwarded: bool,
+    /// A request sent at a pace that spares our pushes (see `request_pace`).
+    pub(super) paced: bool,
 }
 
 /// An upload waiting for a slot; the order of the fields is the order of service.
@@ -210,12 +258,14 @@ pub(super) struct Queued {
 /// An upload is accepted if everything queued before it and itself can be sent within this
 /// time; otherwise the requester hears `Busy` and asks someone else.
 const MAX_UPLOAD_WAIT: Duration = Duration::from_millis(1500);
-/// A request is served beside pushes only if each would still get this many times the
-/// stream's rate.
+/// The share of the uplink a viewer keeps for each peer it feeds, in streams: a request goes
+/// at the pace of what is left.
 const PUSH_HEADROOM: f64 = 1.1;
+/// A request paced slower than this share of the stream's rate is refused instead.
+const MIN_PACE: f64 = 0.25;
 /// The most requests a peer queues.
 const MAX_UPLOAD_QUEUE: usize = 64;
 /// A push still queued this long after the segment's deadline is dropped.
 const STALE_PUSH: Duration = Duration::from_secs(1);
 /// Streams' worth of upload per concurrent upload.
-const UPLOAD_STREAMS_PER_SLOT: f64 = 16.0;
+const UPLOAD_STREAMS_PER_SLOT: f64 = 4.0;

@@ -958,8 +958,14 @@ impl Actor {
                             .close(VarInt::from_u32(close_code::SLOW), b"too slow");
                     }
                 }
-                Output::SendSegment { to, id, bytes } => {
-                    self.upload(to, id, |conn| send_segment(conn, id, bytes));
+                Output::SendSegment {
+                    to,
+                    id,
+                    bytes,
+                    pace_kbps,
+                } => {
+                    let pace = pace_kbps.map(|k| f64::from(k.max(1)) * 1000.0);
+                    self.upload(to, id, |conn| send_segment(conn, id, bytes, pace));
                 }
                 Output::ForwardSegment { to, id, from } => {
                     match self.relays.get(&(from, id)).cloned() {
@@ -1547,13 +1553,28 @@ async fn forward_segment(conn: Connection, id: SegmentId, relay: Arc<Relay>) {
     }
 }
 
-/// Sends one segment on a new unidirectional stream, the most urgent (oldest) first.
-async fn send_segment(conn: Connection, id: SegmentId, bytes: Bytes) {
+/// Sends one segment on a new unidirectional stream, the most urgent (oldest) first; with a
+/// pace (bit/s), chunk by chunk no faster than that, so that it leaves the rest of the uplink
+/// to the streams of the peers we feed, on other connections.
+async fn send_segment(conn: Connection, id: SegmentId, bytes: Bytes, pace_bps: Option<f64>) {
     let result = async {
         let mut stream = conn.open_uni().await?;
         let _ = stream.set_priority(priority(id));
         stream.write_all(&SegmentHeader { id }.encode()).await?;
-        stream.write_chunk(bytes).await?;
+        match pace_bps {
+            None => stream.write_chunk(bytes).await?,
+            Some(bps) => {
+                let started = tokio::time::Instant::now();
+                let mut sent = 0usize;
+                while sent < bytes.len() {
+                    let end = (sent + PACED_CHUNK).min(bytes.len());
+                    stream.write_chunk(bytes.slice(sent..end)).await?;
+                    sent = end;
+                    let due = Duration::from_secs_f64(sent as f64 * 8.0 / bps);
+                    tokio::time::sleep_until(started + due).await;
+                }
+            }
+        }
         stream.finish()?;
         // The slot frees once QUIC holds the whole segment. (Waiting for the acknowledgement
         // instead races the receiver, who asks for its next segment as soon as the last byte
@@ -1565,6 +1586,9 @@ async fn send_segment(conn: Connection, id: SegmentId, bytes: Bytes) {
         debug!(%id, error = %e, "segment send failed");
     }
 }
+
+/// A paced segment goes out in pieces of this size.
+const PACED_CHUNK: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 enum SendError {
