@@ -1,10 +1,11 @@
 //! What the `peer` command runs: a broadcast (ingest → signed segments → source node), a
 //! viewer, and the one-process demo swarm. The integration tests start the same functions.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -261,7 +262,14 @@ pub struct Demo {
     pub broadcast: Broadcast,
     /// The viewers' nodes.
     pub viewers: Vec<NodeHandle>,
+    /// Bytes from peers and from the source as of each status line in the last minute, for
+    /// the offload over that minute (the total includes the start, when every viewer asks the
+    /// source: it approaches the swarm's steady offload only slowly).
+    history: Mutex<VecDeque<(Instant, u64, u64)>>,
 }
+
+/// The window of the status line's recent offload.
+const RECENT: Duration = Duration::from_secs(60);
 
 /// The demo broadcaster's uplink.
 const DEMO_SOURCE_UPLINK_BPS: f64 = 10e6;
@@ -310,6 +318,7 @@ impl Demo {
         Ok(Self {
             broadcast,
             viewers: nodes,
+            history: Default::default(),
         })
     }
 
@@ -325,12 +334,34 @@ impl Demo {
             stored += s["segments_stored"].as_u64().unwrap_or(0);
             rejected += s["segments_rejected"].as_u64().unwrap_or(0);
         }
-        let total = from_source + from_peers;
-        let offload = if total > 0 {
-            100.0 * from_peers as f64 / total as f64
-        } else {
-            0.0
+        let share = |peers: u64, source: u64| {
+            let total = peers + source;
+            (total > 0).then(|| 100.0 * peers as f64 / total as f64)
         };
+        let offload = share(from_peers, from_source).unwrap_or(0.0);
+        let now = Instant::now();
+        let recent = match self.history.lock() {
+            Ok(mut history) => {
+                history.push_back((now, from_peers, from_source));
+                while history
+                    .get(1)
+                    .is_some_and(|(t, ..)| now.duration_since(*t) >= RECENT)
+                {
+                    history.pop_front();
+                }
+                history
+                    .front()
+                    .filter(|(t, ..)| now.duration_since(*t) >= RECENT)
+                    .and_then(|(_, p, s)| {
+                        share(
+                            from_peers.saturating_sub(*p),
+                            from_source.saturating_sub(*s),
+                        )
+                    })
+            }
+            Err(_) => None,
+        };
+        let recent = recent.map_or(String::new(), |r| format!(", last minute {r:.0}%"));
         let newest = self.broadcast.node().status()["newest_segment"].as_u64();
         let continuity = if continuity.is_empty() {
             "-".to_owned()
@@ -341,7 +372,7 @@ impl Demo {
             )
         };
         format!(
-            "live edge #{} | viewers {} | continuity {continuity} | segments received {stored} | from peers {:.1} MB, from source {:.1} MB (source offload {offload:.0}%) | rejected {rejected}",
+            "live edge #{} | viewers {} | continuity {continuity} | segments received {stored} | from peers {:.1} MB, from source {:.1} MB (source offload {offload:.0}%{recent}) | rejected {rejected}",
             newest.map_or("-".into(), |n| n.to_string()),
             self.viewers.len(),
             from_peers as f64 / 1e6,
