@@ -1069,7 +1069,9 @@ fn a_peer_feeding_others_paces_requests_to_spare_its_pushes() {
         peer: stranger,
         frame: Frame::Request(SegmentId::Media(3)),
     };
-    // An uplink of 1.2 streams: what the push to its child leaves is not worth serving from.
+    // An uplink the user bounded at 1.2 streams: what the push to its child leaves is not
+    // worth serving from. (An unbounded idle uplink serves at full speed, to be measured.)
+    node.config.upload_limit_bps = Some(1.2 * bitrate);
     node.meter = UploadMeter::new(1.2 * bitrate, Some(1.2 * bitrate));
     node.handle_input(now, request.clone());
     let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
@@ -1085,8 +1087,9 @@ fn a_peer_feeding_others_paces_requests_to_spare_its_pushes() {
     );
     // Three streams' worth: the request goes at the pace of what the push leaves (1.9
     // streams), so that the push keeps 1.1.
+    node.config.upload_limit_bps = Some(3.0 * bitrate);
     node.meter = UploadMeter::new(3.0 * bitrate, Some(3.0 * bitrate));
-    node.handle_input(now, request);
+    node.handle_input(now, request.clone());
     let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
     let pace = outputs.iter().find_map(|o| match o {
         Output::SendSegment { to, pace_kbps, .. } if *to == stranger => Some(*pace_kbps),
@@ -1096,6 +1099,27 @@ fn a_peer_feeding_others_paces_requests_to_spare_its_pushes() {
     assert!(
         pace.flatten().is_some_and(|k| k.abs_diff(expected) <= 1),
         "{pace:?} for {expected}"
+    );
+    // Unbounded and idle: at full speed, so that the uplink gets measured.
+    node.config.upload_limit_bps = None;
+    node.uploads.clear();
+    let other = PeerId([10; 32]);
+    node.handle_input(now, Input::Connected { peer: other });
+    while node.poll_output().is_some() {}
+    node.handle_input(
+        now,
+        Input::Frame {
+            peer: other,
+            frame: Frame::Request(SegmentId::Media(3)),
+        },
+    );
+    let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
+    assert!(
+        outputs.iter().any(|o| matches!(
+            o,
+            Output::SendSegment { to, pace_kbps: None, .. } if *to == other
+        )),
+        "{outputs:?}"
     );
 }
 

@@ -203,10 +203,17 @@ impl Exchange {
     /// beyond its children's streams (with headroom). Connections share an uplink about fairly
     /// (QUIC's priorities order the streams of one connection only), so a request sent at full
     /// speed beside the pushes would slow them below the stream's rate, and every peer below
-    /// us would fall behind. `None` when nothing needs sparing: a peer that feeds nobody, or
-    /// the source (which keeps a stream's worth out of its children's share).
+    /// us would fall behind. `None` when nothing needs sparing: a peer that feeds nobody, the
+    /// source (which keeps a stream's worth out of its children's share), or an idle uplink
+    /// the user gave no bound for (sent at full speed, it gets measured; paced on a guess, it
+    /// would stay a guess).
     pub(super) fn request_pace(&self) -> Option<f64> {
-        if self.config.upload_slots == usize::MAX || self.is_source() || self.children.is_empty() {
+        let unmeasured_idle = self.config.upload_limit_bps.is_none() && self.uploads.is_empty();
+        if self.config.upload_slots == usize::MAX
+            || self.is_source()
+            || self.children.is_empty()
+            || unmeasured_idle
+        {
             return None;
         }
         let pushes = self.children.len() as f64 * self.bitrate_bps() * PUSH_HEADROOM;
