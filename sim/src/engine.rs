@@ -879,19 +879,11 @@ impl<C: Core, X> Engine<C, X> {
                 tag,
             } => {
                 self.count(kind, bytes);
-                if self.conn(host, to) != Some(Conn::Established) || !self.net.same_side(host, to) {
-                    // The receiver crashed (its peers learn only at the idle timeout) or is
-                    // cut off: QUIC takes the bytes into its buffers all the same, so the
-                    // upload is over for the sender, which would otherwise wait for it until
-                    // it hears the connection is gone.
-                    if bulk {
-                        self.input(host, Input::Sent { to, tag });
-                    }
-                    return;
-                }
                 if bulk {
-                    self.start_flow(host, to, bytes, (tag, msg), None);
-                } else {
+                    self.send_bulk(host, to, bytes, (tag, msg), f64::INFINITY);
+                } else if self.conn(host, to) == Some(Conn::Established)
+                    && self.net.same_side(host, to)
+                {
                     let Some(base) = self.link(host, to).map(|l| l.base_delay) else {
                         return;
                     };
@@ -915,11 +907,7 @@ impl<C: Core, X> Engine<C, X> {
                 tag,
             } => {
                 self.count(kind, bytes);
-                if self.conn(host, to) != Some(Conn::Established) || !self.net.same_side(host, to) {
-                    self.input(host, Input::Sent { to, tag });
-                    return;
-                }
-                self.start_capped_flow(host, to, bytes, (tag, msg), None, max_bps);
+                self.send_bulk(host, to, bytes, (tag, msg), max_bps);
             }
             Output::Forward {
                 to,
@@ -944,6 +932,25 @@ impl<C: Core, X> Engine<C, X> {
             }
             Output::Event(e) => self.events.push((host, e)),
         }
+    }
+
+    /// Sends bulk data at most at `cap_bps`. If the receiver crashed (its peers learn only at
+    /// the idle timeout) or is cut off, QUIC takes the bytes into its buffers all the same:
+    /// the upload is over for the sender at once, which would otherwise wait for it until it
+    /// hears the connection is gone.
+    fn send_bulk(
+        &mut self,
+        host: HostId,
+        to: HostId,
+        bytes: u64,
+        payload: (u64, C::Msg),
+        cap_bps: f64,
+    ) {
+        if self.conn(host, to) != Some(Conn::Established) || !self.net.same_side(host, to) {
+            self.input(host, Input::Sent { to, tag: payload.0 });
+            return;
+        }
+        self.start_capped_flow(host, to, bytes, payload, None, cap_bps);
     }
 
     /// Starts a bulk flow; its receiver hears of it when its first bytes arrive.
