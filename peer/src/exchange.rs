@@ -293,6 +293,9 @@ pub enum CloseReason {
     Misbehaved,
     /// Nobody feeds this peer and no partner has room to: it lets one go to meet others.
     Exploring,
+    /// On demand, a full peer lets go of a partner it exchanged no segment with for a while,
+    /// to take a newcomer.
+    Idle,
 }
 
 impl CloseReason {
@@ -303,6 +306,7 @@ impl CloseReason {
             Self::WrongChannel => "wrong channel",
             Self::Misbehaved => "too many protocol violations",
             Self::Exploring => "looking for a peer with room to feed us",
+            Self::Idle => "making room: no segment exchanged for a while",
         }
     }
 }
@@ -438,11 +442,14 @@ struct Partner {
     refused_until: Option<Instant>,
     /// When a frame from it last arrived.
     last_heard: Option<Instant>,
+    /// When it connected, or last asked us for a segment or we asked it.
+    last_used: Instant,
 }
 
 impl Partner {
-    fn new() -> Self {
+    fn new(now: Instant) -> Self {
         Self {
+            last_used: now,
             listen: None,
             greeted: false,
             have: HaveMap::default(),
@@ -556,6 +563,12 @@ pub struct Exchange {
     explored: u64,
     /// When `explore` may let the next partner go.
     next_explore: Option<Instant>,
+    /// On demand: the segment we last asked partners to find holders of, how many times in
+    /// a row, and when we may ask next (`Find`).
+    finding: Option<(SegmentId, u32)>,
+    next_find: Option<Instant>,
+    /// On demand: peers named as holders of the segment we need next, to dial first.
+    found: Vec<PeerId>,
     /// How often the candidates were thinned out (see `remember`).
     forgotten_rounds: u64,
     climbing_until: Option<Instant>,
@@ -646,6 +659,9 @@ impl Exchange {
             climb_backoff: FIRST_CLIMB,
             explored: 0,
             next_explore: None,
+            finding: None,
+            next_find: None,
+            found: Vec::new(),
             forgotten_rounds: 0,
             climbing_until: None,
             start: None,
@@ -680,7 +696,7 @@ impl Exchange {
         // alone makes requests possible only at `next_schedule`, a timer of its own.)
         let may_request = match input {
             Input::Connected { peer } => {
-                self.on_connected(peer);
+                self.on_connected(now, peer);
                 true
             }
             Input::Disconnected { peer } => {
@@ -945,13 +961,18 @@ impl Exchange {
         self.record.as_ref().map(|r| r.record.broadcaster.peer_id())
     }
 
-    fn on_connected(&mut self, peer: PeerId) {
+    fn on_connected(&mut self, now: Instant, peer: PeerId) {
         self.dialing.remove(&peer);
         if self.partners.contains_key(&peer) {
             return;
         }
-        // A peer the plan has us feed gets in even when we are full (`hints`).
-        if self.partners.len() >= self.config.partner_limit && !self.hinted_downstream(&peer) {
+        // A peer the plan has us feed gets in even when we are full (`hints`); on demand, in
+        // place of one we have not exchanged a segment with for a while.
+        let limit = self.partner_limit();
+        if self.partners.len() >= limit && !self.hinted_downstream(&peer) {
+            self.let_idle_go(now);
+        }
+        if self.partners.len() >= limit && !self.hinted_downstream(&peer) {
             // Full: point the newcomer elsewhere, then let it go.
             self.send(
                 peer,
@@ -976,7 +997,7 @@ impl Exchange {
             });
             return;
         }
-        self.partners.insert(peer, Partner::new());
+        self.partners.insert(peer, Partner::new(now));
         self.send(
             peer,
             Frame::Hello {
@@ -1112,6 +1133,9 @@ impl Exchange {
                     && partner.busy_until.is_none_or(|t| t <= now);
             }
             Frame::Request(id) => {
+                if let Some(partner) = self.partners.get_mut(&peer) {
+                    partner.last_used = now;
+                }
                 // Serving others cannot make a request of ours possible.
                 self.on_request(now, peer, id);
                 return false;
@@ -1158,6 +1182,14 @@ impl Exchange {
                 return false;
             }
             Frame::Feed(on) => self.on_feed(now, peer, on),
+            Frame::Find(id) => {
+                self.on_find(peer, id);
+                return false;
+            }
+            Frame::Holders(id, peers) => {
+                self.on_holders(now, id, peers);
+                return false;
+            }
             Frame::Peers(peers) => {
                 let climbing = self.climbing_until.is_some_and(|t| now < t);
                 if self.parent.is_none() || climbing {
@@ -1728,6 +1760,7 @@ impl Exchange {
             );
             let (peer, partner) = self.partners.at_mut(index);
             partner.inflight += 1;
+            partner.last_used = now;
             self.pending.insert(
                 id,
                 Pending {
@@ -1868,16 +1901,19 @@ impl Exchange {
             } else {
                 0
             };
+        self.find_holders(now);
         if self.partners.len() + self.dialing.len() >= want {
             self.explore(now);
+            self.make_room_for_holders(now);
         }
         let mut missing = want.saturating_sub(self.partners.len() + self.dialing.len());
         if missing == 0 {
             return;
         }
-        // Peers we were referred to (nearer the tree's top, with room) first, then in id order
-        // (the id's first eight bytes as a number: the same order, compared faster).
-        let referred = &self.referred;
+        // Peers we were referred to (nearer the tree's top, with room, or holding what we need
+        // next) first, then in id order (the id's first eight bytes as a number: the same
+        // order, compared faster).
+        let (referred, found) = (&self.referred, &self.found);
         let mut candidates: Vec<((bool, u64, PeerId), SocketAddr)> = self
             .candidates
             .iter()
@@ -1886,7 +1922,10 @@ impl Exchange {
                     && !self.dialing.contains(id)
                     && !self.backoff.contains_key(id)
             })
-            .map(|(id, addr)| ((!referred.contains(id), id_prefix(id), *id), *addr))
+            .map(|(id, addr)| {
+                let first = referred.contains(id) || found.contains(id);
+                ((!first, id_prefix(id), *id), *addr)
+            })
             .collect();
         // Only the first `missing` are dialled: pick them out, then sort those (the keys are
         // distinct, so this is the order a sort of all of them gives).
@@ -1926,12 +1965,14 @@ impl Exchange {
             })
             .collect();
         let me = self.me;
-        let (partners, dialing, referred) = (&self.partners, &self.dialing, &self.referred);
+        let (partners, dialing) = (&self.partners, &self.dialing);
+        let (referred, found) = (&self.referred, &self.found);
         self.candidates.retain(|id, _| {
             let needed = Some(*id) == source
                 || partners.contains_key(id)
                 || dialing.contains(id)
                 || referred.contains(id)
+                || found.contains(id)
                 || hinted.contains(id);
             needed || {
                 let mut h = blake3::Hasher::new();
@@ -1977,12 +2018,207 @@ impl Exchange {
         }
         if let Some((_, peer)) = useless {
             debug!(peer = %peer.short(), "no partner can feed us; letting one go");
-            self.explored = self.explored.wrapping_add(1);
-            self.next_explore = Some(now + EXPLORE_EVERY);
-            self.close(peer, CloseReason::Exploring);
-            // Gone for us now (the driver's word that the link closed changes nothing more);
-            // it may have room later, after the redial backoff.
+            self.let_go(now, peer);
+        }
+    }
+
+    /// Closes the link to a partner to make room for others (see `explore`).
+    fn let_go(&mut self, now: Instant, peer: PeerId) {
+        self.explored = self.explored.wrapping_add(1);
+        self.next_explore = Some(now + EXPLORE_EVERY);
+        self.close(peer, CloseReason::Exploring);
+        // Gone for us now (the driver's word that the link closed changes nothing more); it
+        // may have room later, after the redial backoff.
+        self.on_disconnected(now, peer);
+    }
+
+    /// The media segments the player needs next, on demand: from the first one missing.
+    fn vod_window(&self) -> impl Iterator<Item = SegmentId> + '_ {
+        let end = self.cursor + self.config.lookahead;
+        (self.cursor..=end)
+            .map(SegmentId::Media)
+            .filter(|id| self.statements.contains_key(id))
+    }
+
+    /// On demand, a viewer that started or sought where none of its partners has been holds
+    /// no partner that can serve it but the source. It asks its partners which of theirs
+    /// hold the first segment it misses (`Find`); the peers they name are dialled first, and
+    /// `make_room_for_holders` lets useless partners go for them. Asking again for the same
+    /// segment waits twice as long each time (up to [`MAX_FIND_EVERY`]): at the front of a
+    /// film nobody but the source holds it.
+    fn find_holders(&mut self, now: Instant) {
+        if self.is_live() || self.next_find.is_some_and(|t| now < t) {
+            return;
+        }
+        let source = self.source_peer();
+        let Some(id) = self.vod_window().find(|id| !self.store.contains_key(id)) else {
+            return;
+        };
+        // A holder whose uplink is taken (it said `Busy`) serves us no better than none.
+        let served = self.pending.contains_key(&id)
+            || self.partners.iter().any(|(p, partner)| {
+                Some(*p) != source
+                    && partner.have.contains(id)
+                    && partner.busy_until.is_none_or(|t| t <= now)
+            });
+        if served {
+            return;
+        }
+        let tries = match self.finding {
+            Some((asked, tries)) if asked == id => tries + 1,
+            _ => 0,
+        };
+        // Asked once and nobody answered: the source holds it (and makes room for us).
+        if tries > 0 {
+            self.dial_source();
+        }
+        self.finding = Some((id, tries));
+        let wait = FIND_EVERY
+            .saturating_mul(1 << tries.min(8))
+            .min(MAX_FIND_EVERY);
+        self.next_find = Some(now + wait);
+        let asked: Vec<PeerId> = self
+            .partners
+            .iter()
+            .filter(|(_, p)| p.greeted)
+            .map(|(id, _)| *id)
+            .collect();
+        for peer in asked {
+            self.send(peer, Frame::Find(id));
+        }
+    }
+
+    /// Dials the source, whatever the partner count, unless it is a partner or we are
+    /// dialling it or waiting to.
+    fn dial_source(&mut self) {
+        let Some(source) = self.source_peer() else {
+            return;
+        };
+        if self.partners.contains_key(&source)
+            || self.dialing.contains(&source)
+            || self.backoff.contains_key(&source)
+        {
+            return;
+        }
+        if let Some(addr) = self.candidates.get(&source).copied() {
+            self.dialing.insert(source);
+            self.outputs
+                .push_back(Output::Dial(PeerAddr { id: source, addr }));
+        }
+    }
+
+    /// Peers that hold a segment we asked about: dialled first while we still need it.
+    fn on_holders(&mut self, now: Instant, id: SegmentId, peers: Vec<PeerAddr>) {
+        if self.is_live() || self.store.contains_key(&id) {
+            return;
+        }
+        for p in peers {
+            if p.id != self.me && !self.partners.contains_key(&p.id) {
+                self.remember(p.id, p.addr);
+                if !self.found.contains(&p.id) {
+                    self.found.push(p.id);
+                }
+            }
+        }
+        // A few dozen at most: the newest answers first.
+        let excess = self.found.len().saturating_sub(2 * MAX_FOUND);
+        self.found.drain(..excess);
+        self.maintain(now);
+    }
+
+    /// How many partners we keep. The source of a film keeps a few per stream its uplink
+    /// carries: it announces nothing new to them, and it is the last resort of every viewer
+    /// whose position no peer holds.
+    fn partner_limit(&self) -> usize {
+        let limit = self.config.partner_limit;
+        if self.is_live() || !self.is_source() {
+            return limit;
+        }
+        let streams = self.meter.estimate_bps() / self.bitrate_bps();
+        limit.max((streams * VOD_SOURCE_PARTNERS_PER_STREAM) as usize)
+    }
+
+    /// On demand, a full peer makes room for a newcomer (which may need what we hold) by
+    /// letting go of the partner it exchanged no segment with for longest, if that was at
+    /// least [`IDLE_PARTNER`] ago.
+    fn let_idle_go(&mut self, now: Instant) {
+        if self.is_live() {
+            return;
+        }
+        let idle = self
+            .partners
+            .iter()
+            .filter(|(id, p)| {
+                now.saturating_duration_since(p.last_used) >= IDLE_PARTNER
+                    && p.inflight == 0
+                    && !self.uploads.keys().any(|(to, _)| to == *id)
+                    && !self.upload_queue.iter().any(|q| q.to == **id)
+            })
+            .min_by_key(|(id, p)| (p.last_used, **id))
+            .map(|(id, _)| *id);
+        if let Some(peer) = idle {
+            debug!(peer = %peer.short(), "making room: idle partner");
+            self.close(peer, CloseReason::Idle);
             self.on_disconnected(now, peer);
+        }
+    }
+
+    /// Names to `asker` up to [`MAX_FOUND`] of our other partners that hold segment `id`.
+    fn on_find(&mut self, asker: PeerId, id: SegmentId) {
+        if !self.config.share_peers {
+            return;
+        }
+        let holders: Vec<PeerAddr> = self
+            .partners
+            .from(asker)
+            .filter(|(p, partner)| **p != asker && partner.have.contains(id))
+            .filter_map(|(p, partner)| partner.listen.map(|addr| PeerAddr { id: *p, addr }))
+            .take(MAX_FOUND)
+            .collect();
+        if !holders.is_empty() {
+            self.send(asker, Frame::Holders(id, holders));
+        }
+    }
+
+    /// On demand, while peers named as holders of what we need next wait to be dialled: lets
+    /// go of a partner that holds none of it, at most one per [`EXPLORE_EVERY`].
+    fn make_room_for_holders(&mut self, now: Instant) {
+        let due = self.next_explore.is_none_or(|t| t <= now);
+        if self.is_live() || !due {
+            return;
+        }
+        self.found.retain(|id| !self.partners.contains_key(id));
+        let waiting = self.found.iter().any(|id| {
+            !self.partners.contains_key(id)
+                && !self.dialing.contains(id)
+                && !self.backoff.contains_key(id)
+                && self.candidates.contains_key(id)
+        });
+        if !waiting {
+            return;
+        }
+        let window: Vec<SegmentId> = self.vod_window().collect();
+        let source = self.source_peer();
+        let mut useless = None;
+        for (id, p) in self.partners.iter() {
+            // Kept: partners not heard from yet, the source, those we exchange segments with,
+            // and those that hold some of what we need next.
+            let kept = !p.greeted
+                || Some(*id) == source
+                || p.inflight > 0
+                || self.uploads.keys().any(|(to, _)| to == id)
+                || window.iter().any(|w| p.have.contains(*w));
+            if kept {
+                continue;
+            }
+            let rank = self.random_rank(id) ^ self.explored;
+            if useless.is_none_or(|(r, _)| rank < r) {
+                useless = Some((rank, *id));
+            }
+        }
+        if let Some((_, peer)) = useless {
+            debug!(peer = %peer.short(), "making room for peers that hold what we need");
+            self.let_go(now, peer);
         }
     }
 
@@ -1990,25 +2226,12 @@ impl Exchange {
     /// partners, may have lost its source (it crashed and came back, and nobody reconnected):
     /// dial it, whatever the partner count.
     fn redial_stalled_source(&mut self, now: Instant) {
-        let Some(source) = self.source_peer() else {
-            return;
-        };
         let stalled = self.is_live()
             && self
                 .last_fresh
                 .is_some_and(|t| now.saturating_duration_since(t) > self.config.stall_timeout);
-        if !stalled
-            || self.partners.contains_key(&source)
-            || self.dialing.contains(&source)
-            || self.backoff.contains_key(&source)
-        {
-            return;
-        }
-        if let Some(addr) = self.candidates.get(&source).copied() {
-            debug!("no new segment for a while; dialling the source");
-            self.dialing.insert(source);
-            self.outputs
-                .push_back(Output::Dial(PeerAddr { id: source, addr }));
+        if stalled {
+            self.dial_source();
         }
     }
 
@@ -2502,6 +2725,22 @@ const EXPLORE_EVERY: Duration = Duration::from_secs(1);
 
 /// Extra partners a viewer nobody feeds may dial, for the peers it was referred to.
 const MAX_EXTRA_PARTNERS: usize = 3;
+
+/// On demand, how soon a viewer no partner can serve asks who can (`Find`), and how long it
+/// waits at most before asking again about the same segment.
+const FIND_EVERY: Duration = Duration::from_secs(1);
+const MAX_FIND_EVERY: Duration = Duration::from_secs(16);
+
+/// The most holders one answer to `Find` names.
+const MAX_FOUND: usize = 8;
+
+/// On demand, the source keeps this many partners per stream its uplink carries (at least
+/// [`ExchangeConfig::partner_limit`]).
+const VOD_SOURCE_PARTNERS_PER_STREAM: f64 = 4.0;
+
+/// On demand, a full peer lets a partner go for a newcomer once they exchanged no segment for
+/// this long.
+const IDLE_PARTNER: Duration = Duration::from_secs(5);
 
 /// How long a peer that failed a dial or dropped us is left alone before being dialled again.
 const REDIAL_BACKOFF: Duration = Duration::from_secs(10);

@@ -65,6 +65,11 @@ pub enum Frame {
     /// The answer to `Subscribe`, or a change of mind: the sender feeds the receiver (`true`)
     /// or does not (any more) (`false`).
     Feed(bool),
+    /// On demand: which of your partners hold this segment? Answered with `Holders`, or not
+    /// at all when none does.
+    Find(SegmentId),
+    /// The answer to `Find`: partners of the sender that hold the segment.
+    Holders(SegmentId, Vec<PeerAddr>),
 }
 
 /// A peer and where it listens.
@@ -142,6 +147,8 @@ impl Frame {
             Self::Report { .. } => "report",
             Self::Subscribe(_) => "subscribe",
             Self::Feed(_) => "feed",
+            Self::Find(_) => "find",
+            Self::Holders(..) => "holders",
         }
     }
 
@@ -149,13 +156,14 @@ impl Frame {
         let len = match self {
             Self::Announce(v) => v.len(),
             Self::Have(v) => v.len(),
-            Self::Peers(v) => v.len(),
+            Self::Peers(v) | Self::Holders(_, v) => v.len(),
             Self::Hello { .. }
             | Self::Channel(_)
             | Self::Request(_)
             | Self::Report { .. }
             | Self::Subscribe(_)
             | Self::Feed(_)
+            | Self::Find(_)
             | Self::Missing(_)
             | Self::Busy(_) => 0,
         };
@@ -297,6 +305,14 @@ mod tests {
             Frame::Have(vec![SegmentId::Init, SegmentId::Media(9)]),
             Frame::Request(SegmentId::Media(3)),
             Frame::Missing(SegmentId::Init),
+            Frame::Find(SegmentId::Media(700)),
+            Frame::Holders(
+                SegmentId::Media(700),
+                vec![PeerAddr {
+                    id: PeerId([2; 32]),
+                    addr: "10.0.0.2:4433".parse().unwrap(),
+                }],
+            ),
             Frame::Peers(vec![PeerAddr {
                 id: PeerId([1; 32]),
                 addr: "[::1]:9".parse().unwrap(),

@@ -1228,3 +1228,231 @@ fn a_peer_remembers_a_bounded_sample_of_the_peers_it_hears_of() {
         .count();
     assert!(late > 20, "{late}");
 }
+
+/// A film of 40 segments published at a harness source: its record and statements.
+fn film() -> (SignedChannel, Vec<SignedSegment>) {
+    let (mut h, source) = Harness::new(StreamKind::Vod);
+    h.publish(source, b"init");
+    for n in 0..40 {
+        h.publish(source, &payload(n));
+    }
+    let node = &h.nodes[&source];
+    let statements = node.statements.values().copied().collect();
+    (node.record().unwrap().clone(), statements)
+}
+
+fn peer_addr(n: u8) -> PeerAddr {
+    PeerAddr {
+        id: PeerId([n; 32]),
+        addr: format!("10.0.3.{n}:1").parse().unwrap(),
+    }
+}
+
+/// Connects `peer` to `node` and feeds it the frames a partner sends first.
+fn greet(node: &mut Exchange, now: Instant, peer: PeerAddr, first: Vec<Frame>) {
+    node.handle_input(now, Input::Connected { peer: peer.id });
+    let hello = Frame::Hello {
+        channel: node.channel(),
+        listen: Some(peer.addr),
+    };
+    for frame in std::iter::once(hello).chain(first) {
+        node.handle_input(
+            now,
+            Input::Frame {
+                peer: peer.id,
+                frame,
+            },
+        );
+    }
+}
+
+#[test]
+fn an_on_demand_viewer_no_partner_can_serve_asks_who_can_and_makes_room_for_them() {
+    let (record, statements) = film();
+    let mut now = Instant::now();
+    let viewer_config = ExchangeConfig {
+        max_partners: 3,
+        ..config()
+    };
+    let mut viewer = Exchange::viewer(
+        now,
+        viewer_config,
+        PeerId([100; 32]),
+        record.record.channel_id(),
+        None,
+    );
+    // The player sought to segment 30; the partners hold only the film's start.
+    viewer.set_playhead(now, 30);
+    let partners: Vec<PeerAddr> = (1..=3).map(peer_addr).collect();
+    viewer.add_candidates(now, partners.iter().copied());
+    while viewer.poll_output().is_some() {}
+    for (i, p) in partners.iter().enumerate() {
+        let mut first = Vec::new();
+        if i == 0 {
+            first.push(Frame::Channel(Box::new(record.clone())));
+            first.push(Frame::Announce(statements.clone()));
+        }
+        first.push(Frame::Have((0..10).map(SegmentId::Media).collect()));
+        greet(&mut viewer, now, *p, first);
+    }
+    while viewer.poll_output().is_some() {}
+    now += Duration::from_secs(1);
+    viewer.handle_timeout(now);
+    let asked: Vec<PeerId> = std::iter::from_fn(|| viewer.poll_output())
+        .filter_map(|o| match o {
+            Output::Send {
+                to,
+                frame: Frame::Find(SegmentId::Media(30)),
+            } => Some(to),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked.len(), 3, "every partner is asked about segment 30");
+    // One partner knows a holder: the viewer lets a partner that holds nothing it needs go
+    // and dials the holder.
+    let holder = peer_addr(9);
+    viewer.handle_input(
+        now,
+        Input::Frame {
+            peer: partners[0].id,
+            frame: Frame::Holders(SegmentId::Media(30), vec![holder]),
+        },
+    );
+    let outputs: Vec<Output> = std::iter::from_fn(|| viewer.poll_output()).collect();
+    assert!(
+        outputs
+            .iter()
+            .any(|o| matches!(o, Output::Dial(p) if p.id == holder.id)),
+        "{outputs:?}"
+    );
+    let let_go = outputs
+        .iter()
+        .filter(|o| {
+            matches!(o, Output::Close { peer, reason: CloseReason::Exploring } if partners.iter().any(|p| p.id == *peer))
+        })
+        .count();
+    assert_eq!(let_go, 1, "{outputs:?}");
+    // Still unserved a second later, it asks again (its two partners); then it waits twice
+    // as long before the next time.
+    let finds = |viewer: &mut Exchange, now| {
+        viewer.handle_timeout(now);
+        std::iter::from_fn(|| viewer.poll_output())
+            .filter(|o| {
+                matches!(
+                    o,
+                    Output::Send {
+                        frame: Frame::Find(_),
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    now += Duration::from_millis(1100);
+    assert_eq!(finds(&mut viewer, now), 2);
+    now += Duration::from_millis(1100);
+    assert_eq!(finds(&mut viewer, now), 0);
+    now += Duration::from_millis(1100);
+    assert_eq!(finds(&mut viewer, now), 2);
+}
+
+#[test]
+fn a_peer_names_the_partners_that_hold_what_another_looks_for() {
+    let (record, statements) = film();
+    let now = Instant::now();
+    let mut node = Exchange::viewer(
+        now,
+        config(),
+        PeerId([100; 32]),
+        record.record.channel_id(),
+        None,
+    );
+    let (asker, holder, other) = (peer_addr(1), peer_addr(2), peer_addr(3));
+    let frames = vec![
+        Frame::Channel(Box::new(record)),
+        Frame::Announce(statements),
+        Frame::Have(vec![SegmentId::Media(30)]),
+    ];
+    greet(&mut node, now, holder, frames);
+    greet(
+        &mut node,
+        now,
+        other,
+        vec![Frame::Have(vec![SegmentId::Media(5)])],
+    );
+    greet(&mut node, now, asker, Vec::new());
+    while node.poll_output().is_some() {}
+    node.handle_input(
+        now,
+        Input::Frame {
+            peer: asker.id,
+            frame: Frame::Find(SegmentId::Media(30)),
+        },
+    );
+    let answers: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
+    assert_eq!(
+        answers,
+        vec![Output::Send {
+            to: asker.id,
+            frame: Frame::Holders(SegmentId::Media(30), vec![holder]),
+        }]
+    );
+    // Nobody holds segment 31: no answer at all.
+    node.handle_input(
+        now,
+        Input::Frame {
+            peer: asker.id,
+            frame: Frame::Find(SegmentId::Media(31)),
+        },
+    );
+    assert_eq!(node.poll_output(), None);
+}
+
+#[test]
+fn a_full_source_of_a_film_lets_an_idle_partner_go_for_a_newcomer() {
+    let (record, _) = film();
+    let key = Keypair::from_seed([42; 32]);
+    let mut now = Instant::now();
+    let source_config = ExchangeConfig {
+        partner_limit: 2,
+        upload_guess_bps: 1.0,
+        ..config()
+    };
+    let mut source = Exchange::source(now, source_config, key, record, None);
+    let (idle, busy, newcomer) = (peer_addr(1), peer_addr(2), peer_addr(3));
+    greet(&mut source, now, idle, Vec::new());
+    greet(&mut source, now, busy, Vec::new());
+    while source.poll_output().is_some() {}
+    now += Duration::from_secs(4);
+    source.handle_input(
+        now,
+        Input::Frame {
+            peer: busy.id,
+            frame: Frame::Request(SegmentId::Media(3)),
+        },
+    );
+    while source.poll_output().is_some() {}
+    // A newcomer before anyone was idle long enough is turned away.
+    now += Duration::from_millis(500);
+    source.handle_input(now, Input::Connected { peer: newcomer.id });
+    let outputs: Vec<Output> = std::iter::from_fn(|| source.poll_output()).collect();
+    assert!(outputs.contains(&Output::Close {
+        peer: newcomer.id,
+        reason: CloseReason::Full
+    }));
+    source.handle_input(now, Input::Disconnected { peer: newcomer.id });
+    // Later, the partner that asked for nothing goes; the one that asked stays.
+    now += Duration::from_secs(1);
+    source.handle_input(now, Input::Connected { peer: newcomer.id });
+    let outputs: Vec<Output> = std::iter::from_fn(|| source.poll_output()).collect();
+    assert!(
+        outputs.contains(&Output::Close {
+            peer: idle.id,
+            reason: CloseReason::Idle
+        }),
+        "{outputs:?}"
+    );
+    let partners: Vec<PeerId> = source.partners().map(|p| p.peer).collect();
+    assert!(partners.contains(&busy.id) && partners.contains(&newcomer.id));
+    assert_eq!(partners.len(), 2);
+}

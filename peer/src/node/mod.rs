@@ -999,7 +999,10 @@ impl Actor {
                     spawn_dial(&self.net, Some(target.id), target.addr, self.tx.clone(), me);
                 }
                 Output::Close { peer, reason } => {
-                    if matches!(reason, CloseReason::Full | CloseReason::Exploring) {
+                    if matches!(
+                        reason,
+                        CloseReason::Full | CloseReason::Exploring | CloseReason::Idle
+                    ) {
                         // Only the segment link ends: its control stream finishes after the
                         // frames already queued (the peers to try); the connection stays for
                         // the overlay.
