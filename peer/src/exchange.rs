@@ -444,12 +444,15 @@ struct Partner {
     last_heard: Option<Instant>,
     /// When it connected, or last asked us for a segment or we asked it.
     last_used: Instant,
+    /// It asked for no statements or `Have`s (`Quiet`): its parent feeds it.
+    quiet: bool,
 }
 
 impl Partner {
     fn new(now: Instant) -> Self {
         Self {
             last_used: now,
+            quiet: false,
             listen: None,
             greeted: false,
             have: HaveMap::default(),
@@ -569,6 +572,10 @@ pub struct Exchange {
     next_find: Option<Instant>,
     /// On demand: peers named as holders of the segment we need next, to dial first.
     found: Vec<PeerId>,
+    /// Live: segments in a row our parent pushed to us, and which parent.
+    fed_streak: (Option<PeerId>, u32),
+    /// We asked our partners to announce nothing to us (`Quiet`).
+    quiet: bool,
     /// How often the candidates were thinned out (see `remember`).
     forgotten_rounds: u64,
     climbing_until: Option<Instant>,
@@ -662,6 +669,8 @@ impl Exchange {
             finding: None,
             next_find: None,
             found: Vec::new(),
+            fed_streak: (None, 0),
+            quiet: false,
             forgotten_rounds: 0,
             climbing_until: None,
             start: None,
@@ -1023,6 +1032,9 @@ impl Exchange {
                 spare,
             },
         );
+        if self.quiet {
+            self.send(peer, Frame::Quiet(true));
+        }
         let statements: Vec<SignedSegment> = self.statements.values().copied().collect();
         if let Some(partner) = self.partners.get_mut(&peer) {
             for statement in &statements {
@@ -1188,6 +1200,10 @@ impl Exchange {
             }
             Frame::Holders(id, peers) => {
                 self.on_holders(now, id, peers);
+                return false;
+            }
+            Frame::Quiet(on) => {
+                self.on_quiet(peer, on);
                 return false;
             }
             Frame::Peers(peers) => {
@@ -1478,6 +1494,12 @@ impl Exchange {
             }
             _ => {}
         }
+        self.fed_streak = match self.fed_streak {
+            _ if !pushed || self.parent != Some(peer) => (self.parent, 0),
+            (Some(p), n) if p == peer => (Some(p), n + 1),
+            _ => (Some(peer), 1),
+        };
+        self.update_quiet(now);
         if let Some(partner) = self.partners.get_mut(&peer) {
             // It sent the segment, so it holds it (and needs no `Have` of ours).
             partner.have.insert(id);
@@ -1651,6 +1673,7 @@ impl Exchange {
         } else {
             VOD_SOURCE_MARGIN_S
         };
+        let mut late = false;
         for &id in &wanted {
             // A segment on its way (a push, or forwarded to us as it arrives) is not asked for
             // again: if its stream breaks off, it is missing again.
@@ -1679,10 +1702,21 @@ impl Exchange {
                 Some(_) => REPAIR_WINDOW_S,
                 None => f64::INFINITY,
             };
+            // Quiet, we know only what our parent holds: ask for announcements again a
+            // little before a repair would start.
+            let window = if self.quiet {
+                window.max(QUIET_ALERT_S)
+            } else {
+                window
+            };
             if slack > window {
                 let wait = Duration::from_secs_f64(slack - window);
                 let due = now + wait.max(MIN_RESCHEDULE);
                 self.next_schedule = Some(self.next_schedule.map_or(due, |t| t.min(due)));
+                continue;
+            }
+            if self.quiet {
+                late = true;
                 continue;
             }
             // Seconds until each holder would deliver: its queue, then this segment.
@@ -1773,6 +1807,13 @@ impl Exchange {
         }
         wanted.clear();
         self.wanted_buf = wanted;
+        if late {
+            // The partners' answers make requests possible; if none comes, look again soon.
+            self.fed_streak.1 = 0;
+            self.update_quiet(now);
+            let due = now + QUIET_RETRY;
+            self.next_schedule = Some(self.next_schedule.map_or(due, |t| t.min(due)));
+        }
     }
 
     /// When segment `id` must be here: live, the target latency after its announcement
@@ -1888,6 +1929,7 @@ impl Exchange {
         if self.is_source() {
             return;
         }
+        self.update_quiet(now);
         self.leave_silent_parent(now);
         self.climb(now);
         self.find_parent(now);
@@ -2038,6 +2080,71 @@ impl Exchange {
         (self.cursor..=end)
             .map(SegmentId::Media)
             .filter(|id| self.statements.contains_key(id))
+    }
+
+    /// Live, a viewer its parent has fed every segment in time for a while asks its partners
+    /// to stop announcing segments to it ([`QUIET_AFTER`] pushes in a row): the statements
+    /// and `Have`s it would get from each of them are most of a swarm's messages, and it
+    /// needs none while the pushes come. It asks for them again as soon as a segment is late
+    /// (`schedule`), its parent changes, or no new statement came for 1.5 segments' time (its
+    /// parent may be gone: `leave_silent_parent` needs to know the stream goes on).
+    fn update_quiet(&mut self, now: Instant) {
+        let fed = self.is_live()
+            && self.parent.is_some()
+            && self.fed_streak.0 == self.parent
+            && self.fed_streak.1 >= QUIET_AFTER;
+        let silence = self
+            .statements
+            .values()
+            .next_back()
+            .map_or(Duration::ZERO, |s| s.meta.duration())
+            .mul_f64(1.5)
+            .max(MIN_QUIET_SILENCE);
+        let flowing = self
+            .last_fresh
+            .is_some_and(|t| now.saturating_duration_since(t) < silence);
+        let quiet = fed && flowing;
+        if quiet != self.quiet {
+            self.quiet = quiet;
+            debug!(quiet, "asking partners for announcements");
+            self.broadcast(None, Frame::Quiet(quiet));
+        }
+    }
+
+    /// A partner asks for no announcements (`on`), or for them again: then it gets the
+    /// statements and `Have`s of the newest segments it may lack.
+    fn on_quiet(&mut self, peer: PeerId, on: bool) {
+        let from = self
+            .newest()
+            .map_or(0, |n| n.saturating_sub(QUIET_CATCH_UP));
+        let Some(partner) = self.partners.get_mut(&peer) else {
+            return;
+        };
+        let was = std::mem::replace(&mut partner.quiet, on);
+        if on || !was {
+            return;
+        }
+        let recent = |id: &SegmentId| matches!(id, SegmentId::Media(n) if *n >= from);
+        let news: Vec<SignedSegment> = self
+            .statements
+            .values()
+            .filter(|s| recent(&s.meta.id) && !partner.told.contains(s.meta.id))
+            .copied()
+            .collect();
+        for statement in &news {
+            partner.told.insert(statement.meta.id);
+        }
+        let held: Vec<SegmentId> = self
+            .store
+            .keys()
+            .filter(|id| recent(id) && !partner.have.contains(*id))
+            .collect();
+        if !news.is_empty() {
+            self.send(peer, Frame::Announce(news));
+        }
+        if !held.is_empty() {
+            self.send(peer, Frame::Have(held));
+        }
     }
 
     /// On demand, a viewer that started or sought where none of its partners has been holds
@@ -2283,13 +2390,19 @@ impl Exchange {
         self.outputs.push_back(Output::Send { to, frame });
     }
 
-    /// Announces statements to the partners not known to hold them already: the partner that
-    /// sent one to us never hears it back. (Skipping partners nearer the source as well saved
+    /// Announces statements to the partners not known to hold them already, except to the
+    /// source and to quiet partners we do not feed: the partner that sent one to us never
+    /// hears it back. (Skipping partners nearer the source as well saved
     /// a third of the announcements in `sim`, but a swarm fell into a long stall once in six
     /// runs with it and never without, so it is not done.)
     fn announce(&mut self, statements: &[SignedSegment]) {
+        let source = self.source_peer();
         for index in 0..self.partners.len() {
             let (peer, partner) = self.partners.at_mut(index);
+            // The peers we feed need the statements to take our pushes; the source made them.
+            if partner.quiet && !self.children.contains(&peer) || Some(peer) == source {
+                continue;
+            }
             let news: Vec<SignedSegment> = statements
                 .iter()
                 .filter(|s| !partner.told.contains(s.meta.id))
@@ -2308,11 +2421,14 @@ impl Exchange {
         }
     }
 
-    /// Tells every partner not known to hold segment `id` that we now hold it.
+    /// Tells every partner not known to hold segment `id` that we now hold it (but quiet ones
+    /// and, live, the source).
     fn announce_held(&mut self, id: SegmentId) {
+        // Live, the source asks nobody for anything; a film's source names holders (`Find`).
+        let source = self.source_peer().filter(|_| self.is_live());
         for index in 0..self.partners.len() {
             let (peer, partner) = self.partners.at_mut(index);
-            if partner.have.contains(id) {
+            if partner.quiet || partner.have.contains(id) || Some(peer) == source {
                 continue;
             }
             self.outputs.push_back(Output::Send {
@@ -2725,6 +2841,25 @@ const EXPLORE_EVERY: Duration = Duration::from_secs(1);
 
 /// Extra partners a viewer nobody feeds may dial, for the peers it was referred to.
 const MAX_EXTRA_PARTNERS: usize = 3;
+
+/// Live, a viewer asks its partners to stop announcing to it once its parent pushed this many
+/// segments in a row (`Quiet`).
+const QUIET_AFTER: u32 = 4;
+
+/// A quiet viewer asks for announcements again when no new statement came for one segment's
+/// time and a half, and at least this long.
+const MIN_QUIET_SILENCE: Duration = Duration::from_millis(1200);
+
+/// A quiet viewer asks for announcements again when a segment that has not started arriving
+/// is due within this many seconds (before `REPAIR_WINDOW_S`: the answers take a round trip).
+const QUIET_ALERT_S: f64 = 1.6;
+
+/// A viewer that stopped being quiet because a segment was late looks again this soon, in case
+/// no partner's answer does.
+const QUIET_RETRY: Duration = Duration::from_millis(100);
+
+/// How many segments behind the newest a partner that asks for announcements again is told of.
+const QUIET_CATCH_UP: u64 = 8;
 
 /// On demand, how soon a viewer no partner can serve asks who can (`Find`), and how long it
 /// waits at most before asking again about the same segment.

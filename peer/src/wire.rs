@@ -70,6 +70,10 @@ pub enum Frame {
     Find(SegmentId),
     /// The answer to `Find`: partners of the sender that hold the segment.
     Holders(SegmentId, Vec<PeerAddr>),
+    /// Live: the sender's parent feeds it every segment in time, so it needs no statements
+    /// or `Have`s from the receiver (`true`) unless it feeds the sender; or it needs them
+    /// again (`false`), and the receiver sends what it holds of the newest segments.
+    Quiet(bool),
 }
 
 /// A peer and where it listens.
@@ -149,6 +153,7 @@ impl Frame {
             Self::Feed(_) => "feed",
             Self::Find(_) => "find",
             Self::Holders(..) => "holders",
+            Self::Quiet(_) => "quiet",
         }
     }
 
@@ -164,6 +169,7 @@ impl Frame {
             | Self::Subscribe(_)
             | Self::Feed(_)
             | Self::Find(_)
+            | Self::Quiet(_)
             | Self::Missing(_)
             | Self::Busy(_) => 0,
         };
@@ -306,6 +312,7 @@ mod tests {
             Frame::Request(SegmentId::Media(3)),
             Frame::Missing(SegmentId::Init),
             Frame::Find(SegmentId::Media(700)),
+            Frame::Quiet(true),
             Frame::Holders(
                 SegmentId::Media(700),
                 vec![PeerAddr {

@@ -192,7 +192,8 @@ impl Harness {
                     .unwrap_or_default()
                 {
                     let bytes = self.nodes[&from].segment(id).cloned();
-                    match bytes.filter(|_| verified && self.linked(from, to)) {
+                    let delivered = verified && self.linked(from, to) && !self.mute.contains(&from);
+                    match bytes.filter(|_| delivered) {
                         Some(bytes) => self.deliver(from, to, id, bytes),
                         None => {
                             // Reset: the sender's slot frees, the receiver sees the stream fail.
@@ -1050,8 +1051,9 @@ fn a_segment_is_announced_only_to_partners_not_known_to_hold_it() {
     assert_eq!(sent(second, first, true), 0);
     assert_eq!(sent(first, source, false), 0);
     assert_eq!(sent(second, source, false), 0);
+    // The source announces every segment to the viewer it feeds (to the other, only until it
+    // asks for quiet: see `a_viewer_its_parent_feeds_asks_for_quiet_…`).
     assert_eq!(sent(source, first, false), 4);
-    assert_eq!(sent(source, second, false), 4);
     assert_eq!(h.stored(second).len(), 9);
 }
 
@@ -1455,4 +1457,51 @@ fn a_full_source_of_a_film_lets_an_idle_partner_go_for_a_newcomer() {
     let partners: Vec<PeerId> = source.partners().map(|p| p.peer).collect();
     assert!(partners.contains(&busy.id) && partners.contains(&newcomer.id));
     assert_eq!(partners.len(), 2);
+}
+
+#[test]
+fn a_viewer_its_parent_feeds_asks_for_quiet_and_for_news_again_when_the_parent_falls_silent() {
+    let (mut h, source) = Harness::new(StreamKind::Live);
+    let (first, second) = chain(&mut h, source);
+    h.frames.clear();
+    for n in 4..10 {
+        h.publish(source, &payload(n));
+        h.advance(SEGMENT);
+    }
+    let asked = |h: &Harness, on: bool| {
+        h.frames
+            .iter()
+            .position(|(f, t, frame)| *f == second && *t == source && *frame == Frame::Quiet(on))
+    };
+    let news = |h: &Harness, from: PeerId, since: usize| {
+        h.frames[since..]
+            .iter()
+            .filter(|(f, t, frame)| {
+                *f == from && *t == second && matches!(frame, Frame::Announce(_) | Frame::Have(_))
+            })
+            .count()
+    };
+    // Fed in time by its parent, the second viewer asked the source for quiet; from then on
+    // only its parent announces segments to it, and it still gets every one.
+    let quiet = asked(&h, true).expect("asked for quiet");
+    assert_eq!(news(&h, source, quiet), 0);
+    assert!(news(&h, first, quiet) > 0);
+    assert_eq!(h.stored(second).len(), 11);
+    // Its parent falls silent: it asks for news again, hears of the segments from the
+    // source, and gets them.
+    h.mute.insert(first);
+    h.frames.clear();
+    for n in 10..16 {
+        h.publish(source, &payload(n));
+        h.advance(SEGMENT);
+    }
+    h.advance(3 * SEGMENT);
+    let loud = asked(&h, false).expect("asked for news again");
+    assert!(news(&h, source, loud) > 0);
+    for n in 12..16 {
+        assert!(
+            h.nodes[&second].segment(SegmentId::Media(n)).is_some(),
+            "segment {n}"
+        );
+    }
 }
