@@ -1848,7 +1848,7 @@ impl Exchange {
     }
 
     /// Tells partners our measured upload (when it changed by a tenth, at most every two
-    /// seconds, else every thirty) and our place in the tree (whenever it changed).
+    /// seconds, else every ten) and our place in the tree (whenever it changed).
     fn report(&mut self, now: Instant) {
         let kbps = (self.meter.estimate_bps() / 1000.0) as u32;
         let depth = self.depth();
@@ -2829,7 +2829,7 @@ const REPAIR_WINDOW_S: f64 = 1.2;
 /// ... and if the parent has it already (its push is under way), until this close.
 const PUSH_WAIT_S: f64 = 0.5;
 /// Partners hear our upload capacity at least this often.
-const REPORT_EVERY: Duration = Duration::from_secs(30);
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 /// ... and at most this often.
 const REPORT_GAP: Duration = Duration::from_secs(2);
 
