@@ -1456,9 +1456,11 @@ impl Exchange {
                 self.take_pending(other, id);
             }
         }
-        if !self.take_pending(peer, id) && !pushed {
-            // Unsolicited: the driver should have refused it via `expected_len`.
-            self.strike(peer);
+        if !self.take_pending(peer, id) && !pushed && self.store.contains_key(&id) {
+            // An answer to a request we withdrew (a push or another partner got there first,
+            // or it timed out): the driver accepted its stream while it was expected (see
+            // `expected_len`), so it is no violation. A segment we still lack is kept if it
+            // verifies.
             return false;
         }
         let Some(statement) = self.statements.get(&id).copied() else {

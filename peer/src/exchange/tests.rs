@@ -1505,3 +1505,81 @@ fn a_viewer_its_parent_feeds_asks_for_quiet_and_for_news_again_when_the_parent_f
         );
     }
 }
+
+#[test]
+fn a_late_answer_to_a_withdrawn_request_costs_its_sender_no_strike() {
+    let (mut h, source) = Harness::new(StreamKind::Vod);
+    h.publish(source, b"init");
+    for n in 0..10 {
+        h.publish(source, &payload(n));
+    }
+    let record = h.nodes[&source].record().unwrap().clone();
+    let statements: Vec<SignedSegment> = h.nodes[&source].statements.values().copied().collect();
+    let mut now = Instant::now();
+    let mut viewer = Exchange::viewer(now, config(), PeerId([100; 32]), h.channel(), None);
+    let holders = [peer_addr(1), peer_addr(2)];
+    viewer.add_candidates(now, holders);
+    while viewer.poll_output().is_some() {}
+    let all: Vec<SegmentId> = statements.iter().map(|s| s.meta.id).collect();
+    for p in holders {
+        let first = vec![
+            Frame::Channel(Box::new(record.clone())),
+            Frame::Announce(statements.clone()),
+            Frame::Have(all.clone()),
+        ];
+        greet(&mut viewer, now, p, first);
+    }
+    let requests = |viewer: &mut Exchange| -> Vec<(PeerId, SegmentId)> {
+        std::iter::from_fn(|| viewer.poll_output())
+            .filter_map(|o| match o {
+                Output::Send {
+                    to,
+                    frame: Frame::Request(id),
+                } => Some((to, id)),
+                _ => None,
+            })
+            .collect()
+    };
+    let first = requests(&mut viewer);
+    assert!(first.len() >= 3, "{first:?}");
+    // Nobody answers in time: the viewer asks again (elsewhere, or the same holder).
+    now += Duration::from_secs(4);
+    viewer.handle_timeout(now);
+    while viewer.poll_output().is_some() {}
+    // The first answers arrive late, all of them: kept, and no strike.
+    for (peer, id) in &first {
+        let bytes = h.nodes[&source].segment(*id).unwrap().clone();
+        viewer.handle_input(
+            now,
+            Input::Segment {
+                peer: *peer,
+                id: *id,
+                bytes: bytes.clone(),
+            },
+        );
+        // A copy of one we hold by now is dropped without a strike as well.
+        viewer.handle_input(
+            now,
+            Input::Segment {
+                peer: *peer,
+                id: *id,
+                bytes,
+            },
+        );
+    }
+    let outputs: Vec<Output> = std::iter::from_fn(|| viewer.poll_output()).collect();
+    assert!(
+        !outputs.iter().any(|o| matches!(
+            o,
+            Output::Close {
+                reason: CloseReason::Misbehaved,
+                ..
+            }
+        )),
+        "{outputs:?}"
+    );
+    assert_eq!(viewer.partners().count(), 2);
+    for (_, id) in &first {
+        assert!(viewer.segment(*id).is_some(), "{id}");
+    }
+}
