@@ -29,8 +29,16 @@
 //! - The optimizer's plan, when a driver passes it on ([`Exchange::apply_hint`]), names the
 //!   parents to prefer and the children to make room for (`hints`).
 //! - Uploads wait in a queue, pushes before requests, earliest deadline first; a request that
-//!   would wait too long is answered `Busy` at once (`upload`). Upload capacity and partners'
-//!   delivery rates are measured (`capacity`).
+//!   would wait too long is answered `Busy` at once (`upload`). A viewer that feeds others
+//!   serves requests one at a time, paced at what its uplink has beyond its children's share.
+//!   Upload capacity and partners' delivery rates are measured (`capacity`).
+//! - Gossip stays small: a statement or `Have` goes only to partners not known to hold it;
+//!   statements never go to the source, nor, live, `Have`s; and live, nothing goes to a viewer
+//!   whose parent feeds it in time (it asked for `Quiet`) but its parent's statements.
+//! - A live viewer nobody can feed lets a useless partner go each second to meet others
+//!   (`explore`). On demand, a viewer no partner can serve asks its partners who holds what it
+//!   needs next (`Find`, answered by `Holders`) and makes room for them; a full peer of a film
+//!   lets its longest-idle partner go for a newcomer.
 //!
 //! Each segment's length and BLAKE3 hash are verified before it is stored, announced with `Have`
 //! and served. A partner that sends a forged statement or bytes that fail verification gets a
