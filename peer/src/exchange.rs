@@ -2045,33 +2045,50 @@ impl Exchange {
         if !unfed || !due || self.candidates.len() <= self.partners.len() {
             return;
         }
+        let could_feed = |p: &Partner| p.spare > 0 && p.depth < MAX_DEPTH;
+        let asked_soon = self
+            .partners
+            .values()
+            .any(|p| could_feed(p) && p.refused_until.is_none_or(|t| t <= now));
+        if asked_soon {
+            return; // `find_parent` asks it.
+        }
+        // Also kept: partners that have not reported yet, that may have room later, and
+        // those we feed.
+        let children = &self.children;
+        let keep = |id: &PeerId, p: &Partner| {
+            p.upload_kbps.is_none() || could_feed(p) || children.contains(id)
+        };
+        let Some(peer) = self.useless_partner(keep) else {
+            return;
+        };
+        debug!(peer = %peer.short(), "no partner can feed us; letting one go");
+        self.let_go(now, peer);
+    }
+
+    /// A partner drawn at random (a new draw each time one goes) among those `keep` does not
+    /// keep, always keeping partners not heard from yet, the source, and those we exchange
+    /// segments with.
+    fn useless_partner(&self, keep: impl Fn(&PeerId, &Partner) -> bool) -> Option<PeerId> {
         let source = self.source_peer();
-        let mut useless = None;
-        for (id, p) in self.partners.iter() {
-            let could_feed = p.spare > 0 && p.depth < MAX_DEPTH;
-            if could_feed && p.refused_until.is_none_or(|t| t <= now) {
-                return; // `find_parent` asks it.
-            }
-            // Kept: partners not heard from yet, that may have room later, the source, and
-            // those we exchange segments with.
-            let kept = !(p.greeted && p.upload_kbps.is_some())
-                || could_feed
-                || Some(*id) == source
-                || self.children.contains(id)
-                || p.inflight > 0
-                || self.uploads.keys().any(|(to, _)| to == id);
-            if kept {
-                continue;
-            }
-            let rank = self.random_rank(id) ^ self.explored;
-            if useless.is_none_or(|(r, _)| rank < r) {
-                useless = Some((rank, *id));
-            }
-        }
-        if let Some((_, peer)) = useless {
-            debug!(peer = %peer.short(), "no partner can feed us; letting one go");
-            self.let_go(now, peer);
-        }
+        self.partners
+            .iter()
+            .filter(|(id, p)| {
+                let kept = !p.greeted
+                    || Some(**id) == source
+                    || p.inflight > 0
+                    || self.sending_to(id)
+                    || keep(id, p);
+                !kept
+            })
+            .map(|(id, _)| (self.random_rank(id) ^ self.explored, *id))
+            .min()
+            .map(|(_, id)| id)
+    }
+
+    /// Whether a segment of ours is on its way to `peer`.
+    fn sending_to(&self, peer: &PeerId) -> bool {
+        self.uploads.keys().any(|(to, _)| to == peer)
     }
 
     /// Closes the link to a partner to make room for others (see `explore`).
@@ -2218,6 +2235,7 @@ impl Exchange {
             return;
         }
         if let Some(addr) = self.candidates.get(&source).copied() {
+            debug!("dialling the source");
             self.dialing.insert(source);
             self.outputs
                 .push_back(Output::Dial(PeerAddr { id: source, addr }));
@@ -2268,7 +2286,7 @@ impl Exchange {
             .filter(|(id, p)| {
                 now.saturating_duration_since(p.last_used) >= IDLE_PARTNER
                     && p.inflight == 0
-                    && !self.uploads.keys().any(|(to, _)| to == *id)
+                    && !self.sending_to(id)
                     && !self.upload_queue.iter().any(|q| q.to == **id)
             })
             .min_by_key(|(id, p)| (p.last_used, **id))
@@ -2306,34 +2324,17 @@ impl Exchange {
         }
         self.found.retain(|id| !self.partners.contains_key(id));
         let waiting = self.found.iter().any(|id| {
-            !self.partners.contains_key(id)
-                && !self.dialing.contains(id)
+            !self.dialing.contains(id)
                 && !self.backoff.contains_key(id)
                 && self.candidates.contains_key(id)
         });
         if !waiting {
             return;
         }
+        // Also kept: partners that hold some of what we need next.
         let window: Vec<SegmentId> = self.vod_window().collect();
-        let source = self.source_peer();
-        let mut useless = None;
-        for (id, p) in self.partners.iter() {
-            // Kept: partners not heard from yet, the source, those we exchange segments with,
-            // and those that hold some of what we need next.
-            let kept = !p.greeted
-                || Some(*id) == source
-                || p.inflight > 0
-                || self.uploads.keys().any(|(to, _)| to == id)
-                || window.iter().any(|w| p.have.contains(*w));
-            if kept {
-                continue;
-            }
-            let rank = self.random_rank(id) ^ self.explored;
-            if useless.is_none_or(|(r, _)| rank < r) {
-                useless = Some((rank, *id));
-            }
-        }
-        if let Some((_, peer)) = useless {
+        let keep = |_: &PeerId, p: &Partner| window.iter().any(|w| p.have.contains(*w));
+        if let Some(peer) = self.useless_partner(keep) {
             debug!(peer = %peer.short(), "making room for peers that hold what we need");
             self.let_go(now, peer);
         }
@@ -2410,7 +2411,7 @@ impl Exchange {
         for index in 0..self.partners.len() {
             let (peer, partner) = self.partners.at_mut(index);
             // The peers we feed need the statements to take our pushes; the source made them.
-            if partner.quiet && !self.children.contains(&peer) || Some(peer) == source {
+            if (partner.quiet && !self.children.contains(&peer)) || Some(peer) == source {
                 continue;
             }
             let news: Vec<SignedSegment> = statements

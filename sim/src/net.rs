@@ -290,27 +290,14 @@ impl<P> Net<P> {
         bytes: u64,
         payload: P,
     ) -> Vec<FlowDeadline> {
-        self.start_gated_flow(now, from, to, bytes, payload, None).2
+        self.start_capped_flow(now, from, to, bytes, payload, None, f64::INFINITY)
+            .2
     }
 
-    /// Starts a bulk transfer; `gate` marks a forward of what `gate` sends `from` (see
-    /// [`Ended::gate`]). Returns the flow's handle and serial, and the new deadlines of every
-    /// flow whose rate changed, the new one included.
-    pub fn start_gated_flow(
-        &mut self,
-        now: SimTime,
-        from: HostId,
-        to: HostId,
-        bytes: u64,
-        payload: P,
-        gate: Option<HostId>,
-    ) -> (FlowId, u64, Vec<FlowDeadline>) {
-        self.start_capped_flow(now, from, to, bytes, payload, gate, f64::INFINITY)
-    }
-
-    /// Starts a bulk transfer that goes at most at `cap_bps` (its sender paces it); the
-    /// sender's other flows share what it leaves. Returns what
-    /// [`Net::start_gated_flow`] does.
+    /// Starts a bulk transfer that goes at most at `cap_bps` (its sender paces it; infinite for
+    /// none); the sender's other flows share what it leaves. `gate` marks a forward of what
+    /// `gate` sends `from` (see [`Ended::gate`]). Returns the flow's handle and serial, and the
+    /// new deadlines of every flow whose rate changed, the new one included.
     #[allow(clippy::too_many_arguments)]
     pub fn start_capped_flow(
         &mut self,

@@ -334,6 +334,13 @@ impl Harness {
     fn stored(&self, peer: PeerId) -> Vec<SegmentId> {
         self.nodes[&peer].store.keys().collect()
     }
+
+    /// The media segments in `range` that `peer` does not hold.
+    fn missing(&self, peer: PeerId, range: std::ops::Range<u64>) -> Vec<u64> {
+        range
+            .filter(|n| self.nodes[&peer].segment(SegmentId::Media(*n)).is_none())
+            .collect()
+    }
 }
 
 fn config() -> ExchangeConfig {
@@ -635,11 +642,7 @@ fn a_live_viewer_starts_near_the_live_edge_and_evicts_old_segments() {
 
 #[test]
 fn a_vod_viewer_that_seeks_fetches_from_the_new_position_first() {
-    let (mut h, source) = Harness::new(StreamKind::Vod);
-    h.publish(source, b"init");
-    for n in 0..40 {
-        h.publish(source, &payload(n));
-    }
+    let (mut h, source) = published_film(40);
     let id = Keypair::from_seed([1; 32]).peer_id();
     let mut viewer = Exchange::viewer(h.now, config(), id, h.channel(), None);
     // The player asked for segment 30 before anything arrived (a seek into the film).
@@ -672,12 +675,7 @@ fn a_vod_viewer_that_seeks_fetches_from_the_new_position_first() {
     // The rest follows as playback needs it (from the source only ahead of its deadline,
     // as nobody else holds it).
     h.advance(Duration::from_secs(10));
-    for n in 30..40 {
-        assert!(
-            h.nodes[&id].segment(SegmentId::Media(n)).is_some(),
-            "segment {n}"
-        );
-    }
+    assert_eq!(h.missing(id, 30..40), Vec::<u64>::new());
 }
 
 #[test]
@@ -1231,13 +1229,19 @@ fn a_peer_remembers_a_bounded_sample_of_the_peers_it_hears_of() {
     assert!(late > 20, "{late}");
 }
 
-/// A film of 40 segments published at a harness source: its record and statements.
-fn film() -> (SignedChannel, Vec<SignedSegment>) {
+/// A harness whose source published a film of `segments` media segments.
+fn published_film(segments: u8) -> (Harness, PeerId) {
     let (mut h, source) = Harness::new(StreamKind::Vod);
     h.publish(source, b"init");
-    for n in 0..40 {
+    for n in 0..segments {
         h.publish(source, &payload(n));
     }
+    (h, source)
+}
+
+/// A film of 40 segments published at a harness source: its record and statements.
+fn film() -> (SignedChannel, Vec<SignedSegment>) {
+    let (h, source) = published_film(40);
     let node = &h.nodes[&source];
     let statements = node.statements.values().copied().collect();
     (node.record().unwrap().clone(), statements)
@@ -1498,21 +1502,12 @@ fn a_viewer_its_parent_feeds_asks_for_quiet_and_for_news_again_when_the_parent_f
     h.advance(3 * SEGMENT);
     let loud = asked(&h, false).expect("asked for news again");
     assert!(news(&h, source, loud) > 0);
-    for n in 12..16 {
-        assert!(
-            h.nodes[&second].segment(SegmentId::Media(n)).is_some(),
-            "segment {n}"
-        );
-    }
+    assert_eq!(h.missing(second, 12..16), Vec::<u64>::new());
 }
 
 #[test]
 fn a_late_answer_to_a_withdrawn_request_costs_its_sender_no_strike() {
-    let (mut h, source) = Harness::new(StreamKind::Vod);
-    h.publish(source, b"init");
-    for n in 0..10 {
-        h.publish(source, &payload(n));
-    }
+    let (h, source) = published_film(10);
     let record = h.nodes[&source].record().unwrap().clone();
     let statements: Vec<SignedSegment> = h.nodes[&source].statements.values().copied().collect();
     let mut now = Instant::now();
