@@ -1963,9 +1963,19 @@ impl Exchange {
             return;
         }
         // Peers we were referred to (nearer the tree's top, with room, or holding what we need
-        // next) first, then in id order (the id's first eight bytes as a number: the same
-        // order, compared faster).
+        // next) first, then the others in an order of our own: live, by distance from our id
+        // (XOR of the ids' first eight bytes), so that the viewers' dials spread over the
+        // swarm. In a common order, every viewer dialled the same few peers first; they were
+        // full, and in `sim` 7 dials in 10 ended in a refusal (bench, 1,000 peers: 87 k dials,
+        // 60 k refused; spread: 21 k, 9 k). On demand the common order is kept: the peers
+        // everyone dials first become well-connected meeting points that answer `Find`, and
+        // spread dials lost a twentieth of the continuity of `vod` over three seeds.
         let (referred, found) = (&self.referred, &self.found);
+        let mine = if self.is_live() {
+            id_prefix(&self.me)
+        } else {
+            0
+        };
         let mut candidates: Vec<((bool, u64, PeerId), SocketAddr)> = self
             .candidates
             .iter()
@@ -1976,7 +1986,7 @@ impl Exchange {
             })
             .map(|(id, addr)| {
                 let first = referred.contains(id) || found.contains(id);
-                ((!first, id_prefix(id), *id), *addr)
+                ((!first, id_prefix(id) ^ mine, *id), *addr)
             })
             .collect();
         // Only the first `missing` are dialled: pick them out, then sort those (the keys are
