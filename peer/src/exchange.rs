@@ -12,8 +12,9 @@
 //! - Outputs: after any input, call [`Exchange::poll_output`] until it returns `None` and carry
 //!   out each [`Output`]: send a frame, send a segment on its own stream, dial or close a peer,
 //!   or take note of an [`Event`]. Then re-read [`Exchange::poll_timeout`].
-//! - Before reading a segment stream, ask [`Exchange::expected_len`]: the exchange only accepts
-//!   segments it requested from that peer, and never more bytes than the broadcaster signed.
+//! - Before reading a segment stream, ask [`Exchange::expected_len`] with the segment and the
+//!   part its header names: the exchange only accepts segments (and parts) it requested from
+//!   that peer, and never more bytes than the broadcaster signed.
 //!
 //! # Protocol: a feeding tree inside a mesh
 //!
@@ -26,6 +27,8 @@
 //!   segment as soon as it has it (`tree`); a viewer nobody feeds, or whose parent is late,
 //!   requests missing segments itself, deadline first, from the holder expected to deliver
 //!   soonest, the source only as a last resort (`schedule`). On demand there is no tree.
+//! - The segment playback waits for (a newcomer's first) comes in parts from several holders
+//!   at once (`RequestPart`, `parts`), and the new parent pushes it whole too.
 //! - The optimizer's plan, when a driver passes it on ([`Exchange::apply_hint`]), names the
 //!   parents to prefer and the children to make room for (`hints`).
 //! - Uploads wait in a queue, pushes before requests, earliest deadline first; a request that
@@ -59,15 +62,17 @@ use crate::segment::{
     IntegrityError, SegmentId, SegmentMeta, SignedChannel, SignedSegment, StreamKind, Strict,
     Verifier,
 };
-use crate::wire::{Frame, PeerAddr, MAX_LIST_LEN};
+use crate::wire::{Frame, Part, PeerAddr, MAX_LIST_LEN};
 
 mod capacity;
 mod hints;
+mod parts;
 mod tree;
 mod upload;
 
 use capacity::{DeliveryRate, UploadMeter};
 pub use hints::{Hint, HintedUpstream, ParentChoice, Upstream};
+use parts::PartFetch;
 use tree::{FIRST_CLIMB, MAX_DEPTH, MAX_PARENT_MISSES, NO_DEPTH};
 use upload::{Queued, Upload};
 
@@ -184,6 +189,8 @@ pub enum Input {
         peer: PeerId,
         /// The segment named in the stream header.
         id: SegmentId,
+        /// The part of it named in the stream header.
+        part: Part,
         /// The stream's payload.
         bytes: Bytes,
     },
@@ -235,13 +242,15 @@ pub enum Output {
         /// The frame.
         frame: Frame,
     },
-    /// Send a segment on a stream of its own.
+    /// Send a segment (or a part of one) on a stream of its own.
     SendSegment {
         /// The receiver.
         to: PeerId,
         /// Which segment.
         id: SegmentId,
-        /// Its verified bytes.
+        /// Which part of it, for the stream header.
+        part: Part,
+        /// Its verified bytes (the part's).
         bytes: Bytes,
         /// Send it at most this fast (kbit/s): a request served beside pushes to the peers we
         /// feed, paced so that it takes only what they leave of the uplink.
@@ -407,6 +416,8 @@ pub struct ExchangeStats {
     pub bytes_from_origin: u64,
     /// Plan hints taken (see [`Exchange::apply_hint`]).
     pub hints_applied: u64,
+    /// Segments fetched in parts from several partners at once.
+    pub segments_split: u64,
 }
 
 /// A partner as the application may display it.
@@ -442,6 +453,8 @@ struct Partner {
     rate: DeliveryRate,
     /// The upload capacity it reported.
     upload_kbps: Option<u32>,
+    /// The rate it said it would serve a request at.
+    serve_kbps: Option<u32>,
     /// Its depth in the feeding tree, as it reported.
     depth: u8,
     /// How many more peers it said it would feed.
@@ -471,6 +484,7 @@ impl Partner {
             relayed: false,
             rate: DeliveryRate::default(),
             upload_kbps: None,
+            serve_kbps: None,
             depth: NO_DEPTH,
             spare: 0,
             refused_until: None,
@@ -478,14 +492,18 @@ impl Partner {
         }
     }
 
-    /// The rate at which we expect it to deliver one more segment: what we measured, else
-    /// a share of what it reported, else a guess.
+    /// The rate at which we expect it to deliver one more segment: what we measured, but
+    /// no more than it said it would serve at (a peer feeding others serves requests with
+    /// what they leave), else a guess.
     fn expected_bps(&self, guess: f64) -> f64 {
-        self.rate
-            .bps()
-            .or_else(|| self.upload_kbps.map(|k| f64::from(k) * 1000.0 / 2.0))
-            .unwrap_or(guess)
-            .max(1.0)
+        let serve = self.serve_kbps.map(|k| f64::from(k) * 1000.0);
+        let measured = self.rate.bps();
+        match (measured, serve) {
+            (Some(m), Some(s)) => m.min(s),
+            (Some(r), None) | (None, Some(r)) => r,
+            (None, None) => guess,
+        }
+        .max(1.0)
     }
 }
 
@@ -529,6 +547,10 @@ pub struct Exchange {
     /// Candidates not to dial again before the given instant (they just failed or left us).
     backoff: HashMap<PeerId, Instant>,
     pending: HashMap<SegmentId, Pending>,
+    /// Segments fetched in parts (see `parts`), instead of whole.
+    parts: HashMap<SegmentId, PartFetch>,
+    /// The last segment whose parts failed verification together: fetched whole.
+    split_failed: Option<SegmentId>,
     /// Segments asked of the HTTP origin, and when the fetch is given up.
     origin_pending: HashMap<SegmentId, Instant>,
     /// The origin failed: not asked again before this instant (the broadcaster is the last
@@ -554,6 +576,9 @@ pub struct Exchange {
     reported_tree: (u8, u8),
     /// The partner that feeds us every segment it gets (pushes it).
     parent: Option<PeerId>,
+    /// The first segment our parent pushes: the newest we knew of when it took us (it pushes
+    /// no backlog).
+    pushed_from: u64,
     /// The partner we asked to feed us, and when.
     asked_parent: Option<(PeerId, Instant)>,
     /// The partners we feed.
@@ -653,6 +678,8 @@ impl Exchange {
             dialing: HashSet::default(),
             backoff: HashMap::default(),
             pending: HashMap::default(),
+            parts: HashMap::default(),
+            split_failed: None,
             origin_pending: HashMap::default(),
             origin_paused_until: None,
             arriving: HashMap::default(),
@@ -664,6 +691,7 @@ impl Exchange {
             reported: None,
             reported_tree: (NO_DEPTH, 0),
             parent: None,
+            pushed_from: 0,
             asked_parent: None,
             children: Vec::new(),
             referred: Vec::new(),
@@ -721,8 +749,17 @@ impl Exchange {
                 true
             }
             Input::Frame { peer, frame } => self.on_frame(now, peer, frame),
-            Input::Segment { peer, id, bytes } => {
-                self.on_segment(now, peer, id, bytes);
+            Input::Segment {
+                peer,
+                id,
+                part,
+                bytes,
+            } => {
+                if part.is_whole() {
+                    self.on_segment(now, peer, id, bytes);
+                } else {
+                    self.take_part(now, peer, id, part, bytes);
+                }
                 true
             }
             Input::SegmentArriving { peer, id } => {
@@ -757,6 +794,7 @@ impl Exchange {
             }
             Input::SegmentFailed { peer, id } => {
                 self.end_forwards(peer, id, false);
+                self.part_failed(peer, id);
                 if self.take_pending(peer, id) {
                     self.stats.requests_retried += 1;
                     if let Some(partner) = self.partners.get_mut(&peer) {
@@ -838,6 +876,7 @@ impl Exchange {
                 partner.rate.penalize();
             }
         }
+        self.expire_parts(now);
         let before = self.origin_pending.len();
         self.origin_pending.retain(|id, deadline| {
             let keep = *deadline > now;
@@ -860,9 +899,15 @@ impl Exchange {
     /// The next instant at which [`Exchange::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let request = self.pending.values().map(|p| p.deadline).min();
+        let part = self
+            .parts
+            .values()
+            .filter_map(PartFetch::next_deadline)
+            .min();
         let origin = self.origin_pending.values().min().copied();
         [
             request,
+            part,
             origin,
             self.next_schedule,
             Some(self.next_maintenance),
@@ -877,9 +922,12 @@ impl Exchange {
         self.outputs.pop_front()
     }
 
-    /// How many payload bytes to accept for `id` from `peer`, or `None` if we did not ask that
-    /// peer for that segment (the stream must then be refused).
-    pub fn expected_len(&self, peer: &PeerId, id: SegmentId) -> Option<usize> {
+    /// How many payload bytes to accept for part `part` of `id` from `peer`, or `None` if we
+    /// did not ask that peer for it (the stream must then be refused).
+    pub fn expected_len(&self, peer: &PeerId, id: SegmentId, part: Part) -> Option<usize> {
+        if !part.is_whole() {
+            return self.expected_part_len(peer, id, part);
+        }
         let asked = self.pending.get(&id).map(|p| p.peer == *peer);
         // Our parent pushes what we do not hold (a request of ours elsewhere gives way).
         let pushed = self.parent == Some(*peer) && !self.store.contains_key(&id);
@@ -1036,6 +1084,7 @@ impl Exchange {
             peer,
             Frame::Report {
                 upload_kbps: (self.meter.estimate_bps() / 1000.0) as u32,
+                serve_kbps: self.serve_kbps(),
                 depth,
                 spare,
             },
@@ -1078,6 +1127,7 @@ impl Exchange {
             self.pending.remove(&id);
             self.stats.requests_retried += 1;
         }
+        self.parts_lost(peer);
         let broken: Vec<SegmentId> = self
             .arriving
             .iter()
@@ -1157,12 +1207,20 @@ impl Exchange {
                     partner.last_used = now;
                 }
                 // Serving others cannot make a request of ours possible.
-                self.on_request(now, peer, id);
+                self.on_request(now, peer, id, Part::WHOLE);
+                return false;
+            }
+            Frame::RequestPart(id, part) => {
+                if let Some(partner) = self.partners.get_mut(&peer) {
+                    partner.last_used = now;
+                }
+                self.on_request(now, peer, id, part);
                 return false;
             }
             Frame::Busy(id) => {
                 // It has the segment; its slots are full. Leave it alone for a moment.
                 self.take_pending(peer, id);
+                self.part_failed(peer, id);
                 self.stats.requests_busy += 1;
                 let backoff = if self.is_live() {
                     BUSY_BACKOFF
@@ -1174,7 +1232,7 @@ impl Exchange {
                 }
             }
             Frame::Missing(id) => {
-                if self.take_pending(peer, id) {
+                if self.take_pending(peer, id) | self.part_failed(peer, id) {
                     self.stats.requests_missed += 1;
                 }
                 if let Some(partner) = self.partners.get_mut(&peer) {
@@ -1183,11 +1241,13 @@ impl Exchange {
             }
             Frame::Report {
                 upload_kbps,
+                serve_kbps,
                 depth,
                 spare,
             } => {
                 if let Some(partner) = self.partners.get_mut(&peer) {
                     partner.upload_kbps = Some(upload_kbps);
+                    partner.serve_kbps = Some(serve_kbps);
                     partner.depth = depth;
                     partner.spare = spare;
                 }
@@ -1197,8 +1257,8 @@ impl Exchange {
                 }
                 return false;
             }
-            Frame::Subscribe(on) => {
-                self.on_subscribe(now, peer, on);
+            Frame::Subscribe { on, first } => {
+                self.on_subscribe(now, peer, on, first);
                 return false;
             }
             Frame::Feed(on) => self.on_feed(now, peer, on),
@@ -1333,7 +1393,7 @@ impl Exchange {
     fn on_arriving(&mut self, now: Instant, peer: PeerId, id: SegmentId) {
         if self.store.contains_key(&id)
             || self.arriving.contains_key(&id)
-            || self.expected_len(&peer, id).is_none()
+            || self.expected_len(&peer, id, Part::WHOLE).is_none()
         {
             return;
         }
@@ -1525,6 +1585,11 @@ impl Exchange {
 
     /// Forgets everything of the current session (the broadcaster restarted).
     fn reset_session(&mut self) {
+        let split: Vec<SegmentId> = self.parts.keys().copied().collect();
+        for id in split {
+            self.drop_parts(id);
+        }
+        self.split_failed = None;
         self.statements.clear();
         self.seen.clear();
         self.store.clear();
@@ -1589,6 +1654,7 @@ impl Exchange {
         from: Option<PeerId>,
     ) {
         let origin = from.is_none() && !self.is_source();
+        self.drop_parts(id);
         self.stats.segments_stored += 1;
         self.store.insert(id, bytes.clone());
         self.outputs.push_back(Output::Event(Event::Stored {
@@ -1684,7 +1750,15 @@ impl Exchange {
             VOD_SOURCE_MARGIN_S
         };
         let mut late = false;
+        // While playback waits for its first segment, that one alone is asked for (and the
+        // init segment): the partners' spare upload goes to it, not to the next ones too
+        // (which would also leave them `Busy` for its parts).
+        let first = SegmentId::Media(self.cursor);
+        let first_alone = self.playback_waits_for(first);
         for &id in &wanted {
+            if first_alone && id != first && id != SegmentId::Init {
+                continue;
+            }
             // A segment on its way (a push, or forwarded to us as it arrives) is not asked for
             // again: if its stream breaks off, it is missing again.
             if self.store.contains_key(&id)
@@ -1692,6 +1766,9 @@ impl Exchange {
                 || self.arriving.contains_key(&id)
                 || self.origin_pending.contains_key(&id)
             {
+                continue;
+            }
+            if self.parts.contains_key(&id) && self.ask_parts(now, id) {
                 continue;
             }
             let Some(bits) = self
@@ -1706,8 +1783,11 @@ impl Exchange {
                 .saturating_duration_since(now)
                 .as_secs_f64();
             // Our parent pushes what it gets; fetch elsewhere only if it is late: if it has
-            // the segment, its push is on the way.
+            // the segment, its push is on the way. What it had before it took us it does not
+            // push (a newcomer's first segments).
+            let pushed = !matches!(id, SegmentId::Media(seq) if seq < self.pushed_from);
             let window = match parent.and_then(|i| self.partners.at(i)) {
+                _ if !pushed => f64::INFINITY,
                 Some(p) if p.have.contains(id) => PUSH_WAIT_S,
                 Some(_) => REPAIR_WINDOW_S,
                 None => f64::INFINITY,
@@ -1732,6 +1812,8 @@ impl Exchange {
             // Seconds until each holder would deliver: its queue, then this segment.
             let mut viewer: Option<(f64, usize)> = None;
             let mut from_source: Option<f64> = None;
+            let splits = self.playback_waits_for(id);
+            let mut direct_holders = 0;
             for (i, p) in self.partners.values().enumerate() {
                 if !usable(p) || !p.have.contains(id) {
                     continue;
@@ -1741,6 +1823,7 @@ impl Exchange {
                     from_source = Some(eta);
                     continue;
                 }
+                direct_holders += usize::from(!p.relayed);
                 // A relayed path costs the relay's bandwidth: direct holders first unless a
                 // relayed one is much sooner.
                 // Our parent's push of this segment did not come: ask it only if nobody
@@ -1757,6 +1840,22 @@ impl Exchange {
                 };
                 if viewer.is_none_or(|(c, _)| cost < c) {
                     viewer = Some((cost, i));
+                }
+            }
+            // Playback waits for this one: several holders, a part each at a time.
+            if splits {
+                // Right after joining (or seeking) partners are still greeting us: better
+                // wait a moment for more holders than ask the first one alone.
+                let greeting =
+                    !self.dialing.is_empty() || self.partners.values().any(|p| !p.greeted);
+                let known = self.seen.get(&id).map_or(now, |t| *t);
+                if direct_holders < SPLIT_HOLDERS && greeting && now < known + SPLIT_WAIT {
+                    let due = known + SPLIT_WAIT;
+                    self.next_schedule = Some(self.next_schedule.map_or(due, |t| t.min(due)));
+                    continue;
+                }
+                if direct_holders >= 2 && self.split(now, id) {
+                    continue;
                 }
             }
             // With an origin, it is the last resort instead of the broadcaster (whose uplink
@@ -1878,6 +1977,7 @@ impl Exchange {
                 None,
                 Frame::Report {
                     upload_kbps: kbps,
+                    serve_kbps: self.serve_kbps(),
                     depth,
                     spare,
                 },
@@ -2859,6 +2959,11 @@ const MAX_CANDIDATES: usize = 256;
 
 /// A viewer nobody feeds lets a partner go to meet others at most this often.
 const EXPLORE_EVERY: Duration = Duration::from_secs(1);
+/// Holders of the segment playback waits for that a newcomer would like to know before it
+/// asks for it (in parts) ...
+const SPLIT_HOLDERS: usize = 3;
+/// ... unless it has known of the segment this long, or no partner is still greeting it.
+const SPLIT_WAIT: Duration = Duration::from_millis(300);
 
 /// Extra partners a viewer nobody feeds may dial, for the peers it was referred to.
 const MAX_EXTRA_PARTNERS: usize = 3;

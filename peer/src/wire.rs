@@ -44,6 +44,10 @@ pub enum Frame {
     Have(Vec<SegmentId>),
     /// Please send this segment on a new stream.
     Request(SegmentId),
+    /// Please send this part of a segment on a new stream (a viewer waiting for a segment
+    /// asks several partners for a part each, and gets it sooner than any one could send it
+    /// whole). Answered like `Request`.
+    RequestPart(SegmentId, Part),
     /// The sender cannot serve this segment (it does not hold it, or it is too busy).
     Missing(SegmentId),
     /// Other peers of the channel the receiver may connect to.
@@ -55,13 +59,22 @@ pub enum Frame {
     Report {
         /// Measured upload capacity in kbit/s.
         upload_kbps: u32,
+        /// The rate in kbit/s at which the sender would send one more requested segment now,
+        /// beside the streams it feeds and what else it sends.
+        serve_kbps: u32,
         /// Hops from the source along feeding parents (0: the source; 255: not fed).
         depth: u8,
         /// How many more peers the sender would feed.
         spare: u8,
     },
     /// Please feed me every segment as soon as you have it (`true`), or stop (`false`).
-    Subscribe(bool),
+    Subscribe {
+        /// Feed me (`true`) or stop (`false`).
+        on: bool,
+        /// A newcomer's first segment, which it lacks: please push it first (only it: older
+        /// segments than the newest are not pushed otherwise).
+        first: Option<u64>,
+    },
     /// The answer to `Subscribe`, or a change of mind: the sender feeds the receiver (`true`)
     /// or does not (any more) (`false`).
     Feed(bool),
@@ -90,6 +103,41 @@ pub struct PeerAddr {
 pub struct SegmentHeader {
     /// The segment that follows.
     pub id: SegmentId,
+    /// Which part of it ([`Part::WHOLE`] for all of it).
+    pub part: Part,
+}
+
+/// The most parts a segment is split into.
+pub const MAX_PARTS: u8 = 8;
+
+/// Part `index` of a segment cut into `of` parts of (nearly) equal length: the bytes
+/// `len * index / of .. len * (index + 1) / of` of its signed length `len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Part {
+    /// Which part, from 0.
+    pub index: u8,
+    /// Into how many parts the segment is cut (1: it is whole).
+    pub of: u8,
+}
+
+impl Part {
+    /// The whole segment.
+    pub const WHOLE: Self = Self { index: 0, of: 1 };
+
+    /// Whether this is the whole segment.
+    pub fn is_whole(self) -> bool {
+        self == Self::WHOLE
+    }
+
+    /// This part's byte range in a segment of `len` bytes, or `None` if the part does not
+    /// exist (`index` not below `of`, or `of` not in `1..=MAX_PARTS`).
+    pub fn range(self, len: usize) -> Option<std::ops::Range<usize>> {
+        if self.of == 0 || self.of > MAX_PARTS || self.index >= self.of {
+            return None;
+        }
+        let (index, of) = (usize::from(self.index), usize::from(self.of));
+        Some(len * index / of..len * (index + 1) / of)
+    }
 }
 
 /// Why bytes from a peer were not a frame. Any of these closes the connection.
@@ -145,11 +193,12 @@ impl Frame {
             Self::Announce(_) => "announce",
             Self::Have(_) => "have",
             Self::Request(_) => "request",
+            Self::RequestPart(..) => "request_part",
             Self::Missing(_) => "missing",
             Self::Peers(_) => "peers",
             Self::Busy(_) => "busy",
             Self::Report { .. } => "report",
-            Self::Subscribe(_) => "subscribe",
+            Self::Subscribe { .. } => "subscribe",
             Self::Feed(_) => "feed",
             Self::Find(_) => "find",
             Self::Holders(..) => "holders",
@@ -165,8 +214,9 @@ impl Frame {
             Self::Hello { .. }
             | Self::Channel(_)
             | Self::Request(_)
+            | Self::RequestPart(..)
             | Self::Report { .. }
-            | Self::Subscribe(_)
+            | Self::Subscribe { .. }
             | Self::Feed(_)
             | Self::Find(_)
             | Self::Quiet(_)
@@ -310,6 +360,7 @@ mod tests {
             },
             Frame::Have(vec![SegmentId::Init, SegmentId::Media(9)]),
             Frame::Request(SegmentId::Media(3)),
+            Frame::RequestPart(SegmentId::Media(4), Part { index: 2, of: 3 }),
             Frame::Missing(SegmentId::Init),
             Frame::Find(SegmentId::Media(700)),
             Frame::Quiet(true),
@@ -344,6 +395,32 @@ mod tests {
         for frame in &frames {
             assert_eq!(frame.encoded_len(), frame.encode().len());
         }
+    }
+
+    #[test]
+    fn the_parts_of_a_segment_cover_it_exactly_once() {
+        for len in [0, 1, 7, 250_001] {
+            for of in 1..=MAX_PARTS {
+                let mut next = 0;
+                for index in 0..of {
+                    let range = Part { index, of }.range(len).unwrap();
+                    assert_eq!(range.start, next);
+                    next = range.end;
+                }
+                assert_eq!(next, len);
+            }
+        }
+        assert_eq!(Part::WHOLE.range(9), Some(0..9));
+        assert_eq!(Part { index: 3, of: 3 }.range(9), None);
+        assert_eq!(Part { index: 0, of: 0 }.range(9), None);
+        assert_eq!(
+            Part {
+                index: 0,
+                of: MAX_PARTS + 1
+            }
+            .range(9),
+            None
+        );
     }
 
     #[test]
@@ -396,6 +473,7 @@ mod tests {
     fn segment_header_parses_from_a_prefix() {
         let header = SegmentHeader {
             id: SegmentId::Media(77),
+            part: Part { index: 1, of: 4 },
         };
         let mut bytes = header.encode().to_vec();
         let len = bytes.len();

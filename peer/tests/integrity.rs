@@ -12,7 +12,7 @@ use peer::identity::Keypair;
 use peer::media::Input;
 use peer::node::{tls, NodeHandle};
 use peer::segment::{SegmentId, SegmentMeta};
-use peer::wire::{Frame, FrameDecoder, SegmentHeader, MAX_FRAME_LEN};
+use peer::wire::{Frame, FrameDecoder, Part, SegmentHeader, MAX_FRAME_LEN};
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 
 use common::{
@@ -119,17 +119,22 @@ async fn forged_statements_and_corrupted_segments_are_dropped_and_the_viewer_kee
                         forged_sent = true;
                     }
                 }
-                Frame::Request(id) => {
+                Frame::Request(id) | Frame::RequestPart(id, _) => {
+                    let part = match frame {
+                        Frame::RequestPart(_, part) => part,
+                        _ => Part::WHOLE,
+                    };
                     let real = match id {
                         SegmentId::Init => broadcast.node().store().init(),
                         SegmentId::Media(n) => broadcast.node().store().segment(n),
                     };
-                    let mut bytes = real.unwrap().to_vec();
+                    let real = real.unwrap();
+                    let mut bytes = real[part.range(real.len()).unwrap()].to_vec();
                     let middle = bytes.len() / 2;
                     bytes[middle] ^= 0x40;
                     let mut stream = attacker.conn.open_uni().await.unwrap();
                     stream
-                        .write_all(&SegmentHeader { id }.encode())
+                        .write_all(&SegmentHeader { id, part }.encode())
                         .await
                         .unwrap();
                     stream.write_all(&bytes).await.unwrap();

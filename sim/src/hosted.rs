@@ -18,7 +18,7 @@ use peer::identity::PeerId;
 use peer::segment::{
     ChannelRecord, IntegrityError, SegmentId, SegmentMeta, SignedSegment, Strict, Verifier,
 };
-use peer::wire::{Frame, PeerAddr};
+use peer::wire::{Frame, Part, PeerAddr};
 use rustc_hash::FxHashMap as HashMap;
 
 use crate::engine::{Core, Input, Output};
@@ -91,22 +91,37 @@ impl Directory {
     }
 }
 
-/// The tag of a segment's bulk send.
-fn tag_of(id: SegmentId) -> u64 {
+/// The tag of a segment's bulk send: the segment's number, with a part's index and count in
+/// the top byte (the init segment is never cut into parts).
+fn tag_of(id: SegmentId, part: Part) -> u64 {
     match id {
         SegmentId::Init => u64::MAX,
-        SegmentId::Media(n) => n,
+        SegmentId::Media(n) if part.is_whole() => n,
+        SegmentId::Media(n) => {
+            n & SEQ_MASK | u64::from(part.of) << 60 | u64::from(part.index & 0xf) << 56
+        }
     }
 }
 
-/// The segment a bulk send's tag names.
-fn segment_of(tag: u64) -> SegmentId {
+/// The segment and part a bulk send's tag names.
+fn segment_of(tag: u64) -> (SegmentId, Part) {
     if tag == u64::MAX {
-        SegmentId::Init
-    } else {
-        SegmentId::Media(tag)
+        return (SegmentId::Init, Part::WHOLE);
+    }
+    match (tag >> 60) as u8 {
+        0 => (SegmentId::Media(tag), Part::WHOLE),
+        of => (
+            SegmentId::Media(tag & SEQ_MASK),
+            Part {
+                index: (tag >> 56) as u8 & 0xf,
+                of,
+            },
+        ),
     }
 }
+
+/// The bits of a tag that carry the segment's number.
+const SEQ_MASK: u64 = (1 << 56) - 1;
 
 /// What travels between simulated exchanges.
 #[derive(Debug, Clone)]
@@ -117,6 +132,8 @@ pub enum Wire {
     Segment {
         /// The segment.
         id: SegmentId,
+        /// The part of it.
+        part: Part,
         /// Its bytes.
         bytes: Bytes,
     },
@@ -178,15 +195,16 @@ impl Core for ExchangeCore {
                 let Some(peer) = peer_of(to) else { return };
                 exchange::Input::SegmentSent {
                     peer,
-                    id: segment_of(tag),
+                    id: segment_of(tag).0,
                 }
             }
             Input::Arriving { from, tag } => {
                 let Some(peer) = peer_of(from) else { return };
-                let id = segment_of(tag);
+                let (id, part) = segment_of(tag);
                 // As the real driver does: a stream the exchange does not expect is stopped at
-                // its header, and the exchange never hears of it.
-                if self.exchange.expected_len(&peer, id).is_none() {
+                // its header, and the exchange never hears of it; only whole segments are
+                // forwarded as they arrive.
+                if !part.is_whole() || self.exchange.expected_len(&peer, id, part).is_none() {
                     return;
                 }
                 exchange::Input::SegmentArriving { peer, id }
@@ -195,7 +213,7 @@ impl Core for ExchangeCore {
                 let Some(peer) = peer_of(from) else { return };
                 exchange::Input::SegmentFailed {
                     peer,
-                    id: segment_of(tag),
+                    id: segment_of(tag).0,
                 }
             }
             Input::Message {
@@ -216,13 +234,16 @@ impl Core for ExchangeCore {
             },
             Input::Message {
                 from,
-                msg: Wire::Segment { id, bytes },
+                msg: Wire::Segment { id, part, bytes },
             } => {
                 let Some(peer) = peer_of(from) else { return };
-                match self.exchange.expected_len(&peer, id) {
-                    Some(limit) if bytes.len() <= limit => {
-                        exchange::Input::Segment { peer, id, bytes }
-                    }
+                match self.exchange.expected_len(&peer, id, part) {
+                    Some(limit) if bytes.len() <= limit => exchange::Input::Segment {
+                        peer,
+                        id,
+                        part,
+                        bytes,
+                    },
                     // The real driver stops such a stream; the exchange never hears of it.
                     _ => return,
                 }
@@ -252,13 +273,15 @@ impl Core for ExchangeCore {
                 exchange::Output::SendSegment {
                     to,
                     id,
+                    part,
                     bytes,
                     pace_kbps,
                 } => {
                     let Some(to) = host_of(&to) else { continue };
                     // The stream header is a handful of bytes; its exact size does not matter at this scale.
                     let size = (bytes.len() + SEGMENT_HEADER_BYTES) as u64;
-                    let msg = Wire::Segment { id, bytes };
+                    let msg = Wire::Segment { id, part, bytes };
+                    let tag = tag_of(id, part);
                     match pace_kbps {
                         Some(kbps) => Output::SendPaced {
                             to,
@@ -266,7 +289,7 @@ impl Core for ExchangeCore {
                             bytes: size,
                             max_bps: f64::from(kbps) * 1000.0,
                             kind: "segment",
-                            tag: tag_of(id),
+                            tag,
                         },
                         None => Output::Send {
                             to,
@@ -274,7 +297,7 @@ impl Core for ExchangeCore {
                             bytes: size,
                             bulk: true,
                             kind: "segment",
-                            tag: tag_of(id),
+                            tag,
                         },
                     }
                 }
@@ -285,7 +308,7 @@ impl Core for ExchangeCore {
                     Output::Forward {
                         to,
                         from,
-                        tag: tag_of(id),
+                        tag: tag_of(id, Part::WHOLE),
                         kind: "segment",
                     }
                 }
@@ -293,7 +316,7 @@ impl Core for ExchangeCore {
                     let Some(from) = host_of(&from) else { continue };
                     Output::EndRelay {
                         from,
-                        tag: tag_of(id),
+                        tag: tag_of(id, Part::WHOLE),
                         ok: verified,
                     }
                 }
@@ -318,7 +341,7 @@ impl Core for ExchangeCore {
                         msg: Wire::Origin { id, bytes },
                         bytes: size,
                         kind: "origin",
-                        tag: tag_of(id),
+                        tag: tag_of(id, Part::WHOLE),
                     }
                 }
                 exchange::Output::Event(e) => Output::Event(e),

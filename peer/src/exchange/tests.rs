@@ -158,7 +158,13 @@ impl Harness {
                         .handle_input(now, Input::Frame { peer, frame });
                 }
             }
-            Output::SendSegment { to, id, bytes, .. } => {
+            Output::SendSegment {
+                to,
+                id,
+                part,
+                bytes,
+                ..
+            } => {
                 if !self.linked(from, to) || self.mute.contains(&from) {
                     return;
                 }
@@ -169,7 +175,7 @@ impl Harness {
                     },
                     None => bytes,
                 };
-                self.deliver(from, to, id, bytes);
+                self.deliver(from, to, id, part, bytes);
             }
             Output::ForwardSegment {
                 to,
@@ -194,7 +200,7 @@ impl Harness {
                     let bytes = self.nodes[&from].segment(id).cloned();
                     let delivered = verified && self.linked(from, to) && !self.mute.contains(&from);
                     match bytes.filter(|_| delivered) {
-                        Some(bytes) => self.deliver(from, to, id, bytes),
+                        Some(bytes) => self.deliver(from, to, id, Part::WHOLE, bytes),
                         None => {
                             // Reset: the sender's slot frees, the receiver sees the stream fail.
                             let sender = self.nodes.get_mut(&from).unwrap();
@@ -251,7 +257,7 @@ impl Harness {
 
     /// A segment stream from `from` reaches `to` whole: its header first (the receiver may
     /// forward it as it comes), then its end.
-    fn deliver(&mut self, from: PeerId, to: PeerId, id: SegmentId, bytes: Bytes) {
+    fn deliver(&mut self, from: PeerId, to: PeerId, id: SegmentId, part: Part, bytes: Bytes) {
         let now = self.now;
         // The stream is done (delivered or refused): the sender's slot is free again.
         self.nodes
@@ -259,12 +265,15 @@ impl Harness {
             .unwrap()
             .handle_input(now, Input::SegmentSent { peer: to, id });
         let receiver = self.nodes.get_mut(&to).unwrap();
-        let input = match receiver.expected_len(&from, id) {
+        let input = match receiver.expected_len(&from, id, part) {
             Some(len) if bytes.len() <= len => {
-                receiver.handle_input(now, Input::SegmentArriving { peer: from, id });
+                if part.is_whole() {
+                    receiver.handle_input(now, Input::SegmentArriving { peer: from, id });
+                }
                 Input::Segment {
                     peer: from,
                     id,
+                    part,
                     bytes,
                 }
             }
@@ -601,13 +610,17 @@ fn unsolicited_segments_are_refused() {
     let (mut h, source) = Harness::new(StreamKind::Live);
     h.publish(source, b"init");
     let a = h.add_viewer(1, source);
-    assert_eq!(h.nodes[&a].expected_len(&source, SegmentId::Media(5)), None);
+    assert_eq!(
+        h.nodes[&a].expected_len(&source, SegmentId::Media(5), Part::WHOLE),
+        None
+    );
     let now = h.now;
     h.nodes.get_mut(&a).unwrap().handle_input(
         now,
         Input::Segment {
             peer: source,
             id: SegmentId::Media(5),
+            part: Part::WHOLE,
             bytes: Bytes::from_static(b"x"),
         },
     );
@@ -1161,6 +1174,7 @@ fn a_viewer_nobody_can_feed_lets_a_full_partner_go_to_meet_others() {
         }
         frames.push(Frame::Report {
             upload_kbps: 4000,
+            serve_kbps: 4000,
             depth: 1,
             spare: 0,
         });
@@ -1535,8 +1549,10 @@ fn a_late_answer_to_a_withdrawn_request_costs_its_sender_no_strike() {
             })
             .collect()
     };
+    // The init segment and the first one (the others wait until that is here); with their
+    // copies below, four late answers, more than the three strikes that close a link.
     let first = requests(&mut viewer);
-    assert!(first.len() >= 3, "{first:?}");
+    assert!(first.len() >= 2, "{first:?}");
     // Nobody answers in time: the viewer asks again (elsewhere, or the same holder).
     now += Duration::from_secs(4);
     viewer.handle_timeout(now);
@@ -1549,6 +1565,7 @@ fn a_late_answer_to_a_withdrawn_request_costs_its_sender_no_strike() {
             Input::Segment {
                 peer: *peer,
                 id: *id,
+                part: Part::WHOLE,
                 bytes: bytes.clone(),
             },
         );
@@ -1558,6 +1575,7 @@ fn a_late_answer_to_a_withdrawn_request_costs_its_sender_no_strike() {
             Input::Segment {
                 peer: *peer,
                 id: *id,
+                part: Part::WHOLE,
                 bytes,
             },
         );
@@ -1577,4 +1595,204 @@ fn a_late_answer_to_a_withdrawn_request_costs_its_sender_no_strike() {
     for (_, id) in &first {
         assert!(viewer.segment(*id).is_some(), "{id}");
     }
+}
+
+/// A viewer of a 10-segment film greeted by three holders of all of it (not the source).
+fn newcomer_with_holders() -> (Harness, PeerId, Exchange, [PeerAddr; 3]) {
+    let (h, source) = published_film(10);
+    let record = h.nodes[&source].record().unwrap().clone();
+    let statements: Vec<SignedSegment> = h.nodes[&source].statements.values().copied().collect();
+    let now = h.now;
+    let mut viewer = Exchange::viewer(now, config(), PeerId([100; 32]), h.channel(), None);
+    let holders = [peer_addr(1), peer_addr(2), peer_addr(3)];
+    viewer.add_candidates(now, holders);
+    while viewer.poll_output().is_some() {}
+    let all: Vec<SegmentId> = statements.iter().map(|s| s.meta.id).collect();
+    for p in holders {
+        let first = vec![
+            Frame::Channel(Box::new(record.clone())),
+            Frame::Announce(statements.clone()),
+            Frame::Have(all.clone()),
+        ];
+        greet(&mut viewer, now, p, first);
+    }
+    (h, source, viewer, holders)
+}
+
+/// The part requests among `outputs`, and whether a whole request for `id` is among them.
+fn part_requests(outputs: &[Output], id: SegmentId) -> (Vec<(PeerId, Part)>, bool) {
+    let mut parts = Vec::new();
+    let mut whole = false;
+    for o in outputs {
+        match o {
+            Output::Send {
+                to,
+                frame: Frame::RequestPart(i, part),
+            } if *i == id => parts.push((*to, *part)),
+            Output::Send {
+                frame: Frame::Request(i),
+                ..
+            } if *i == id => whole = true,
+            _ => {}
+        }
+    }
+    (parts, whole)
+}
+
+#[test]
+fn a_newcomer_fetches_its_first_segment_in_parts_from_several_partners_at_once() {
+    let (h, source, mut viewer, holders) = newcomer_with_holders();
+    let now = h.now;
+    let first = SegmentId::Media(0);
+    let whole = h.nodes[&source].segment(first).unwrap().clone();
+    let outputs: Vec<Output> = std::iter::from_fn(|| viewer.poll_output()).collect();
+    let (mut asked, whole_asked) = part_requests(&outputs, first);
+    assert!(!whole_asked, "{outputs:?}");
+    let askers: HashSet<PeerId> = asked.iter().map(|(p, _)| *p).collect();
+    assert_eq!(
+        askers.len(),
+        holders.len(),
+        "one part of each holder at a time: {asked:?}"
+    );
+    // Each holder answers, and is asked for another part until all are here.
+    let mut answered = 0;
+    while let Some((peer, part)) = asked.pop() {
+        let bytes = whole.slice(part.range(whole.len()).unwrap());
+        viewer.handle_input(
+            now,
+            Input::Segment {
+                peer,
+                id: first,
+                part,
+                bytes,
+            },
+        );
+        answered += 1;
+        let outputs: Vec<Output> = std::iter::from_fn(|| viewer.poll_output()).collect();
+        asked.extend(part_requests(&outputs, first).0);
+        assert!(
+            answered <= 2 * usize::from(crate::wire::MAX_PARTS),
+            "{asked:?}"
+        );
+    }
+    assert_eq!(viewer.segment(first), Some(&whole));
+    assert_eq!(viewer.stats().segments_split, 1);
+    assert_eq!(viewer.stats().segments_rejected, 0);
+}
+
+#[test]
+fn parts_that_do_not_verify_together_cost_nobody_a_strike_and_the_segment_comes_whole() {
+    let (h, source, mut viewer, holders) = newcomer_with_holders();
+    let now = h.now;
+    let first = SegmentId::Media(0);
+    let whole = h.nodes[&source].segment(first).unwrap().clone();
+    let liar = holders[0].id;
+    let outputs: Vec<Output> = std::iter::from_fn(|| viewer.poll_output()).collect();
+    let mut asked = part_requests(&outputs, first).0;
+    let mut outputs = Vec::new();
+    // The first copy of each part asked for is the one sent (the liar's among them).
+    let mut answered = HashSet::default();
+    while !asked.is_empty() {
+        let (peer, part) = asked.remove(0);
+        if !answered.insert(part.index) {
+            continue;
+        }
+        let mut bytes = whole.slice(part.range(whole.len()).unwrap()).to_vec();
+        if peer == liar {
+            bytes[0] ^= 0xff;
+        }
+        viewer.handle_input(
+            now,
+            Input::Segment {
+                peer,
+                id: first,
+                part,
+                bytes: Bytes::from(bytes),
+            },
+        );
+        outputs = std::iter::from_fn(|| viewer.poll_output()).collect();
+        asked.extend(part_requests(&outputs, first).0);
+    }
+    assert!(viewer.segment(first).is_none());
+    assert_eq!(viewer.stats().segments_rejected, 1);
+    assert!(
+        !outputs.iter().any(|o| matches!(o, Output::Close { .. })),
+        "{outputs:?}"
+    );
+    // Asked for whole now, from one holder.
+    let whole_from = outputs.iter().find_map(|o| match o {
+        Output::Send {
+            to,
+            frame: Frame::Request(id),
+        } if *id == first => Some(*to),
+        _ => None,
+    });
+    let Some(from) = whole_from else {
+        panic!("the segment is asked for whole: {outputs:?}");
+    };
+    viewer.handle_input(
+        now,
+        Input::Segment {
+            peer: from,
+            id: first,
+            part: Part::WHOLE,
+            bytes: whole.clone(),
+        },
+    );
+    assert_eq!(viewer.segment(first), Some(&whole));
+}
+
+#[test]
+fn a_peer_serves_the_part_asked_for_and_a_part_that_does_not_exist_is_a_violation() {
+    let (mut h, source) = published_film(4);
+    let id = SegmentId::Media(2);
+    let whole = h.nodes[&source].segment(id).unwrap().clone();
+    let now = h.now;
+    let asker = peer_addr(9);
+    let node = h.nodes.get_mut(&source).unwrap();
+    greet(node, now, asker, Vec::new());
+    while node.poll_output().is_some() {}
+    let part = Part { index: 1, of: 4 };
+    node.handle_input(
+        now,
+        Input::Frame {
+            peer: asker.id,
+            frame: Frame::RequestPart(id, part),
+        },
+    );
+    let sent = std::iter::from_fn(|| node.poll_output()).find_map(|o| match o {
+        Output::SendSegment {
+            to,
+            id: i,
+            part: p,
+            bytes,
+            ..
+        } if to == asker.id && i == id => Some((p, bytes)),
+        _ => None,
+    });
+    assert_eq!(
+        sent,
+        Some((part, whole.slice(part.range(whole.len()).unwrap())))
+    );
+    for _ in 0..config().max_strikes {
+        node.handle_input(
+            now,
+            Input::Frame {
+                peer: asker.id,
+                frame: Frame::RequestPart(id, Part { index: 4, of: 4 }),
+            },
+        );
+    }
+    let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
+    assert!(
+        !outputs
+            .iter()
+            .any(|o| matches!(o, Output::SendSegment { .. })),
+        "{outputs:?}"
+    );
+    assert!(
+        outputs.iter().any(|o| matches!(o,
+            Output::Close { peer, reason: CloseReason::Misbehaved } if *peer == asker.id)),
+        "{outputs:?}"
+    );
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use super::{Exchange, Output, ParentChoice, Queued};
 use crate::identity::PeerId;
 use crate::segment::SegmentId;
-use crate::wire::{Frame, PeerAddr};
+use crate::wire::{Frame, Part, PeerAddr};
 
 impl Exchange {
     /// Pushes a segment we just got to every peer we feed.
@@ -113,7 +113,13 @@ impl Exchange {
     /// A partner asks us to feed it, or to stop. We accept while we have room, and otherwise
     /// if it uploads more than the weakest peer we feed (which we drop): high-upload peers
     /// end up near the source, where their upload feeds the most.
-    pub(super) fn on_subscribe(&mut self, now: Instant, peer: PeerId, on: bool) {
+    pub(super) fn on_subscribe(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        on: bool,
+        first: Option<u64>,
+    ) {
         if !on {
             self.children.retain(|p| *p != peer);
             return;
@@ -157,16 +163,18 @@ impl Exchange {
         }
         self.children.push(peer);
         self.send(peer, Frame::Feed(true));
-        // From now on: the newest segment if we hold it, and what comes next. Older segments it misses it fetches from its partners; pushing a backlog would
-        // hold up the live edge behind it, for this child and for every peer below it (in
-        // `sim`, pushing the two before the newest cost smoke 0.97 → 0.52 and live-1k 0.94 →
-        // 0.83 continuity).
-        if let Some(newest) = self.newest().map(SegmentId::Media) {
-            if self.store.contains_key(&newest) {
-                self.push_to(peer, newest);
-                self.start_uploads(now);
+        // From now on: the newest segment if we hold it, and what comes next; before them, a
+        // newcomer's first segment. Older segments it misses it fetches from its partners;
+        // pushing a backlog would hold up the live edge behind it, for this child and for
+        // every peer below it (in `sim`, pushing the two before the newest cost smoke 0.97 →
+        // 0.52 and live-1k 0.94 → 0.83 continuity).
+        let first = first.map(SegmentId::Media);
+        for id in first.into_iter().chain(self.newest().map(SegmentId::Media)) {
+            if self.store.contains_key(&id) {
+                self.push_to(peer, id);
             }
         }
+        self.start_uploads(now);
     }
 
     /// A partner's answer to our subscription, or its change of mind.
@@ -178,11 +186,26 @@ impl Exchange {
         if on {
             if !asked && self.parent != Some(peer) {
                 // Not asked for (any more): decline.
-                self.send(peer, Frame::Subscribe(false));
+                self.send(
+                    peer,
+                    Frame::Subscribe {
+                        on: false,
+                        first: None,
+                    },
+                );
                 return;
             }
             if let Some(old) = self.parent.filter(|p| *p != peer) {
-                self.send(old, Frame::Subscribe(false));
+                self.send(
+                    old,
+                    Frame::Subscribe {
+                        on: false,
+                        first: None,
+                    },
+                );
+            }
+            if self.parent != Some(peer) {
+                self.pushed_from = self.newest().unwrap_or(0);
             }
             self.parent = Some(peer);
             self.referred.clear();
@@ -202,7 +225,13 @@ impl Exchange {
     /// Stops being fed by our parent and looks for another.
     pub(super) fn leave_parent(&mut self, now: Instant) {
         if let Some(parent) = self.parent.take() {
-            self.send(parent, Frame::Subscribe(false));
+            self.send(
+                parent,
+                Frame::Subscribe {
+                    on: false,
+                    first: None,
+                },
+            );
             if let Some(partner) = self.partners.get_mut(&parent) {
                 partner.refused_until = Some(now + REFUSED_BACKOFF);
             }
@@ -293,7 +322,11 @@ impl Exchange {
             .map(|(id, ..)| id);
         if let Some(peer) = best {
             self.asked_parent = Some((peer, now));
-            self.send(peer, Frame::Subscribe(true));
+            // A newcomer asks for its first segment too: the parent has a stream's worth of
+            // upload to spare (that is why it takes us), more than the partners' requests get.
+            let first = SegmentId::Media(self.cursor);
+            let first = self.playback_waits_for(first).then_some(self.cursor);
+            self.send(peer, Frame::Subscribe { on: true, first });
         }
     }
 
@@ -356,6 +389,7 @@ impl Exchange {
             order: self.queued_total,
             to: child,
             id,
+            part: Part::WHOLE,
         });
     }
 }

@@ -9,16 +9,21 @@ use bytes::Bytes;
 use super::{Exchange, Output};
 use crate::identity::PeerId;
 use crate::segment::SegmentId;
-use crate::wire::Frame;
+use crate::wire::{Frame, Part};
 
 impl Exchange {
-    /// A partner asks for a segment. It is queued, earliest deadline first, if this peer's
+    /// A partner asks for a segment (or a part of one). It is queued, earliest deadline first, if this peer's
     /// measured upload can send everything queued before it and the segment itself before
     /// the segment's deadline; otherwise the partner hears `Busy` at once and asks someone
     /// else.
-    pub(super) fn on_request(&mut self, now: Instant, peer: PeerId, id: SegmentId) {
+    pub(super) fn on_request(&mut self, now: Instant, peer: PeerId, id: SegmentId, part: Part) {
         let Some(len) = self.store.get(&id).map(Bytes::len) else {
             self.send(peer, Frame::Missing(id));
+            return;
+        };
+        let Some(len) = part.range(len).map(|r| r.len()) else {
+            // A part that does not exist: not something a correct peer asks for.
+            self.strike(peer);
             return;
         };
         let already = self.uploads.contains_key(&(peer, id))
@@ -40,7 +45,7 @@ impl Exchange {
                 .upload_queue
                 .iter()
                 .filter(queued)
-                .filter_map(|q| self.statements.get(&q.id).map(|s| s.meta.len as usize))
+                .map(|q| self.queued_len(q))
                 .sum::<usize>();
         let rate = pace.unwrap_or_else(|| self.meter.estimate_bps()).max(1.0);
         let finish = Duration::from_secs_f64((ahead + len) as f64 * 8.0 / rate);
@@ -54,9 +59,6 @@ impl Exchange {
         let late = self.config.upload_slots != usize::MAX
             && !idle
             && (finish > MAX_UPLOAD_WAIT || self.upload_queue.len() >= MAX_UPLOAD_QUEUE);
-        // Too little left beside the pushes to be worth a requester's wait.
-        let starves = pace.is_some_and(|p| p < self.bitrate_bps() * MIN_PACE);
-        let late = late || starves;
         if already || late {
             self.stats.requests_refused += 1;
             self.send(peer, Frame::Busy(id));
@@ -69,6 +71,7 @@ impl Exchange {
             order: self.queued_total,
             to: peer,
             id,
+            part,
         });
         self.start_uploads(now);
     }
@@ -164,13 +167,22 @@ impl Exchange {
             Queued {
                 to: peer,
                 id,
+                part,
                 request,
                 ..
             },
             source,
         ) in starts
         {
-            let len = self.statements.get(&id).map_or(0, |s| s.meta.len as usize);
+            // The part was checked against the segment's length when it was queued.
+            let source = source.map(|bytes| {
+                let range = part.range(bytes.len()).unwrap_or(0..bytes.len());
+                bytes.slice(range)
+            });
+            let len = match &source {
+                Ok(bytes) => bytes.len(),
+                Err(_) => self.statements.get(&id).map_or(0, |s| s.meta.len as usize),
+            };
             let pace_kbps = pace.filter(|_| request).map(|p| {
                 let floor = self.bitrate_bps() * MIN_PACE;
                 (p.max(floor) / 1000.0) as u32
@@ -191,6 +203,7 @@ impl Exchange {
                 Ok(bytes) => Output::SendSegment {
                     to: peer,
                     id,
+                    part,
                     bytes,
                     pace_kbps,
                 },
@@ -218,6 +231,26 @@ impl Exchange {
         }
         let pushes = self.children.len() as f64 * self.bitrate_bps() * PUSH_HEADROOM;
         Some((self.meter.estimate_bps() - pushes).max(0.0))
+    }
+
+    /// The bytes a queued upload sends.
+    fn queued_len(&self, q: &Queued) -> usize {
+        let len = self
+            .statements
+            .get(&q.id)
+            .map_or(0, |s| s.meta.len as usize);
+        q.part.range(len).map_or(0, |r| r.len())
+    }
+
+    /// The rate (kbit/s) at which we would send one more requested segment now, for our
+    /// reports: beside pushes, what they leave; otherwise a fair share of the uplink with what
+    /// we send already.
+    pub(super) fn serve_kbps(&self) -> u32 {
+        let bps = self.request_pace().unwrap_or_else(|| {
+            let sending = self.uploads.values().filter(|u| !u.forwarded).count();
+            self.meter.estimate_bps() / (sending + 1) as f64
+        });
+        (bps / 1000.0) as u32
     }
 
     /// How many segments this peer sends at once: one per four streams' worth of measured
@@ -260,6 +293,8 @@ pub(super) struct Queued {
     pub(super) order: u64,
     pub(super) to: PeerId,
     pub(super) id: SegmentId,
+    /// The part asked for ([`Part::WHOLE`] for pushes and whole requests).
+    pub(super) part: Part,
 }
 
 /// An upload is accepted if everything queued before it and itself can be sent within this
@@ -268,7 +303,8 @@ const MAX_UPLOAD_WAIT: Duration = Duration::from_millis(1500);
 /// The share of the uplink a viewer keeps for each peer it feeds, in streams: a request goes
 /// at the pace of what is left.
 const PUSH_HEADROOM: f64 = 1.1;
-/// A request paced slower than this share of the stream's rate is refused instead.
+/// A request is paced no slower than this share of the stream's rate (a small one, such as
+/// a part of a segment, may be accepted however little the pushes leave).
 const MIN_PACE: f64 = 0.25;
 /// The most requests a peer queues.
 const MAX_UPLOAD_QUEUE: usize = 64;

@@ -45,7 +45,7 @@ use crate::nat::driver::{Nat, NatConfig};
 use crate::overlay_net::OverlayHandle;
 use crate::qos::ViewerQos;
 use crate::segment::{SegmentId, SignedChannel, StreamKind};
-use crate::wire::{Frame, FrameDecoder, FrameError, PeerAddr, SegmentHeader};
+use crate::wire::{Frame, FrameDecoder, FrameError, Part, PeerAddr, SegmentHeader};
 use tracker_overlay::coordinator::{self, QosReport, Role};
 use tracker_overlay::swarm::PeerHint;
 
@@ -401,11 +401,13 @@ enum Msg {
     SegmentStart {
         peer: PeerId,
         id: SegmentId,
+        part: Part,
         reply: oneshot::Sender<Option<(usize, Arc<Relay>)>>,
     },
     Segment {
         peer: PeerId,
         id: SegmentId,
+        part: Part,
         bytes: Bytes,
     },
     SegmentSent {
@@ -831,22 +833,42 @@ impl Actor {
                         .handle_input(now, Input::Disconnected { peer });
                 }
             }
-            Msg::SegmentStart { peer, id, reply } => {
-                let Some(limit) = self.exchange.expected_len(&peer, id) else {
+            Msg::SegmentStart {
+                peer,
+                id,
+                part,
+                reply,
+            } => {
+                let Some(limit) = self.exchange.expected_len(&peer, id, part) else {
                     let _ = reply.send(None);
                     return;
                 };
                 let relay = Arc::new(Relay::default());
-                if reply.send(Some((limit, relay.clone()))).is_ok() {
+                if reply.send(Some((limit, relay.clone()))).is_ok() && part.is_whole() {
+                    // Only whole segments are forwarded as they arrive.
                     self.relays.insert((peer, id), relay);
                     self.exchange
                         .handle_input(now, Input::SegmentArriving { peer, id });
                 }
             }
-            Msg::Segment { peer, id, bytes } => {
-                self.ended_streams.push((peer, id));
-                self.exchange
-                    .handle_input(now, Input::Segment { peer, id, bytes });
+            Msg::Segment {
+                peer,
+                id,
+                part,
+                bytes,
+            } => {
+                if part.is_whole() {
+                    self.ended_streams.push((peer, id));
+                }
+                self.exchange.handle_input(
+                    now,
+                    Input::Segment {
+                        peer,
+                        id,
+                        part,
+                        bytes,
+                    },
+                );
             }
             Msg::SegmentSent { peer, id } => {
                 self.exchange
@@ -961,11 +983,13 @@ impl Actor {
                 Output::SendSegment {
                     to,
                     id,
+                    part,
                     bytes,
                     pace_kbps,
                 } => {
                     let pace = pace_kbps.map(|k| f64::from(k.max(1)) * 1000.0);
-                    self.upload(to, id, |conn| send_segment(conn, id, bytes, pace));
+                    let header = SegmentHeader { id, part };
+                    self.upload(to, id, |conn| send_segment(conn, header, bytes, pace));
                 }
                 Output::ForwardSegment { to, id, from } => {
                     match self.relays.get(&(from, id)).cloned() {
@@ -1430,9 +1454,17 @@ async fn read_segment(
             Ok(None) | Err(_) => return,
         }
     };
-    let id = header.id;
+    let SegmentHeader { id, part } = header;
     let (reply, expected) = oneshot::channel();
-    if tx.send(Msg::SegmentStart { peer, id, reply }).is_err() {
+    if tx
+        .send(Msg::SegmentStart {
+            peer,
+            id,
+            part,
+            reply,
+        })
+        .is_err()
+    {
         return;
     }
     let Ok(Some((limit, relay))) = expected.await else {
@@ -1471,6 +1503,7 @@ async fn read_segment(
         Msg::Segment {
             peer,
             id,
+            part,
             bytes: payload.freeze(),
         }
     };
@@ -1527,7 +1560,11 @@ async fn forward_segment(conn: Connection, id: SegmentId, relay: Arc<Relay>) {
     let result = async {
         let mut stream = conn.open_uni().await?;
         let _ = stream.set_priority(priority(id));
-        stream.write_all(&SegmentHeader { id }.encode()).await?;
+        let header = SegmentHeader {
+            id,
+            part: Part::WHOLE,
+        };
+        stream.write_all(&header.encode()).await?;
         let mut sent = 0;
         loop {
             let now = *progress.borrow_and_update();
@@ -1556,14 +1593,20 @@ async fn forward_segment(conn: Connection, id: SegmentId, relay: Arc<Relay>) {
     }
 }
 
-/// Sends one segment on a new unidirectional stream, the most urgent (oldest) first; with a
-/// pace (bit/s), chunk by chunk no faster than that, so that it leaves the rest of the uplink
-/// to the streams of the peers we feed, on other connections.
-async fn send_segment(conn: Connection, id: SegmentId, bytes: Bytes, pace_bps: Option<f64>) {
+/// Sends one segment (or the part `header` names) on a new unidirectional stream, the most
+/// urgent (oldest) first; with a pace (bit/s), chunk by chunk no faster than that, so that it
+/// leaves the rest of the uplink to the streams of the peers we feed, on other connections.
+async fn send_segment(
+    conn: Connection,
+    header: SegmentHeader,
+    bytes: Bytes,
+    pace_bps: Option<f64>,
+) {
+    let id = header.id;
     let result = async {
         let mut stream = conn.open_uni().await?;
         let _ = stream.set_priority(priority(id));
-        stream.write_all(&SegmentHeader { id }.encode()).await?;
+        stream.write_all(&header.encode()).await?;
         match pace_bps {
             None => stream.write_chunk(bytes).await?,
             Some(bps) => {
