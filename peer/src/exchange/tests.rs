@@ -1597,9 +1597,13 @@ fn a_late_answer_to_a_withdrawn_request_costs_its_sender_no_strike() {
     }
 }
 
-/// A viewer of a 10-segment film greeted by three holders of all of it (not the source).
+/// A live viewer greeted by three holders (not the source) of the 10 segments so far.
 fn newcomer_with_holders() -> (Harness, PeerId, Exchange, [PeerAddr; 3]) {
-    let (h, source) = published_film(10);
+    let (mut h, source) = Harness::new(StreamKind::Live);
+    h.publish(source, b"init");
+    for n in 0..10 {
+        h.publish(source, &payload(n));
+    }
     let record = h.nodes[&source].record().unwrap().clone();
     let statements: Vec<SignedSegment> = h.nodes[&source].statements.values().copied().collect();
     let now = h.now;
@@ -1643,7 +1647,8 @@ fn part_requests(outputs: &[Output], id: SegmentId) -> (Vec<(PeerId, Part)>, boo
 fn a_newcomer_fetches_its_first_segment_in_parts_from_several_partners_at_once() {
     let (h, source, mut viewer, holders) = newcomer_with_holders();
     let now = h.now;
-    let first = SegmentId::Media(0);
+    // It starts three segments behind the newest.
+    let first = SegmentId::Media(9 - config().live_start_behind);
     let whole = h.nodes[&source].segment(first).unwrap().clone();
     let outputs: Vec<Output> = std::iter::from_fn(|| viewer.poll_output()).collect();
     let (mut asked, whole_asked) = part_requests(&outputs, first);
@@ -1684,7 +1689,7 @@ fn a_newcomer_fetches_its_first_segment_in_parts_from_several_partners_at_once()
 fn parts_that_do_not_verify_together_cost_nobody_a_strike_and_the_segment_comes_whole() {
     let (h, source, mut viewer, holders) = newcomer_with_holders();
     let now = h.now;
-    let first = SegmentId::Media(0);
+    let first = SegmentId::Media(9 - config().live_start_behind);
     let whole = h.nodes[&source].segment(first).unwrap().clone();
     let liar = holders[0].id;
     let outputs: Vec<Output> = std::iter::from_fn(|| viewer.poll_output()).collect();
