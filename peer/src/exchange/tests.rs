@@ -787,55 +787,6 @@ fn a_peer_turns_away_at_once_what_it_cannot_send_soon() {
     assert!(matches!(node.poll_output(), Some(Output::SendSegment { to, .. }) if to == b));
 }
 
-#[test]
-fn a_have_map_slides_forward() {
-    let mut have = HaveMap::default();
-    for n in [3, 64, 65, 200] {
-        have.insert(SegmentId::Media(n));
-    }
-    have.insert(SegmentId::Init);
-    assert!(have.contains(SegmentId::Media(3)) && have.contains(SegmentId::Media(200)));
-    assert!(!have.contains(SegmentId::Media(4)) && !have.contains(SegmentId::Media(9_999)));
-    have.remove(SegmentId::Media(64));
-    assert!(!have.contains(SegmentId::Media(64)) && have.contains(SegmentId::Media(65)));
-    have.forget_before(65);
-    assert!(!have.contains(SegmentId::Media(3)), "forgotten");
-    assert!(have.contains(SegmentId::Media(65)) && have.contains(SegmentId::Init));
-    have.insert(SegmentId::Media(2)); // behind the window: ignored
-    assert!(!have.contains(SegmentId::Media(2)));
-    have.insert(SegmentId::Media(u64::MAX)); // absurdly far ahead: ignored, no huge allocation
-    assert!(!have.contains(SegmentId::Media(u64::MAX)));
-}
-
-#[test]
-fn a_segment_map_keeps_segment_order_and_a_tight_window() {
-    let mut map = SegmentMap::default();
-    for n in [10, 12, 7] {
-        assert!(map.insert(SegmentId::Media(n), n));
-    }
-    assert!(map.insert(SegmentId::Init, 0));
-    let order: Vec<SegmentId> = map.keys().collect();
-    let expected = [0, 7, 10, 12].map(|n| match n {
-        0 => SegmentId::Init,
-        n => SegmentId::Media(n),
-    });
-    assert_eq!(order, expected);
-    assert_eq!(map.values().next_back(), Some(&12), "newest last");
-    assert!(map.contains_key(&SegmentId::Media(10)) && !map.contains_key(&SegmentId::Media(11)));
-    assert_eq!(map.remove(&SegmentId::Media(7)), Some(7));
-    assert_eq!(map.first, 10, "the window starts at the first segment left");
-    assert_eq!(map.remove(&SegmentId::Media(12)), Some(12));
-    assert_eq!(map.media.len(), 1);
-    // Absurdly far from the others: refused, no huge allocation.
-    assert!(!map.insert(SegmentId::Media(u64::MAX), 1));
-    assert!(!map.contains_key(&SegmentId::Media(u64::MAX)));
-    map.clear();
-    assert!(
-        map.insert(SegmentId::Media(u64::MAX), 1),
-        "alone, any number fits"
-    );
-}
-
 /// A VOD viewer of a film of ten segments with an HTTP origin, bootstrapped at the source.
 fn viewer_with_origin(h: &mut Harness, source: PeerId) -> PeerId {
     h.publish(source, b"init");

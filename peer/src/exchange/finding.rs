@@ -1,0 +1,216 @@
+//! On demand, finding holders: peers watch different parts of a film, so a viewer that starts
+//! or seeks where none of its partners has been asks its partners who holds what it needs next
+//! (`Find`, answered by `Holders`), dials those first and makes room for them; a full peer of a
+//! film lets its longest-idle partner go for a newcomer. A viewer whose source link broke dials
+//! it again when nobody else can serve it.
+
+use std::time::{Duration, Instant};
+
+use tracing::debug;
+
+use super::{CloseReason, Exchange, Output, Partner};
+use crate::identity::PeerId;
+use crate::segment::SegmentId;
+use crate::wire::{Frame, PeerAddr};
+
+impl Exchange {
+    /// The media segments the player needs next, on demand: from the first one missing.
+    pub(super) fn vod_window(&self) -> impl Iterator<Item = SegmentId> + '_ {
+        let end = self.cursor + self.config.lookahead;
+        (self.cursor..=end)
+            .map(SegmentId::Media)
+            .filter(|id| self.statements.contains_key(id))
+    }
+
+    /// On demand, a viewer that started or sought where none of its partners has been holds
+    /// no partner that can serve it but the source. It asks its partners which of theirs
+    /// hold the first segment it misses (`Find`); the peers they name are dialled first, and
+    /// `make_room_for_holders` lets useless partners go for them. Asking again for the same
+    /// segment waits twice as long each time (up to [`MAX_FIND_EVERY`]): at the front of a
+    /// film nobody but the source holds it.
+    pub(super) fn find_holders(&mut self, now: Instant) {
+        if self.is_live() || self.next_find.is_some_and(|t| now < t) {
+            return;
+        }
+        let source = self.source_peer();
+        let Some(id) = self.vod_window().find(|id| !self.store.contains_key(id)) else {
+            return;
+        };
+        // A holder whose uplink is taken (it said `Busy`) serves us no better than none.
+        let served = self.pending.contains_key(&id)
+            || self.partners.iter().any(|(p, partner)| {
+                Some(*p) != source
+                    && partner.have.contains(id)
+                    && partner.busy_until.is_none_or(|t| t <= now)
+            });
+        if served {
+            return;
+        }
+        let tries = match self.finding {
+            Some((asked, tries)) if asked == id => tries + 1,
+            _ => 0,
+        };
+        // Asked once and nobody answered: the source holds it (and makes room for us).
+        if tries > 0 {
+            self.dial_source();
+        }
+        self.finding = Some((id, tries));
+        let wait = FIND_EVERY
+            .saturating_mul(1 << tries.min(8))
+            .min(MAX_FIND_EVERY);
+        self.next_find = Some(now + wait);
+        let asked: Vec<PeerId> = self
+            .partners
+            .iter()
+            .filter(|(_, p)| p.greeted)
+            .map(|(id, _)| *id)
+            .collect();
+        for peer in asked {
+            self.send(peer, Frame::Find(id));
+        }
+    }
+
+    /// Dials the source, whatever the partner count, unless it is a partner or we are
+    /// dialling it or waiting to.
+    pub(super) fn dial_source(&mut self) {
+        let Some(source) = self.source_peer() else {
+            return;
+        };
+        if self.partners.contains_key(&source)
+            || self.dialing.contains(&source)
+            || self.backoff.contains_key(&source)
+        {
+            return;
+        }
+        if let Some(addr) = self.candidates.get(&source).copied() {
+            debug!("dialling the source");
+            self.dialing.insert(source);
+            self.outputs
+                .push_back(Output::Dial(PeerAddr { id: source, addr }));
+        }
+    }
+
+    /// Peers that hold a segment we asked about: dialled first while we still need it.
+    pub(super) fn on_holders(&mut self, now: Instant, id: SegmentId, peers: Vec<PeerAddr>) {
+        if self.is_live() || self.store.contains_key(&id) {
+            return;
+        }
+        for p in peers {
+            if p.id != self.me && !self.partners.contains_key(&p.id) {
+                self.remember(p.id, p.addr);
+                if !self.found.contains(&p.id) {
+                    self.found.push(p.id);
+                }
+            }
+        }
+        // A few dozen at most: the newest answers first.
+        let excess = self.found.len().saturating_sub(2 * MAX_FOUND);
+        self.found.drain(..excess);
+        self.maintain(now);
+    }
+
+    /// How many partners we keep. The source of a film keeps a few per stream its uplink
+    /// carries: it announces nothing new to them, and it is the last resort of every viewer
+    /// whose position no peer holds.
+    pub(super) fn partner_limit(&self) -> usize {
+        let limit = self.config.partner_limit;
+        if self.is_live() || !self.is_source() {
+            return limit;
+        }
+        let streams = self.meter.estimate_bps() / self.bitrate_bps();
+        limit.max((streams * VOD_SOURCE_PARTNERS_PER_STREAM) as usize)
+    }
+
+    /// On demand, a full peer makes room for a newcomer (which may need what we hold) by
+    /// letting go of the partner it exchanged no segment with for longest, if that was at
+    /// least [`IDLE_PARTNER`] ago.
+    pub(super) fn let_idle_go(&mut self, now: Instant) {
+        if self.is_live() {
+            return;
+        }
+        let idle = self
+            .partners
+            .iter()
+            .filter(|(id, p)| {
+                now.saturating_duration_since(p.last_used) >= IDLE_PARTNER
+                    && p.inflight == 0
+                    && !self.sending_to(id)
+                    && !self.upload_queue.iter().any(|q| q.to == **id)
+            })
+            .min_by_key(|(id, p)| (p.last_used, **id))
+            .map(|(id, _)| *id);
+        if let Some(peer) = idle {
+            debug!(peer = %peer.short(), "making room: idle partner");
+            self.close(peer, CloseReason::Idle);
+            self.on_disconnected(now, peer);
+        }
+    }
+
+    /// Names to `asker` up to [`MAX_FOUND`] of our other partners that hold segment `id`.
+    pub(super) fn on_find(&mut self, asker: PeerId, id: SegmentId) {
+        if !self.config.share_peers {
+            return;
+        }
+        let holders: Vec<PeerAddr> = self
+            .partners
+            .from(asker)
+            .filter(|(p, partner)| **p != asker && partner.have.contains(id))
+            .filter_map(|(p, partner)| partner.listen.map(|addr| PeerAddr { id: *p, addr }))
+            .take(MAX_FOUND)
+            .collect();
+        if !holders.is_empty() {
+            self.send(asker, Frame::Holders(id, holders));
+        }
+    }
+
+    /// On demand, while peers named as holders of what we need next wait to be dialled: lets
+    /// go of a partner that holds none of it, at most one per [`EXPLORE_EVERY`].
+    pub(super) fn make_room_for_holders(&mut self, now: Instant) {
+        let due = self.next_explore.is_none_or(|t| t <= now);
+        if self.is_live() || !due {
+            return;
+        }
+        self.found.retain(|id| !self.partners.contains_key(id));
+        let waiting = self.found.iter().any(|id| {
+            !self.dialing.contains(id)
+                && !self.backoff.contains_key(id)
+                && self.candidates.contains_key(id)
+        });
+        if !waiting {
+            return;
+        }
+        // Also kept: partners that hold some of what we need next.
+        let window: Vec<SegmentId> = self.vod_window().collect();
+        let keep = |_: &PeerId, p: &Partner| window.iter().any(|w| p.have.contains(*w));
+        if let Some(peer) = self.useless_partner(keep) {
+            debug!(peer = %peer.short(), "making room for peers that hold what we need");
+            self.let_go(now, peer);
+        }
+    }
+
+    /// A live stream that announced nothing new for a while, with the source not among our
+    /// partners, may have lost its source (it crashed and came back, and nobody reconnected):
+    /// dial it, whatever the partner count.
+    pub(super) fn redial_stalled_source(&mut self, now: Instant) {
+        let stalled = self.is_live()
+            && self
+                .last_fresh
+                .is_some_and(|t| now.saturating_duration_since(t) > self.config.stall_timeout);
+        if stalled {
+            self.dial_source();
+        }
+    }
+}
+
+/// On demand, how soon a viewer no partner can serve asks who can (`Find`), and how long it
+/// waits at most before asking again about the same segment.
+const FIND_EVERY: Duration = Duration::from_secs(1);
+const MAX_FIND_EVERY: Duration = Duration::from_secs(16);
+/// The most holders one answer to `Find` names.
+const MAX_FOUND: usize = 8;
+/// On demand, the source keeps this many partners per stream its uplink carries (at least
+/// [`ExchangeConfig::partner_limit`]).
+const VOD_SOURCE_PARTNERS_PER_STREAM: f64 = 4.0;
+/// On demand, a full peer lets a partner go for a newcomer once they exchanged no segment for
+/// this long.
+const IDLE_PARTNER: Duration = Duration::from_secs(5);
