@@ -26,7 +26,7 @@
 //! - [`overlay_net`]: the overlay node's driver over the node's connections; [`directory`]:
 //!   channel records and members in the overlay's store.
 //! - [`app`]: broadcast, watch and the one-process demo, as the CLI and the tests run them.
-//! - [`bench`]: the `peer bench …` programs.
+//! - [`bench`](mod@bench): the `peer bench …` programs.
 //!
 //! Data flow at a broadcaster: `media` → `app::Broadcast` → `node` → `exchange::publish` →
 //! statements and segments to partners. At a viewer: QUIC → `node` → `exchange` (verify) →
