@@ -510,13 +510,24 @@ impl<P> Net<P> {
         affected.sort();
         affected.dedup();
         let mut changed = Vec::with_capacity(affected.len());
+        // Each sender's level once: a sender with n flows would otherwise cost n² (the
+        // source-only baseline's broadcaster has one flow per viewer).
+        let mut levels: Vec<(HostId, f64)> = Vec::new();
         for id in affected {
             let rate = {
                 let Some(flow) = self.flows[id.0 as usize].as_ref() else {
                     continue;
                 };
                 let r = self.host(flow.to);
-                let up = flow.cap_bps.min(self.upload_level(flow.from));
+                let level = match levels.iter().find(|(h, _)| *h == flow.from) {
+                    Some((_, level)) => *level,
+                    None => {
+                        let level = self.upload_level(flow.from);
+                        levels.push((flow.from, level));
+                        level
+                    }
+                };
+                let up = flow.cap_bps.min(level);
                 up.min(r.down_bps / r.down_flows.len() as f64)
             };
             let Some(flow) = self.flows[id.0 as usize].as_mut() else {
