@@ -186,15 +186,12 @@ impl Exchange {
             }
             self.send(peer, Frame::RequestPart(id, part));
         }
+        // (A fetch whose parts are all here is gone already: put together in `take_part`.)
         let stuck = self
             .parts
             .get(&id)
             .is_some_and(|f| f.slots.iter().all(|s| s.asks().is_empty()));
-        let lacking = self
-            .parts
-            .get(&id)
-            .is_some_and(|f| f.slots.iter().any(|s| matches!(s, Slot::Asked(_))));
-        if stuck && lacking {
+        if stuck {
             debug!(%id, "no partner left to ask for a part; fetching it whole");
             self.drop_parts(id);
             return false;

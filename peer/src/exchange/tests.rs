@@ -1473,22 +1473,8 @@ fn a_viewer_its_parent_feeds_asks_for_quiet_and_for_news_again_when_the_parent_f
 #[test]
 fn a_late_answer_to_a_withdrawn_request_costs_its_sender_no_strike() {
     let (h, source) = published_film(10);
-    let record = h.nodes[&source].record().unwrap().clone();
-    let statements: Vec<SignedSegment> = h.nodes[&source].statements.values().copied().collect();
-    let mut now = Instant::now();
-    let mut viewer = Exchange::viewer(now, config(), PeerId([100; 32]), h.channel(), None);
-    let holders = [peer_addr(1), peer_addr(2)];
-    viewer.add_candidates(now, holders);
-    while viewer.poll_output().is_some() {}
-    let all: Vec<SegmentId> = statements.iter().map(|s| s.meta.id).collect();
-    for p in holders {
-        let first = vec![
-            Frame::Channel(Box::new(record.clone())),
-            Frame::Announce(statements.clone()),
-            Frame::Have(all.clone()),
-        ];
-        greet(&mut viewer, now, p, first);
-    }
+    let mut now = h.now;
+    let mut viewer = greeted_by_holders(&h, source, &[peer_addr(1), peer_addr(2)]);
     let requests = |viewer: &mut Exchange| -> Vec<(PeerId, SegmentId)> {
         std::iter::from_fn(|| viewer.poll_output())
             .filter_map(|o| match o {
@@ -1548,19 +1534,14 @@ fn a_late_answer_to_a_withdrawn_request_costs_its_sender_no_strike() {
     }
 }
 
-/// A live viewer greeted by three holders (not the source) of the 10 segments so far.
-fn newcomer_with_holders() -> (Harness, PeerId, Exchange, [PeerAddr; 3]) {
-    let (mut h, source) = Harness::new(StreamKind::Live);
-    h.publish(source, b"init");
-    for n in 0..10 {
-        h.publish(source, &payload(n));
-    }
+/// A new viewer of `source`'s channel, greeted by `holders` (peers that are not in the
+/// harness), each holding everything `source` published.
+fn greeted_by_holders(h: &Harness, source: PeerId, holders: &[PeerAddr]) -> Exchange {
     let record = h.nodes[&source].record().unwrap().clone();
     let statements: Vec<SignedSegment> = h.nodes[&source].statements.values().copied().collect();
     let now = h.now;
     let mut viewer = Exchange::viewer(now, config(), PeerId([100; 32]), h.channel(), None);
-    let holders = [peer_addr(1), peer_addr(2), peer_addr(3)];
-    viewer.add_candidates(now, holders);
+    viewer.add_candidates(now, holders.iter().copied());
     while viewer.poll_output().is_some() {}
     let all: Vec<SegmentId> = statements.iter().map(|s| s.meta.id).collect();
     for p in holders {
@@ -1569,8 +1550,20 @@ fn newcomer_with_holders() -> (Harness, PeerId, Exchange, [PeerAddr; 3]) {
             Frame::Announce(statements.clone()),
             Frame::Have(all.clone()),
         ];
-        greet(&mut viewer, now, p, first);
+        greet(&mut viewer, now, *p, first);
     }
+    viewer
+}
+
+/// A live viewer greeted by three holders (not the source) of the 10 segments so far.
+fn newcomer_with_holders() -> (Harness, PeerId, Exchange, [PeerAddr; 3]) {
+    let (mut h, source) = Harness::new(StreamKind::Live);
+    h.publish(source, b"init");
+    for n in 0..10 {
+        h.publish(source, &payload(n));
+    }
+    let holders = [peer_addr(1), peer_addr(2), peer_addr(3)];
+    let viewer = greeted_by_holders(&h, source, &holders);
     (h, source, viewer, holders)
 }
 

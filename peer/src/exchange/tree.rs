@@ -186,23 +186,11 @@ impl Exchange {
         if on {
             if !asked && self.parent != Some(peer) {
                 // Not asked for (any more): decline.
-                self.send(
-                    peer,
-                    Frame::Subscribe {
-                        on: false,
-                        first: None,
-                    },
-                );
+                self.unsubscribe(peer);
                 return;
             }
             if let Some(old) = self.parent.filter(|p| *p != peer) {
-                self.send(
-                    old,
-                    Frame::Subscribe {
-                        on: false,
-                        first: None,
-                    },
-                );
+                self.unsubscribe(old);
             }
             if self.parent != Some(peer) {
                 self.pushed_from = self.newest().unwrap_or(0);
@@ -222,16 +210,19 @@ impl Exchange {
         }
     }
 
+    /// Tells `peer` to stop feeding us (or not to start).
+    fn unsubscribe(&mut self, peer: PeerId) {
+        let frame = Frame::Subscribe {
+            on: false,
+            first: None,
+        };
+        self.send(peer, frame);
+    }
+
     /// Stops being fed by our parent and looks for another.
     pub(super) fn leave_parent(&mut self, now: Instant) {
         if let Some(parent) = self.parent.take() {
-            self.send(
-                parent,
-                Frame::Subscribe {
-                    on: false,
-                    first: None,
-                },
-            );
+            self.unsubscribe(parent);
             if let Some(partner) = self.partners.get_mut(&parent) {
                 partner.refused_until = Some(now + REFUSED_BACKOFF);
             }

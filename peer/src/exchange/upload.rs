@@ -12,10 +12,10 @@ use crate::segment::SegmentId;
 use crate::wire::{Frame, Part};
 
 impl Exchange {
-    /// A partner asks for a segment (or a part of one). It is queued, earliest deadline first, if this peer's
-    /// measured upload can send everything queued before it and the segment itself before
-    /// the segment's deadline; otherwise the partner hears `Busy` at once and asks someone
-    /// else.
+    /// A partner asks for a segment (or a part of one). It is queued, earliest deadline
+    /// first, if this peer's measured upload can send everything queued before it and the
+    /// segment itself before the segment's deadline; otherwise the partner hears `Busy` at
+    /// once and asks someone else.
     pub(super) fn on_request(&mut self, now: Instant, peer: PeerId, id: SegmentId, part: Part) {
         let Some(len) = self.store.get(&id).map(Bytes::len) else {
             self.send(peer, Frame::Missing(id));
