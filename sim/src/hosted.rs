@@ -398,3 +398,23 @@ impl Verifier for MemoVerifier {
             .clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flow_tag_names_its_segment_and_part() {
+        let cases = [
+            (SegmentId::Init, Part::WHOLE),
+            (SegmentId::Media(0), Part::WHOLE),
+            (SegmentId::Media(123_456), Part::WHOLE),
+            (SegmentId::Media(0), Part { index: 0, of: 8 }),
+            (SegmentId::Media(123_456), Part { index: 7, of: 8 }),
+            (SegmentId::Media(SEQ_MASK), Part { index: 2, of: 3 }),
+        ];
+        for (id, part) in cases {
+            assert_eq!(segment_of(tag_of(id, part)), (id, part));
+        }
+    }
+}
