@@ -283,14 +283,17 @@ impl<'a> Runner<'a> {
     fn start_source(&mut self) {
         let now = self.engine.instant(self.engine.now());
         let mut config = self.config.clone();
-        if self.mode == Mode::SourceOnly {
-            // A CDN takes every viewer and serves every request at once.
-            config.partner_limit = usize::MAX;
-            config.upload_slots = usize::MAX;
-            config.share_peers = false;
-        }
         config.upload_guess_bps = self.scenario.source.up_mbps * 1e6;
         config.upload_limit_bps = Some(config.upload_guess_bps);
+        if self.mode == Mode::SourceOnly {
+            // A CDN takes every viewer, feeds each one itself (none is turned away to be fed by
+            // another viewer) and serves every request at once.
+            config.partner_limit = usize::MAX;
+            config.upload_slots = usize::MAX;
+            config.source_min_children = usize::MAX;
+            config.upload_limit_bps = None;
+            config.share_peers = false;
+        }
         let exchange = Exchange::source(
             now,
             config,
