@@ -474,6 +474,8 @@ struct Partner {
     last_used: Instant,
     /// It asked for no statements or `Have`s (`Quiet`): its parent feeds it.
     quiet: bool,
+    /// We feed it from this segment on (its first, when it subscribed as a newcomer).
+    fed_from: u64,
 }
 
 impl Partner {
@@ -496,6 +498,7 @@ impl Partner {
             spare: 0,
             refused_until: None,
             last_heard: None,
+            fed_from: 0,
         }
     }
 

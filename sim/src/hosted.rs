@@ -91,14 +91,14 @@ impl Directory {
     }
 }
 
-/// The tag of a segment's bulk send: the segment's number, with a part's index and count in
-/// the top byte (the init segment is never cut into parts).
+/// The tag of a segment's bulk send: the segment's number, with a part's index and count less
+/// one in the top byte (zero there: the whole segment; the init segment is never cut).
 fn tag_of(id: SegmentId, part: Part) -> u64 {
     match id {
         SegmentId::Init => u64::MAX,
         SegmentId::Media(n) if part.is_whole() => n,
         SegmentId::Media(n) => {
-            n & SEQ_MASK | u64::from(part.of) << 60 | u64::from(part.index & 0xf) << 56
+            n & SEQ_MASK | u64::from(part.of - 1) << 60 | u64::from(part.index & 0xf) << 56
         }
     }
 }
@@ -110,11 +110,11 @@ fn segment_of(tag: u64) -> (SegmentId, Part) {
     }
     match (tag >> 60) as u8 {
         0 => (SegmentId::Media(tag), Part::WHOLE),
-        of => (
+        less_one => (
             SegmentId::Media(tag & SEQ_MASK),
             Part {
                 index: (tag >> 56) as u8 & 0xf,
-                of,
+                of: less_one + 1,
             },
         ),
     }
@@ -122,6 +122,7 @@ fn segment_of(tag: u64) -> (SegmentId, Part) {
 
 /// The bits of a tag that carry the segment's number.
 const SEQ_MASK: u64 = (1 << 56) - 1;
+const _: () = assert!(peer::wire::MAX_PARTS <= 16, "a part index and count fit four bits each");
 
 /// What travels between simulated exchanges.
 #[derive(Debug, Clone)]

@@ -1745,3 +1745,37 @@ fn a_peer_serves_the_part_asked_for_and_a_part_that_does_not_exist_is_a_violatio
         "{outputs:?}"
     );
 }
+
+#[test]
+fn a_parent_pushes_a_newcomer_nothing_older_than_its_first_segment() {
+    let (mut h, source) = Harness::new(StreamKind::Live);
+    h.publish(source, b"init");
+    h.publish(source, &payload(0));
+    let now = h.now;
+    let child = peer_addr(9);
+    let node = h.nodes.get_mut(&source).unwrap();
+    greet(node, now, child, Vec::new());
+    let subscribe = Frame::Subscribe {
+        on: true,
+        first: Some(2),
+    };
+    node.handle_input(
+        now,
+        Input::Frame {
+            peer: child.id,
+            frame: subscribe,
+        },
+    );
+    let mut pushed = Vec::new();
+    for n in 1..=2u8 {
+        let id = SegmentId::Media(u64::from(n));
+        let bytes = Bytes::from(payload(n));
+        node.publish(now, id, SEGMENT, 0, bytes, false).unwrap();
+        pushed.extend(std::iter::from_fn(|| node.poll_output()).filter_map(|o| match o {
+            Output::SendSegment { to, id, .. } if to == child.id => Some(id),
+            _ => None,
+        }));
+    }
+    // Segments 0 and 1 came before the one it starts at: pushing them would delay that one.
+    assert_eq!(pushed, [SegmentId::Media(2)]);
+}

@@ -162,12 +162,16 @@ impl Exchange {
             }
         }
         self.children.push(peer);
+        if let Some(partner) = self.partners.get_mut(&peer) {
+            partner.fed_from = first.unwrap_or(0);
+        }
         self.send(peer, Frame::Feed(true));
         // From now on: the newest segment if we hold it, and what comes next; before them, a
         // newcomer's first segment. Older segments it misses it fetches from its partners;
         // pushing a backlog would hold up the live edge behind it, for this child and for
         // every peer below it (in `sim`, pushing the two before the newest cost smoke 0.97 →
         // 0.52 and live-1k 0.94 → 0.83 continuity).
+        // (Nothing older than the first: it would hold up the first behind it; `push_to`.)
         let first = first.map(SegmentId::Media);
         for id in first.into_iter().chain(self.newest().map(SegmentId::Media)) {
             if self.store.contains_key(&id) {
@@ -355,10 +359,10 @@ impl Exchange {
 
     /// Queues segment `id` for a child that does not hold it.
     pub(super) fn push_to(&mut self, child: PeerId, id: SegmentId) {
-        let holds = self
-            .partners
-            .get(&child)
-            .is_none_or(|p| p.have.contains(id));
+        // What it holds, or what is older than its first segment, it does not need.
+        let holds = self.partners.get(&child).is_none_or(|p| {
+            p.have.contains(id) || matches!(id, SegmentId::Media(seq) if seq < p.fed_from)
+        });
         let queued = || {
             self.upload_queue
                 .iter()
