@@ -1089,16 +1089,7 @@ impl Exchange {
             return;
         };
         self.send(peer, Frame::Channel(Box::new(record)));
-        let (depth, spare) = (self.depth(), self.spare());
-        self.send(
-            peer,
-            Frame::Report {
-                upload_kbps: (self.meter.estimate_bps() / 1000.0) as u32,
-                serve_kbps: self.serve_kbps(),
-                depth,
-                spare,
-            },
-        );
+        self.send(peer, self.report_frame());
         if self.quiet {
             self.send(peer, Frame::Quiet(true));
         }
@@ -1985,15 +1976,30 @@ impl Exchange {
         if (due || changed) && self.partners.len() > 0 {
             self.reported = Some((now, kbps));
             self.reported_tree = (depth, spare);
-            self.broadcast(
-                None,
-                Frame::Report {
-                    upload_kbps: kbps,
-                    serve_kbps: self.serve_kbps(),
-                    depth,
-                    spare,
-                },
-            );
+            let report = self.report_frame();
+            // A quiet partner (its parent feeds it) neither asks us for segments nor looks
+            // for a parent: it gets our report when it asks for news again (`on_quiet`). The
+            // peers we feed need our depth for theirs.
+            for index in 0..self.partners.len() {
+                let (peer, partner) = self.partners.at_mut(index);
+                if !partner.quiet || self.children.contains(&peer) {
+                    self.outputs.push_back(Output::Send {
+                        to: peer,
+                        frame: report.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// What we tell partners of ourselves: measured upload, the rate we serve a request at,
+    /// and our place in the tree.
+    pub(super) fn report_frame(&self) -> Frame {
+        Frame::Report {
+            upload_kbps: (self.meter.estimate_bps() / 1000.0) as u32,
+            serve_kbps: self.serve_kbps(),
+            depth: self.depth(),
+            spare: self.spare(),
         }
     }
 

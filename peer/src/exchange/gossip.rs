@@ -43,12 +43,14 @@ impl Exchange {
         }
     }
 
-    /// A partner asks for no announcements (`on`), or for them again: then it gets the
-    /// statements and `Have`s of the newest segments it may lack.
+    /// A partner asks for no announcements (`on`), or for them again: then it gets our
+    /// report (not sent to it while it was quiet), and the statements and `Have`s of the
+    /// newest segments it may lack.
     pub(super) fn on_quiet(&mut self, peer: PeerId, on: bool) {
         let from = self
             .newest()
             .map_or(0, |n| n.saturating_sub(QUIET_CATCH_UP));
+        let report = self.report_frame();
         let Some(partner) = self.partners.get_mut(&peer) else {
             return;
         };
@@ -56,6 +58,10 @@ impl Exchange {
         if on || !was {
             return;
         }
+        self.outputs.push_back(Output::Send {
+            to: peer,
+            frame: report,
+        });
         let recent = |id: &SegmentId| matches!(id, SegmentId::Media(n) if *n >= from);
         let news: Vec<SignedSegment> = self
             .statements

@@ -1456,6 +1456,15 @@ fn a_viewer_its_parent_feeds_asks_for_quiet_and_for_news_again_when_the_parent_f
     assert_eq!(news(&h, source, quiet), 0);
     assert!(news(&h, first, quiet) > 0);
     assert_eq!(h.stored(second).len(), 11);
+    // Nor does it get the source's reports, which the source's child does.
+    let reports = |h: &Harness, from: PeerId, to: PeerId, since: usize| {
+        h.frames[since..]
+            .iter()
+            .filter(|(f, t, frame)| *f == from && *t == to && matches!(frame, Frame::Report { .. }))
+            .count()
+    };
+    assert_eq!(reports(&h, source, second, quiet), 0);
+    assert!(reports(&h, source, first, quiet) > 0);
     // Its parent falls silent: it asks for news again, hears of the segments from the
     // source, and gets them.
     h.mute.insert(first);
@@ -1467,6 +1476,7 @@ fn a_viewer_its_parent_feeds_asks_for_quiet_and_for_news_again_when_the_parent_f
     h.advance(3 * SEGMENT);
     let loud = asked(&h, false).expect("asked for news again");
     assert!(news(&h, source, loud) > 0);
+    assert!(reports(&h, source, second, loud) > 0);
     assert_eq!(h.missing(second, 12..16), Vec::<u64>::new());
 }
 
