@@ -161,7 +161,7 @@ const QUIET_AFTER: u32 = 4;
 const MIN_QUIET_SILENCE: Duration = Duration::from_millis(1200);
 /// A quiet viewer asks for announcements again when a segment that has not started arriving
 /// is due within this many seconds (before `REPAIR_WINDOW_S`: the answers take a round trip).
-pub(super) const QUIET_ALERT_S: f64 = 1.6;
+pub(super) const QUIET_ALERT_S: f64 = 1.4;
 /// A viewer that stopped being quiet because a segment was late looks again this soon, in case
 /// no partner's answer does.
 pub(super) const QUIET_RETRY: Duration = Duration::from_millis(100);
