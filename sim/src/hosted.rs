@@ -122,7 +122,10 @@ fn segment_of(tag: u64) -> (SegmentId, Part) {
 
 /// The bits of a tag that carry the segment's number.
 const SEQ_MASK: u64 = (1 << 56) - 1;
-const _: () = assert!(peer::wire::MAX_PARTS <= 16, "a part index and count fit four bits each");
+const _: () = assert!(
+    peer::wire::MAX_PARTS <= 16,
+    "a part index and count fit four bits each"
+);
 
 /// What travels between simulated exchanges.
 #[derive(Debug, Clone)]

@@ -1781,10 +1781,12 @@ fn a_parent_pushes_a_newcomer_nothing_older_than_its_first_segment() {
         let id = SegmentId::Media(u64::from(n));
         let bytes = Bytes::from(payload(n));
         node.publish(now, id, SEGMENT, 0, bytes, false).unwrap();
-        pushed.extend(std::iter::from_fn(|| node.poll_output()).filter_map(|o| match o {
-            Output::SendSegment { to, id, .. } if to == child.id => Some(id),
-            _ => None,
-        }));
+        pushed.extend(
+            std::iter::from_fn(|| node.poll_output()).filter_map(|o| match o {
+                Output::SendSegment { to, id, .. } if to == child.id => Some(id),
+                _ => None,
+            }),
+        );
     }
     // Segments 0 and 1 came before the one it starts at: pushing them would delay that one.
     assert_eq!(pushed, [SegmentId::Media(2)]);
