@@ -931,6 +931,7 @@ fn a_full_source_makes_room_for_the_peer_its_plan_names() {
     assert_ne!(h.nodes[&b].tree().0, Some(source));
 
     // The plan puts b in tier 1: the source drops a (not named) for b.
+    h.frames.clear();
     let now = h.now;
     let mut for_source = hint_from(&h, 1, None);
     for_source.upstream.clear();
@@ -948,6 +949,11 @@ fn a_full_source_makes_room_for_the_peer_its_plan_names() {
     assert_eq!(h.nodes[&b].follows_hint(), Some(true));
     assert_ne!(h.nodes[&a].tree().0, Some(source));
     assert!(h.nodes[&a].tree().0.is_some(), "a found another parent");
+    // Dropped, a heard of the peers the source feeds, b among them.
+    let referred = h.frames.iter().any(|(f, t, frame)| {
+        *f == source && *t == a && matches!(frame, Frame::Peers(l) if l.iter().any(|p| p.id == b))
+    });
+    assert!(referred);
 }
 
 #[test]

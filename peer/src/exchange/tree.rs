@@ -139,6 +139,7 @@ impl Exchange {
             self.refuse_feed(peer);
             return;
         }
+        let mut displaced = None;
         if self.children.len() >= self.child_slots() {
             // A child the plan names for us is never dropped for one it does not; one it names
             // takes the place of the weakest other (a hinted tier-1 peer gets a source slot).
@@ -153,7 +154,7 @@ impl Exchange {
             match weakest {
                 Some(w) if planned || !random && upload(&peer) > upload(&w) + upload(&w) / 5 => {
                     self.children.retain(|c| *c != w);
-                    self.send(w, Frame::Feed(false));
+                    displaced = Some(w);
                 }
                 _ => {
                     self.refuse_feed(peer);
@@ -166,6 +167,11 @@ impl Exchange {
             partner.fed_from = first.unwrap_or(0);
         }
         self.send(peer, Frame::Feed(true));
+        // The child it displaced hears of the peers we feed, the newcomer among them: it finds
+        // its place one level further down instead of starting its search over.
+        if let Some(w) = displaced {
+            self.refuse_feed(w);
+        }
         // From now on: the newest segment if we hold it, and what comes next; before them, a
         // newcomer's first segment. Older segments it misses it fetches from its partners;
         // pushing a backlog would hold up the live edge behind it, for this child and for
