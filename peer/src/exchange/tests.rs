@@ -1797,3 +1797,52 @@ fn a_parent_pushes_a_newcomer_nothing_older_than_its_first_segment() {
     // Segments 0 and 1 came before the one it starts at: pushing them would delay that one.
     assert_eq!(pushed, [SegmentId::Media(2)]);
 }
+
+#[test]
+fn a_peer_that_cannot_feed_a_newcomer_points_it_to_partners_with_room() {
+    let (h, source) = Harness::new(StreamKind::Live);
+    let record = h.nodes[&source].record().unwrap().clone();
+    let now = h.now;
+    // Not fed itself, this viewer can feed nobody; one of its partners has room.
+    let mut node = Exchange::viewer(now, config(), PeerId([100; 32]), h.channel(), None);
+    let roomy = peer_addr(1);
+    let report = Frame::Report {
+        upload_kbps: 8000,
+        serve_kbps: 1000,
+        depth: 2,
+        spare: 1,
+    };
+    greet(
+        &mut node,
+        now,
+        roomy,
+        vec![Frame::Channel(Box::new(record)), report],
+    );
+    let asker = peer_addr(2);
+    greet(&mut node, now, asker, Vec::new());
+    while node.poll_output().is_some() {}
+    let subscribe = Frame::Subscribe {
+        on: true,
+        first: None,
+    };
+    node.handle_input(
+        now,
+        Input::Frame {
+            peer: asker.id,
+            frame: subscribe,
+        },
+    );
+    let to_asker: Vec<Frame> = std::iter::from_fn(|| node.poll_output())
+        .filter_map(|o| match o {
+            Output::Send { to, frame } if to == asker.id => Some(frame),
+            _ => None,
+        })
+        .collect();
+    assert!(to_asker.contains(&Frame::Feed(false)), "{to_asker:?}");
+    assert!(
+        to_asker
+            .iter()
+            .any(|f| matches!(f, Frame::Peers(list) if list.iter().any(|p| p.id == roomy.id))),
+        "{to_asker:?}"
+    );
+}

@@ -107,7 +107,30 @@ impl Exchange {
             })
             .collect();
         referrals.sort_by_key(|(full, up, a)| (*full, *up, a.id));
-        referrals.into_iter().take(8).map(|(.., a)| a).collect()
+        referrals.truncate(8);
+        // Then other fed partners that said they have room, nearest the source first: in a
+        // swarm whose upload barely carries its viewers, a free place is rare, and a viewer
+        // looking for one would otherwise find it only by chance.
+        let mut roomy: Vec<(u8, PeerAddr)> = self
+            .partners
+            .iter()
+            .filter(|(id, p)| {
+                **id != peer && p.spare > 0 && p.depth < NO_DEPTH && !self.children.contains(id)
+            })
+            .filter_map(|(id, p)| {
+                Some((
+                    p.depth,
+                    PeerAddr {
+                        id: *id,
+                        addr: p.listen?,
+                    },
+                ))
+            })
+            .collect();
+        roomy.sort_by_key(|(depth, a)| (*depth, a.id));
+        let mut list: Vec<PeerAddr> = referrals.into_iter().map(|(.., a)| a).collect();
+        list.extend(roomy.into_iter().take(4).map(|(_, a)| a));
+        list
     }
 
     /// A partner asks us to feed it, or to stop. We accept while we have room, and otherwise
