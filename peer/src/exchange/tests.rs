@@ -532,13 +532,10 @@ fn forged_statements_are_dropped_never_forwarded_and_cost_a_strike() {
         .unwrap()
         .sign(&forger);
     let now = h.now;
-    h.nodes.get_mut(&b).unwrap().handle_input(
-        now,
-        Input::Frame {
-            peer: a,
-            frame: Frame::Announce(vec![forged]),
-        },
-    );
+    h.nodes
+        .get_mut(&b)
+        .unwrap()
+        .hear(now, a, Frame::Announce(vec![forged]));
     h.run();
     assert!(h.events.iter().any(|(at, e)| *at == b
         && matches!(
@@ -1076,13 +1073,7 @@ fn a_peer_feeding_others_paces_requests_to_spare_its_pushes() {
     let other = PeerId([10; 32]);
     node.handle_input(now, Input::Connected { peer: other });
     while node.poll_output().is_some() {}
-    node.handle_input(
-        now,
-        Input::Frame {
-            peer: other,
-            frame: Frame::Request(SegmentId::Media(3)),
-        },
-    );
+    node.hear(now, other, Frame::Request(SegmentId::Media(3)));
     let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
     assert!(
         outputs.iter().any(|o| matches!(
@@ -1136,7 +1127,7 @@ fn a_viewer_nobody_can_feed_lets_a_full_partner_go_to_meet_others() {
             spare: 0,
         });
         for frame in frames {
-            viewer.handle_input(now, Input::Frame { peer, frame });
+            viewer.hear(now, peer, frame);
         }
     }
     while viewer.poll_output().is_some() {}
@@ -1182,13 +1173,7 @@ fn a_peer_remembers_a_bounded_sample_of_the_peers_it_hears_of() {
         })
         .collect();
     for chunk in heard.chunks(16) {
-        node.handle_input(
-            now,
-            Input::Frame {
-                peer: source,
-                frame: Frame::Peers(chunk.to_vec()),
-            },
-        );
+        node.hear(now, source, Frame::Peers(chunk.to_vec()));
         assert!(node.candidates.len() <= MAX_CANDIDATES);
     }
     // The source, a partner, is never forgotten; a good part of the rest is new.
@@ -1225,6 +1210,13 @@ fn peer_addr(n: u8) -> PeerAddr {
     }
 }
 
+impl Exchange {
+    /// A frame from `peer` arrives.
+    fn hear(&mut self, now: Instant, peer: PeerId, frame: Frame) {
+        self.handle_input(now, Input::Frame { peer, frame });
+    }
+}
+
 /// Connects `peer` to `node` and feeds it the frames a partner sends first.
 fn greet(node: &mut Exchange, now: Instant, peer: PeerAddr, first: Vec<Frame>) {
     node.handle_input(now, Input::Connected { peer: peer.id });
@@ -1233,13 +1225,7 @@ fn greet(node: &mut Exchange, now: Instant, peer: PeerAddr, first: Vec<Frame>) {
         listen: Some(peer.addr),
     };
     for frame in std::iter::once(hello).chain(first) {
-        node.handle_input(
-            now,
-            Input::Frame {
-                peer: peer.id,
-                frame,
-            },
-        );
+        node.hear(now, peer.id, frame);
     }
 }
 
@@ -1288,12 +1274,10 @@ fn an_on_demand_viewer_no_partner_can_serve_asks_who_can_and_makes_room_for_them
     // One partner knows a holder: the viewer lets a partner that holds nothing it needs go
     // and dials the holder.
     let holder = peer_addr(9);
-    viewer.handle_input(
+    viewer.hear(
         now,
-        Input::Frame {
-            peer: partners[0].id,
-            frame: Frame::Holders(SegmentId::Media(30), vec![holder]),
-        },
+        partners[0].id,
+        Frame::Holders(SegmentId::Media(30), vec![holder]),
     );
     let outputs: Vec<Output> = std::iter::from_fn(|| viewer.poll_output()).collect();
     assert!(
@@ -1359,13 +1343,7 @@ fn a_peer_names_the_partners_that_hold_what_another_looks_for() {
     );
     greet(&mut node, now, asker, Vec::new());
     while node.poll_output().is_some() {}
-    node.handle_input(
-        now,
-        Input::Frame {
-            peer: asker.id,
-            frame: Frame::Find(SegmentId::Media(30)),
-        },
-    );
+    node.hear(now, asker.id, Frame::Find(SegmentId::Media(30)));
     let answers: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
     assert_eq!(
         answers,
@@ -1375,13 +1353,7 @@ fn a_peer_names_the_partners_that_hold_what_another_looks_for() {
         }]
     );
     // Nobody holds segment 31: no answer at all.
-    node.handle_input(
-        now,
-        Input::Frame {
-            peer: asker.id,
-            frame: Frame::Find(SegmentId::Media(31)),
-        },
-    );
+    node.hear(now, asker.id, Frame::Find(SegmentId::Media(31)));
     assert_eq!(node.poll_output(), None);
 }
 
@@ -1401,13 +1373,7 @@ fn a_full_source_of_a_film_lets_an_idle_partner_go_for_a_newcomer() {
     greet(&mut source, now, busy, Vec::new());
     while source.poll_output().is_some() {}
     now += Duration::from_secs(4);
-    source.handle_input(
-        now,
-        Input::Frame {
-            peer: busy.id,
-            frame: Frame::Request(SegmentId::Media(3)),
-        },
-    );
+    source.hear(now, busy.id, Frame::Request(SegmentId::Media(3)));
     while source.poll_output().is_some() {}
     // A newcomer before anyone was idle long enough is turned away.
     now += Duration::from_millis(500);
@@ -1718,13 +1684,7 @@ fn a_peer_serves_the_part_asked_for_and_a_part_that_does_not_exist_is_a_violatio
     greet(node, now, asker, Vec::new());
     while node.poll_output().is_some() {}
     let part = Part { index: 1, of: 4 };
-    node.handle_input(
-        now,
-        Input::Frame {
-            peer: asker.id,
-            frame: Frame::RequestPart(id, part),
-        },
-    );
+    node.hear(now, asker.id, Frame::RequestPart(id, part));
     let sent = std::iter::from_fn(|| node.poll_output()).find_map(|o| match o {
         Output::SendSegment {
             to,
@@ -1740,12 +1700,10 @@ fn a_peer_serves_the_part_asked_for_and_a_part_that_does_not_exist_is_a_violatio
         Some((part, whole.slice(part.range(whole.len()).unwrap())))
     );
     for _ in 0..config().max_strikes {
-        node.handle_input(
+        node.hear(
             now,
-            Input::Frame {
-                peer: asker.id,
-                frame: Frame::RequestPart(id, Part { index: 4, of: 4 }),
-            },
+            asker.id,
+            Frame::RequestPart(id, Part { index: 4, of: 4 }),
         );
     }
     let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
@@ -1775,13 +1733,7 @@ fn a_parent_pushes_a_newcomer_nothing_older_than_its_first_segment() {
         on: true,
         first: Some(2),
     };
-    node.handle_input(
-        now,
-        Input::Frame {
-            peer: child.id,
-            frame: subscribe,
-        },
-    );
+    node.hear(now, child.id, subscribe);
     let mut pushed = Vec::new();
     for n in 1..=2u8 {
         let id = SegmentId::Media(u64::from(n));
@@ -1825,13 +1777,7 @@ fn a_peer_that_cannot_feed_a_newcomer_points_it_to_partners_with_room() {
         on: true,
         first: None,
     };
-    node.handle_input(
-        now,
-        Input::Frame {
-            peer: asker.id,
-            frame: subscribe,
-        },
-    );
+    node.hear(now, asker.id, subscribe);
     let to_asker: Vec<Frame> = std::iter::from_fn(|| node.poll_output())
         .filter_map(|o| match o {
             Output::Send { to, frame } if to == asker.id => Some(frame),
