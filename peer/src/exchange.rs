@@ -37,8 +37,8 @@
 //!   Upload capacity and partners' delivery rates are measured (`capacity`).
 //! - Gossip stays small: a statement or `Have` goes only to partners not known to hold it;
 //!   statements never go to the source, nor, live, `Have`s; and live, nothing goes to a viewer
-//!   whose parent feeds it in time (it asked for `Quiet`) but its parent's statements
-//!   (`gossip`).
+//!   whose parent feeds it in time (it asked for `Quiet`) but its parent's statements and
+//!   reports (`gossip`).
 //! - A live viewer nobody can feed lets a useless partner go each second to meet others
 //!   (`explore`). On demand, a viewer no partner can serve asks its partners who holds what it
 //!   needs next (`Find`, answered by `Holders`) and makes room for them; a full peer of a film
@@ -1982,7 +1982,7 @@ impl Exchange {
             // peers we feed need our depth for theirs.
             for index in 0..self.partners.len() {
                 let (peer, partner) = self.partners.at_mut(index);
-                if !partner.quiet || self.children.contains(&peer) {
+                if gossip::hears_news(partner, self.children.contains(&peer)) {
                     self.outputs.push_back(Output::Send {
                         to: peer,
                         frame: report.clone(),

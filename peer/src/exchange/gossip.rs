@@ -1,6 +1,6 @@
 //! Gossip: statements and `Have`s go only to partners not known to hold them, statements
 //! never to the source, and, live, nothing to a viewer whose parent feeds it in time (it asked
-//! for `Quiet`) but its parent's statements. A viewer asks for quiet once its parent has pushed
+//! for `Quiet`) but its parent's statements and reports. A viewer asks for quiet once its parent has pushed
 //! it several segments in a row, and for news again when a segment is due that has not started
 //! arriving, when its parent changes, or when statements stop coming.
 
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tracing::debug;
 
-use super::{Exchange, Output};
+use super::{Exchange, Output, Partner};
 use crate::identity::PeerId;
 use crate::segment::{SegmentId, SignedSegment};
 use crate::wire::Frame;
@@ -95,7 +95,7 @@ impl Exchange {
         for index in 0..self.partners.len() {
             let (peer, partner) = self.partners.at_mut(index);
             // The peers we feed need the statements to take our pushes; the source made them.
-            if (partner.quiet && !self.children.contains(&peer)) || Some(peer) == source {
+            if !hears_news(partner, self.children.contains(&peer)) || Some(peer) == source {
                 continue;
             }
             let news: Vec<SignedSegment> = statements
@@ -151,6 +151,12 @@ impl Exchange {
             self.outputs.push_back(Output::Send { to, frame });
         }
     }
+}
+
+/// Whether `partner` gets our statements and reports: not while it is quiet (its parent feeds
+/// it), unless we are that parent (`fed_by_us`).
+pub(super) fn hears_news(partner: &Partner, fed_by_us: bool) -> bool {
+    !partner.quiet || fed_by_us
 }
 
 /// Live, a viewer asks its partners to stop announcing to it once its parent pushed this many

@@ -3,9 +3,10 @@
 //! Each peer reports its measured upload, its depth (hops from the source along parents) and
 //! its spare room. A viewer subscribes to the partner nearest the source with room; the
 //! parent pushes what it gets, its strongest children first. A full parent drops its weakest
-//! child for a subscriber that uploads clearly more, or refers the newcomer to its children,
-//! so a join descends to the first level with room and high-upload peers collect near the
-//! source (the tiers of the Chandelier design). Strong peers deep in the tree climb; a parent
+//! child for a subscriber that uploads clearly more, or refers the newcomer to its children
+//! (and to partners that reported room), so a join descends to the first level with room and
+//! high-upload peers collect near the source (the tiers of the Chandelier design); a dropped
+//! child gets the same referrals. Strong peers deep in the tree climb; a parent
 //! that keeps missing is replaced.
 
 use std::time::{Duration, Instant};
@@ -80,8 +81,8 @@ impl Exchange {
         u8::try_from(self.child_slots().saturating_sub(self.children.len())).unwrap_or(u8::MAX)
     }
 
-    /// We cannot feed `peer`: it hears `Feed(false)` and the peers we feed, those with room
-    /// first, one level further from the source (a join descends the tree until it fits).
+    /// We cannot feed `peer` (or no longer do): it hears `Feed(false)` and where to look
+    /// instead (`referrals`).
     pub(super) fn refuse_feed(&mut self, peer: PeerId) {
         self.send(peer, Frame::Feed(false));
         let list = self.referrals(peer);
@@ -90,7 +91,9 @@ impl Exchange {
         }
     }
 
-    /// The peers we feed, those with room and the most upload first, other than `peer`.
+    /// Where a peer we cannot feed looks instead, other than itself: the peers we feed, those
+    /// with room and the most upload first, one level further from the source (a join descends
+    /// the tree until it fits); then up to four other fed partners that reported room.
     pub(super) fn referrals(&self, peer: PeerId) -> Vec<PeerAddr> {
         let mut referrals: Vec<(bool, u32, PeerAddr)> = self
             .children
