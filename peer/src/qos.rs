@@ -35,6 +35,12 @@ pub struct ViewerQos {
     start: Option<(u64, Instant)>,
     /// Segments before this one do not count (on demand: where the viewer started or sought).
     from: u64,
+    /// On demand: the end marker's number (segments from there on do not exist, so they are
+    /// never due).
+    end: Option<u64>,
+    /// On demand, playback starts at `from` itself (the player asks for the segment it
+    /// sought to), not at a later segment that happens to be here first.
+    starts_at_from: bool,
     /// The next segment whose deadline has not been judged yet.
     next_due: u64,
     due: u64,
@@ -65,6 +71,8 @@ impl ViewerQos {
             buffered: BTreeSet::new(),
             start: None,
             from: 0,
+            starts_at_from: false,
+            end: None,
             next_due: 0,
             due: 0,
             on_time: 0,
@@ -72,10 +80,19 @@ impl ViewerQos {
         }
     }
 
-    /// Playback starts at segment `first` (an on-demand viewer that started or sought there):
-    /// segments before it do not count.
+    /// On demand, playback starts at segment `first` (where the viewer started or sought),
+    /// once that segment is here: segments before it do not count, and one after it that comes
+    /// first (a request from before a seek back) does not start playback there.
     pub fn from_segment(mut self, first: u64) -> Self {
         self.from = first;
+        self.starts_at_from = true;
+        self
+    }
+
+    /// The stream ends before segment `end` (a film's end marker): playback stops there, and
+    /// nothing after it comes due.
+    pub fn ending_before(mut self, end: u64) -> Self {
+        self.end = Some(end);
         self
     }
 
@@ -110,7 +127,7 @@ impl ViewerQos {
         let mut judged = Judged::default();
         loop {
             let deadline = started + self.segment * (self.next_due - first) as u32;
-            if deadline > now {
+            if deadline > now || self.end.is_some_and(|end| self.next_due >= end) {
                 break;
             }
             judged.due += 1;
@@ -159,6 +176,9 @@ impl ViewerQos {
             return None;
         }
         let first = *self.buffered.first()?;
+        if self.starts_at_from && self.live_target.is_none() && first != self.from {
+            return None;
+        }
         let start = match (self.live_target, self.first_created) {
             (Some(target), Some((seq, created))) if seq == first => now.max(created + target),
             _ => now,
@@ -224,6 +244,42 @@ mod tests {
         // 40 was here; 41 and 42 came due without arriving.
         assert_eq!(q.playhead(), Some(43));
         assert_eq!(q.totals(), Judged { due: 3, on_time: 1 });
+    }
+
+    #[test]
+    fn a_seek_back_waits_for_its_position_not_a_later_segment_that_came_first() {
+        let t0 = Instant::now();
+        let mut q = ViewerQos::new(t0, SEG, None).from_segment(100);
+        q.on_init(t0);
+        // Asked for before the seek, far ahead of the new position.
+        assert_eq!(
+            q.on_segment(t0 + Duration::from_millis(100), 513, SEG),
+            None
+        );
+        assert_eq!(q.playhead(), None);
+        assert_eq!(
+            q.on_segment(t0 + Duration::from_millis(200), 101, SEG),
+            None
+        );
+        let startup = q.on_segment(t0 + Duration::from_millis(400), 100, SEG);
+        assert_eq!(startup, Some(Duration::from_millis(400)));
+        q.advance(t0 + Duration::from_millis(400) + SEG);
+        assert_eq!(q.totals(), Judged { due: 2, on_time: 2 });
+        assert_eq!(q.playhead(), Some(102));
+    }
+
+    #[test]
+    fn nothing_is_due_after_a_film_ends() {
+        let t0 = Instant::now();
+        let mut q = ViewerQos::new(t0, SEG, None)
+            .from_segment(8)
+            .ending_before(10);
+        q.on_init(t0);
+        q.on_segment(t0, 8, SEG);
+        q.on_segment(t0, 9, SEG);
+        q.advance(t0 + SEG * 30);
+        assert_eq!(q.totals(), Judged { due: 2, on_time: 2 });
+        assert_eq!(q.continuity(), Some(1.0));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use peer::exchange::{Event, Exchange, ExchangeConfig, Hint, ParentChoice};
@@ -320,8 +320,7 @@ impl<'a> Runner<'a> {
         match s.stream.kind {
             StreamKind::Live => self.engine.schedule(segment_ns(s), Ext::Publish(0)),
             StreamKind::Vod => {
-                let length = s.stream.vod_length_s.unwrap_or(0.0);
-                let count = (length * 1000.0 / s.stream.segment_ms as f64).ceil() as u64;
+                let count = s.film_segments().unwrap_or(0);
                 for seq in 0..count {
                     let bytes = self.segment_payload(seq);
                     self.publish(SegmentId::Media(seq), s.segment(), bytes, false);
@@ -685,7 +684,7 @@ impl<'a> Runner<'a> {
         self.viewers.insert(
             host,
             Viewer {
-                qos: ViewerQos::new(now, s.segment(), live_target).from_segment(first),
+                qos: viewer_qos(now, s, live_target, first),
                 peer,
                 nat,
                 reported: peer::qos::Judged::default(),
@@ -713,8 +712,7 @@ impl<'a> Runner<'a> {
 
     /// A uniformly drawn segment of the film, outside its last tenth.
     fn random_position(&mut self) -> u64 {
-        let segments = self.scenario.stream.vod_length_s.unwrap_or(0.0) * 1000.0
-            / self.scenario.stream.segment_ms as f64;
+        let segments = self.scenario.film_segments().unwrap_or(0) as f64;
         let end = (segments * 0.9).max(1.0) as u64;
         self.rng.gen_range(0..end)
     }
@@ -735,15 +733,18 @@ impl<'a> Runner<'a> {
         self.on_time += totals.on_time;
         let first = self.random_position();
         let s = self.scenario;
-        let mut qos = ViewerQos::new(instant, s.segment(), None).from_segment(first);
+        let mut qos = viewer_qos(instant, s, None, first);
+        let end = s.film_segments().unwrap_or(0);
         let mut held = Vec::new();
         self.engine.with_core(host, |core, now| {
             let exchange = core.exchange();
             exchange.set_playhead(now, first);
             let init = exchange.segment(SegmentId::Init).is_some();
+            // Everything from there on that it holds, not only the run up to the first gap:
+            // what it fetched before the seek further on is played from its store too.
             held.extend(
-                (first..)
-                    .take_while(|n| exchange.segment(SegmentId::Media(*n)).is_some())
+                (first..end)
+                    .filter(|n| exchange.segment(SegmentId::Media(*n)).is_some())
                     .map(Some),
             );
             if init {
@@ -997,4 +998,19 @@ fn derive_seed(seed: u64, stream: u64) -> u64 {
     h.update(&stream.to_le_bytes());
     let bytes = h.finalize();
     u64::from_le_bytes(bytes.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+}
+
+/// How a viewer's playback is judged: live, from the first segment it gets; on demand, from
+/// segment `first` (where it started or sought) up to the film's end.
+fn viewer_qos(
+    joined: Instant,
+    s: &Scenario,
+    live_target: Option<Duration>,
+    first: u64,
+) -> ViewerQos {
+    let qos = ViewerQos::new(joined, s.segment(), live_target);
+    match s.film_segments() {
+        Some(end) => qos.from_segment(first).ending_before(end),
+        None => qos,
+    }
 }

@@ -473,6 +473,15 @@ impl Scenario {
         std::time::Duration::from_millis(self.stream.segment_ms)
     }
 
+    /// On demand: how many media segments the film has (its end marker's number).
+    pub fn film_segments(&self) -> Option<u64> {
+        let length = self
+            .stream
+            .vod_length_s
+            .filter(|_| self.stream.kind == StreamKind::Vod)?;
+        Some((length * 1000.0 / self.stream.segment_ms as f64).ceil() as u64)
+    }
+
     /// Bytes in one segment at the stream's bitrate.
     pub fn segment_bytes(&self) -> usize {
         (self.stream.bitrate_kbps * 1000.0 / 8.0 * self.stream.segment_ms as f64 / 1000.0) as usize
