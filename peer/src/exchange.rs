@@ -876,13 +876,19 @@ impl Exchange {
             .map(|(id, p)| (*id, p.peer))
             .collect();
         expired.sort();
+        // On demand, the source holds the whole film for good.
+        let source = self.source_peer().filter(|_| !self.is_live());
         for (id, peer) in expired {
             debug!(peer = %peer.short(), %id, "request timed out");
             self.take_pending(peer, id);
             self.stats.requests_retried += 1;
             if let Some(partner) = self.partners.get_mut(&peer) {
                 // A partner that did not deliver in time is asked for other segments first.
-                partner.have.remove(id);
+                // A film's source still holds it: forgetting that would leave a segment only
+                // it holds (a part nobody watched yet) never asked for again.
+                if Some(peer) != source {
+                    partner.have.remove(id);
+                }
                 partner.rate.penalize();
             }
         }
@@ -1203,19 +1209,21 @@ impl Exchange {
                     && partner.inflight < max
                     && partner.busy_until.is_none_or(|t| t <= now);
             }
-            Frame::Request(id) => {
+            Frame::Request(id, due_ms) => {
                 if let Some(partner) = self.partners.get_mut(&peer) {
                     partner.last_used = now;
                 }
                 // Serving others cannot make a request of ours possible.
-                self.on_request(now, peer, id, Part::WHOLE);
+                let deadline = now + Duration::from_millis(due_ms.into());
+                self.on_request(now, peer, id, Part::WHOLE, deadline);
                 return false;
             }
-            Frame::RequestPart(id, part) => {
+            Frame::RequestPart(id, part, due_ms) => {
                 if let Some(partner) = self.partners.get_mut(&peer) {
                     partner.last_used = now;
                 }
-                self.on_request(now, peer, id, part);
+                let deadline = now + Duration::from_millis(due_ms.into());
+                self.on_request(now, peer, id, part, deadline);
                 return false;
             }
             Frame::Busy(id) => {
@@ -1757,7 +1765,7 @@ impl Exchange {
         // viewers that watched before hold the whole film, holding the rest back cost
         // startup 1.0 → 1.4 s (p95, `vod`, three seeds).
         let first = SegmentId::Media(self.cursor);
-        let first_alone = self.is_live() && self.playback_waits_for(first);
+        let first_alone = self.playback_waits_for(first);
         for &id in &wanted {
             if first_alone && id != first && id != SegmentId::Init {
                 continue;
@@ -1915,7 +1923,7 @@ impl Exchange {
                     deadline: now + timeout,
                 },
             );
-            self.send(peer, Frame::Request(id));
+            self.send(peer, Frame::Request(id, self.due_ms(id, now)));
         }
         wanted.clear();
         self.wanted_buf = wanted;
@@ -1946,6 +1954,13 @@ impl Exchange {
         let (since, from) = self.vod_anchor.unwrap_or((now, self.cursor));
         let ahead = u32::try_from(seq.saturating_sub(from)).unwrap_or(u32::MAX);
         since + duration.saturating_mul(ahead) + VOD_HEADROOM
+    }
+
+    /// Milliseconds until playback needs `id` (0 when it is late), as a request tells the
+    /// peer that serves it.
+    fn due_ms(&self, id: SegmentId, now: Instant) -> u32 {
+        let due = self.deadline(id, now).saturating_duration_since(now);
+        u32::try_from(due.as_millis()).unwrap_or(u32::MAX)
     }
 
     /// The stream's bit rate, from the newest segment's statement (2 Mbit/s before any).

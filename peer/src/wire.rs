@@ -20,7 +20,7 @@ use crate::segment::{SegmentId, SignedChannel, SignedSegment};
 /// The ALPN protocol id of Selfcast's QUIC connections.
 pub const ALPN: &[u8] = b"selfcast/1";
 /// The version byte of every frame this code writes and accepts.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 /// The largest control frame accepted, length prefix excluded.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
 /// The most statements, ids or addresses one frame may carry.
@@ -42,12 +42,13 @@ pub enum Frame {
     Announce(Vec<SignedSegment>),
     /// The sender holds these segments, verified, and will serve them.
     Have(Vec<SegmentId>),
-    /// Please send this segment on a new stream.
-    Request(SegmentId),
+    /// Please send this segment on a new stream; I play it within this many milliseconds
+    /// (0: I am late). A peer serves requests earliest deadline first, by these.
+    Request(SegmentId, u32),
     /// Please send this part of a segment on a new stream (a viewer waiting for a segment
     /// asks several partners for a part each, and gets it sooner than any one could send it
-    /// whole). Answered like `Request`.
-    RequestPart(SegmentId, Part),
+    /// whole), played within this many milliseconds. Answered like `Request`.
+    RequestPart(SegmentId, Part, u32),
     /// The sender cannot serve this segment (it does not hold it, or it is too busy).
     Missing(SegmentId),
     /// Other peers of the channel the receiver may connect to.
@@ -192,7 +193,7 @@ impl Frame {
             Self::Channel(_) => "channel",
             Self::Announce(_) => "announce",
             Self::Have(_) => "have",
-            Self::Request(_) => "request",
+            Self::Request(..) => "request",
             Self::RequestPart(..) => "request_part",
             Self::Missing(_) => "missing",
             Self::Peers(_) => "peers",
@@ -213,7 +214,7 @@ impl Frame {
             Self::Peers(v) | Self::Holders(_, v) => v.len(),
             Self::Hello { .. }
             | Self::Channel(_)
-            | Self::Request(_)
+            | Self::Request(..)
             | Self::RequestPart(..)
             | Self::Report { .. }
             | Self::Subscribe { .. }
@@ -359,8 +360,8 @@ mod tests {
                 listen: Some("127.0.0.1:4433".parse().unwrap()),
             },
             Frame::Have(vec![SegmentId::Init, SegmentId::Media(9)]),
-            Frame::Request(SegmentId::Media(3)),
-            Frame::RequestPart(SegmentId::Media(4), Part { index: 2, of: 3 }),
+            Frame::Request(SegmentId::Media(3), 1_500),
+            Frame::RequestPart(SegmentId::Media(4), Part { index: 2, of: 3 }, 0),
             Frame::Missing(SegmentId::Init),
             Frame::Find(SegmentId::Media(700)),
             Frame::Quiet(true),
@@ -445,7 +446,7 @@ mod tests {
         ));
 
         let mut decoder = FrameDecoder::default();
-        let mut bytes = Frame::Request(SegmentId::Init).encode().to_vec();
+        let mut bytes = Frame::Request(SegmentId::Init, 0).encode().to_vec();
         bytes[4] = 99;
         decoder.extend(&bytes);
         assert_eq!(

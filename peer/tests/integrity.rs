@@ -119,9 +119,9 @@ async fn forged_statements_and_corrupted_segments_are_dropped_and_the_viewer_kee
                         forged_sent = true;
                     }
                 }
-                Frame::Request(id) | Frame::RequestPart(id, _) => {
+                Frame::Request(id, _) | Frame::RequestPart(id, ..) => {
                     let part = match frame {
-                        Frame::RequestPart(_, part) => part,
+                        Frame::RequestPart(_, part, _) => part,
                         _ => Part::WHOLE,
                     };
                     let real = match id {
@@ -216,7 +216,7 @@ async fn oversize_and_malformed_frames_close_only_that_connection() {
     let mut garbage = Attacker::connect(&endpoint, &viewer).await;
     garbage
         .send
-        .write_all(&[0, 0, 0, 4, 1, 0xff, 0xff, 0xff])
+        .write_all(&[0, 0, 0, 4, peer::wire::WIRE_VERSION, 0xff, 0xff, 0xff])
         .await
         .unwrap();
     let code = tokio::time::timeout(Duration::from_secs(5), garbage.close_code())
@@ -226,8 +226,8 @@ async fn oversize_and_malformed_frames_close_only_that_connection() {
 
     // A frame from a future protocol version.
     let mut future = Attacker::connect(&endpoint, &viewer).await;
-    let mut frame = Frame::Request(SegmentId::Init).encode().to_vec();
-    frame[4] = 2;
+    let mut frame = Frame::Request(SegmentId::Init, 0).encode().to_vec();
+    frame[4] = peer::wire::WIRE_VERSION + 1;
     future.send.write_all(&Bytes::from(frame)).await.unwrap();
     let code = tokio::time::timeout(Duration::from_secs(5), future.close_code())
         .await

@@ -184,7 +184,8 @@ impl Exchange {
                 partner.inflight += 1;
                 partner.last_used = now;
             }
-            self.send(peer, Frame::RequestPart(id, part));
+            let due_ms = self.due_ms(id, now);
+            self.send(peer, Frame::RequestPart(id, part, due_ms));
         }
         // (A fetch whose parts are all here is gone already: put together in `take_part`.)
         let stuck = self

@@ -759,7 +759,7 @@ fn a_peer_turns_away_at_once_what_it_cannot_send_soon() {
     while node.poll_output().is_some() {}
     let request = |peer| Input::Frame {
         peer,
-        frame: Frame::Request(SegmentId::Media(0)),
+        frame: Frame::Request(SegmentId::Media(0), 2_000),
     };
     node.handle_input(now, request(a));
     node.handle_input(now, request(b));
@@ -782,6 +782,51 @@ fn a_peer_turns_away_at_once_what_it_cannot_send_soon() {
     );
     node.handle_input(now + Duration::from_secs(1), request(b));
     assert!(matches!(node.poll_output(), Some(Output::SendSegment { to, .. }) if to == b));
+}
+
+#[test]
+fn a_holder_of_a_film_serves_the_requester_that_plays_soonest_first() {
+    let (mut h, source) = Harness::new(StreamKind::Vod);
+    h.publish(source, b"init");
+    for n in 0..3 {
+        h.publish(source, &payload(n));
+    }
+    let now = h.now;
+    let node = h.nodes.get_mut(&source).unwrap();
+    // One upload at a time, each segment in about a tenth of a second.
+    node.config.upload_slots = 1;
+    node.meter = UploadMeter::new(80_000.0, Some(80_000.0));
+    let [a, b, c, d] = [1, 2, 3, 4].map(|n| PeerId([n; 32]));
+    for peer in [a, b, c, d] {
+        node.handle_input(now, Input::Connected { peer });
+    }
+    while node.poll_output().is_some() {}
+    let request = |n: u64, due_ms: u32| Frame::Request(SegmentId::Media(n), due_ms);
+    node.hear(now, a, request(0, 10_000));
+    node.hear(now, b, request(1, 9_000));
+    // c plays its segment soonest: it goes before b's, though it asked later.
+    node.hear(now, c, request(2, 3_000));
+    // d plays within 150 ms, and a's upload and c's would take longer: it asks elsewhere.
+    node.hear(now, d, request(1, 150));
+    let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
+    assert!(
+        matches!(&outputs[..], [
+            Output::SendSegment { to, .. },
+            Output::Send { to: refused, frame: Frame::Busy(SegmentId::Media(1)) },
+        ] if *to == a && *refused == d),
+        "{outputs:?}"
+    );
+    let done = now + Duration::from_millis(100);
+    node.handle_input(
+        done,
+        Input::SegmentSent {
+            peer: a,
+            id: SegmentId::Media(0),
+        },
+    );
+    assert!(
+        matches!(node.poll_output(), Some(Output::SendSegment { to, id: SegmentId::Media(2), .. }) if to == c)
+    );
 }
 
 /// A VOD viewer of a film of ten segments with an HTTP origin, bootstrapped at the source.
@@ -1034,7 +1079,7 @@ fn a_peer_feeding_others_paces_requests_to_spare_its_pushes() {
     while node.poll_output().is_some() {}
     let request = Input::Frame {
         peer: stranger,
-        frame: Frame::Request(SegmentId::Media(3)),
+        frame: Frame::Request(SegmentId::Media(3), 2_000),
     };
     // An uplink the user bounded at 1.2 streams: what the push to its child leaves is not
     // worth serving from. (An unbounded idle uplink serves at full speed, to be measured.)
@@ -1073,7 +1118,7 @@ fn a_peer_feeding_others_paces_requests_to_spare_its_pushes() {
     let other = PeerId([10; 32]);
     node.handle_input(now, Input::Connected { peer: other });
     while node.poll_output().is_some() {}
-    node.hear(now, other, Frame::Request(SegmentId::Media(3)));
+    node.hear(now, other, Frame::Request(SegmentId::Media(3), 2_000));
     let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
     assert!(
         outputs.iter().any(|o| matches!(
@@ -1373,7 +1418,7 @@ fn a_full_source_of_a_film_lets_an_idle_partner_go_for_a_newcomer() {
     greet(&mut source, now, busy, Vec::new());
     while source.poll_output().is_some() {}
     now += Duration::from_secs(4);
-    source.hear(now, busy.id, Frame::Request(SegmentId::Media(3)));
+    source.hear(now, busy.id, Frame::Request(SegmentId::Media(3), 2_000));
     while source.poll_output().is_some() {}
     // A newcomer before anyone was idle long enough is turned away.
     now += Duration::from_millis(500);
@@ -1462,7 +1507,7 @@ fn a_late_answer_to_a_withdrawn_request_costs_its_sender_no_strike() {
             .filter_map(|o| match o {
                 Output::Send {
                     to,
-                    frame: Frame::Request(id),
+                    frame: Frame::Request(id, _),
                 } => Some((to, id)),
                 _ => None,
             })
@@ -1557,10 +1602,10 @@ fn part_requests(outputs: &[Output], id: SegmentId) -> (Vec<(PeerId, Part)>, boo
         match o {
             Output::Send {
                 to,
-                frame: Frame::RequestPart(i, part),
+                frame: Frame::RequestPart(i, part, _),
             } if *i == id => parts.push((*to, *part)),
             Output::Send {
-                frame: Frame::Request(i),
+                frame: Frame::Request(i, _),
                 ..
             } if *i == id => whole = true,
             _ => {}
@@ -1654,7 +1699,7 @@ fn parts_that_do_not_verify_together_cost_nobody_a_strike_and_the_segment_comes_
     let whole_from = outputs.iter().find_map(|o| match o {
         Output::Send {
             to,
-            frame: Frame::Request(id),
+            frame: Frame::Request(id, _),
         } if *id == first => Some(*to),
         _ => None,
     });
@@ -1684,7 +1729,7 @@ fn a_peer_serves_the_part_asked_for_and_a_part_that_does_not_exist_is_a_violatio
     greet(node, now, asker, Vec::new());
     while node.poll_output().is_some() {}
     let part = Part { index: 1, of: 4 };
-    node.hear(now, asker.id, Frame::RequestPart(id, part));
+    node.hear(now, asker.id, Frame::RequestPart(id, part, 2_000));
     let sent = std::iter::from_fn(|| node.poll_output()).find_map(|o| match o {
         Output::SendSegment {
             to,
@@ -1703,7 +1748,7 @@ fn a_peer_serves_the_part_asked_for_and_a_part_that_does_not_exist_is_a_violatio
         node.hear(
             now,
             asker.id,
-            Frame::RequestPart(id, Part { index: 4, of: 4 }),
+            Frame::RequestPart(id, Part { index: 4, of: 4 }, 2_000),
         );
     }
     let outputs: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
