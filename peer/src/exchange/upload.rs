@@ -36,6 +36,15 @@ impl Exchange {
         };
         let already = self.uploads.contains_key(&(peer, id))
             || self.upload_queue.iter().any(|q| q.to == peer && q.id == id);
+        // On demand, a segment its requester should be playing already waits behind those
+        // that can still come in time (earliest deadline first would otherwise let late
+        // requests make the others late too, when a holder has more asked of it than it can
+        // send).
+        let deadline = if !self.is_live() && deadline <= now && id != SegmentId::Init {
+            now + MAX_UPLOAD_WAIT
+        } else {
+            deadline
+        };
         let pace = self.request_pace();
         let queued = |q: &&Queued| {
             // A paced request waits only for earlier requests; otherwise pushes go first.
