@@ -255,3 +255,13 @@ fn on_demand_viewers_seek_and_an_origin_serves_what_nobody_holds() {
         without.startup_ms.p95
     );
 }
+
+#[test]
+fn a_cdn_serving_a_film_to_seeking_viewers_misses_nothing() {
+    // The baseline's source serves every viewer at once: whatever a viewer plays, after any
+    // seek (back to what it holds further on, or forward) and up to the film's end, is there
+    // in time, and the measure must say so.
+    let cdn = run(&film(""), 3, Mode::SourceOnly).summary;
+    assert!(cdn.viewers_started > cdn.viewers_joined, "{cdn:?}");
+    assert_eq!(cdn.continuity, 1.0, "{cdn:?}");
+}
