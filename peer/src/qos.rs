@@ -35,8 +35,8 @@ pub struct ViewerQos {
     start: Option<(u64, Instant)>,
     /// Segments before this one do not count (on demand: where the viewer started or sought).
     from: u64,
-    /// On demand: the end marker's number (segments from there on do not exist, so they are
-    /// never due).
+    /// The end marker's number, once the stream ended (segments from there on do not exist,
+    /// so they are never due).
     end: Option<u64>,
     /// On demand, playback starts at `from` itself (the player asks for the segment it
     /// sought to), not at a later segment that happens to be here first.
@@ -92,8 +92,13 @@ impl ViewerQos {
     /// The stream ends before segment `end` (a film's end marker): playback stops there, and
     /// nothing after it comes due.
     pub fn ending_before(mut self, end: u64) -> Self {
-        self.end = Some(end);
+        self.set_end(end);
         self
+    }
+
+    /// The stream turned out to end before segment `end` (the broadcaster's end marker came).
+    pub fn set_end(&mut self, end: u64) {
+        self.end = Some(end);
     }
 
     /// The init segment is here. Returns the startup delay when this made playback start.

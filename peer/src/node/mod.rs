@@ -1122,6 +1122,7 @@ impl Actor {
             Event::Ended { last } => {
                 info!(last, "broadcaster marked the end of the stream");
                 self.store.end();
+                self.qos.ended(last.saturating_add(1));
             }
             Event::Evicted { seq } => self.store.evict_before(seq),
             Event::StatementRejected { peer, id, error } => {
@@ -1273,6 +1274,13 @@ impl NodeQos {
     fn start(&mut self, now: Instant, segment: Duration, live_target: Option<Duration>) {
         self.viewer = Some(ViewerQos::new(now, segment, live_target));
         self.recent_latency_ms.clear();
+    }
+
+    /// The stream ends before segment `end`: nothing after it comes due.
+    fn ended(&mut self, end: u64) {
+        if let Some(viewer) = self.viewer.as_mut() {
+            viewer.set_end(end);
+        }
     }
 
     fn on_stored(&mut self, now: Instant, id: SegmentId, created_unix_ms: u64) {
