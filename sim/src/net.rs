@@ -502,7 +502,13 @@ impl<P> Net<P> {
     ) -> Vec<FlowDeadline> {
         let mut affected: Vec<FlowId> = Vec::new();
         for s in senders {
-            affected.extend_from_slice(&self.hosts[s.0 as usize].up_flows);
+            let h = &self.hosts[s.0 as usize];
+            // An unlimited uplink (the source-only baseline's broadcaster, with a flow per
+            // viewer) gives each flow what its receiver takes, however many there are: a flow
+            // that starts or ends there changes no other flow's rate.
+            if h.up_bps.is_finite() {
+                affected.extend_from_slice(&h.up_flows);
+            }
         }
         for r in receivers {
             affected.extend_from_slice(&self.hosts[r.0 as usize].down_flows);
