@@ -181,7 +181,7 @@ impl ViewerQos {
             return None;
         }
         let first = *self.buffered.first()?;
-        if self.starts_at_from && self.live_target.is_none() && first != self.from {
+        if self.starts_at_from && first != self.from {
             return None;
         }
         let start = match (self.live_target, self.first_created) {

@@ -742,6 +742,16 @@ fn a_restarted_broadcaster_starts_a_new_session_and_viewers_drop_the_old_one() {
     }
 }
 
+/// `node`'s uplink carries `bps`, measured, and `peers` connected to it (what it sent them on
+/// connecting is drained).
+fn serve_at(node: &mut Exchange, now: Instant, bps: f64, peers: &[PeerId]) {
+    node.meter = UploadMeter::new(bps, Some(bps));
+    for &peer in peers {
+        node.handle_input(now, Input::Connected { peer });
+    }
+    while node.poll_output().is_some() {}
+}
+
 #[test]
 fn a_peer_turns_away_at_once_what_it_cannot_send_soon() {
     let (mut h, source) = Harness::new(StreamKind::Vod);
@@ -749,14 +759,10 @@ fn a_peer_turns_away_at_once_what_it_cannot_send_soon() {
     h.publish(source, &payload(0));
     let now = h.now;
     let node = h.nodes.get_mut(&source).unwrap();
+    let (a, b) = (PeerId([1; 32]), PeerId([2; 32]));
     // An uplink that carries one of these segments per second: a second one queued behind
     // it would wait longer than a requester should.
-    node.meter = UploadMeter::new(8_000.0, Some(8_000.0));
-    let (a, b) = (PeerId([1; 32]), PeerId([2; 32]));
-    for peer in [a, b] {
-        node.handle_input(now, Input::Connected { peer });
-    }
-    while node.poll_output().is_some() {}
+    serve_at(node, now, 8_000.0, &[a, b]);
     let request = |peer| Input::Frame {
         peer,
         frame: Frame::Request(SegmentId::Media(0), 2_000),
@@ -793,14 +799,10 @@ fn a_holder_of_a_film_serves_the_requester_that_plays_soonest_first() {
     }
     let now = h.now;
     let node = h.nodes.get_mut(&source).unwrap();
+    let [a, b, c, d] = [1, 2, 3, 4].map(|n| PeerId([n; 32]));
     // One upload at a time, each segment in about a tenth of a second.
     node.config.upload_slots = 1;
-    node.meter = UploadMeter::new(80_000.0, Some(80_000.0));
-    let [a, b, c, d] = [1, 2, 3, 4].map(|n| PeerId([n; 32]));
-    for peer in [a, b, c, d] {
-        node.handle_input(now, Input::Connected { peer });
-    }
-    while node.poll_output().is_some() {}
+    serve_at(node, now, 80_000.0, &[a, b, c, d]);
     let request = |n: u64, due_ms: u32| Frame::Request(SegmentId::Media(n), due_ms);
     node.hear(now, a, request(0, 10_000));
     node.hear(now, b, request(1, 9_000));

@@ -16,7 +16,8 @@ impl Exchange {
     /// queued, earliest deadline first, if this peer's measured upload can send everything
     /// queued before it and the segment itself soon enough; otherwise the partner hears `Busy`
     /// at once and asks someone else. (The deadline is the requester's word: a peer that
-    /// always claims to be late gets served first, but no more than its own requests' worth.)
+    /// always claims to need its segments soon gets served first, but no more than its own
+    /// requests' worth.)
     pub(super) fn on_request(
         &mut self,
         now: Instant,
