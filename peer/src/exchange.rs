@@ -31,8 +31,9 @@
 //!   at once (`RequestPart`, `parts`), and the new parent pushes it whole too.
 //! - The optimizer's plan, when a driver passes it on ([`Exchange::apply_hint`]), names the
 //!   parents to prefer and the children to make room for (`hints`).
-//! - Uploads wait in a queue, pushes before requests, earliest deadline first; a request that
-//!   would wait too long is answered `Busy` at once (`upload`). A viewer that feeds others
+//! - Uploads wait in a queue, pushes before requests, earliest deadline first (a request by
+//!   the deadline its requester sends with it); a request that would wait too long, or on
+//!   demand arrive after its requester plays it, is answered `Busy` at once (`upload`). A viewer that feeds others
 //!   serves requests one at a time, paced at what its uplink has beyond its children's share.
 //!   Upload capacity and partners' delivery rates are measured (`capacity`).
 //! - Gossip stays small: a statement or `Have` goes only to partners not known to hold it;

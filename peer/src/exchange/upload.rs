@@ -1,5 +1,5 @@
 //! Serving partners: the upload queue (pushes to the peers we feed first, then requests,
-//! each earliest deadline first), how many uploads run at once, and the measurement of the
+//! each earliest deadline first, a request's deadline being its requester's), how many uploads run at once, and the measurement of the
 //! uplink that both depend on.
 
 use std::time::{Duration, Instant};
