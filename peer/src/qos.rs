@@ -13,8 +13,11 @@
 //! `start + k × segment duration`; a segment that is not here by then counts as missed (a real
 //! player would stall or skip). A live player starts no earlier than `s0`'s creation plus its
 //! target latency (hls.js keeps about three segments behind the live edge), so live deadlines
-//! sit a target latency after each segment's creation. Time comes in from the caller, like
-//! everywhere in the cores.
+//! sit at least a target latency after each segment's creation. Until it starts, an older
+//! segment that comes starts it sooner if it can (hls.js starts three segments behind the end of
+//! the playlist, which lists every segment the peer has a statement for, and the gateway holds
+//! its request until the segment is here). Time comes in from the caller, like everywhere in
+//! the cores.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -101,24 +104,27 @@ impl ViewerQos {
         self.end = Some(end);
     }
 
-    /// The init segment is here. Returns the startup delay when this made playback start.
+    /// The init segment is here. Returns the startup delay when this scheduled playback's start
+    /// (live, an older segment that comes before then may still move it sooner).
     pub fn on_init(&mut self, now: Instant) -> Option<Duration> {
         self.has_init = true;
         self.try_start(now)
     }
 
     /// Media segment `seq` is here, `latency` after the source created it. Returns the startup
-    /// delay when this segment made playback start.
+    /// delay when this segment scheduled playback's start (live, an older segment that comes
+    /// before then may still move it sooner).
     pub fn on_segment(&mut self, now: Instant, seq: u64, latency: Duration) -> Option<Duration> {
         if seq < self.from {
             return None;
         }
         self.stored_since_sample.push(latency);
-        if self.start.is_none_or(|_| seq >= self.next_due) {
+        let begun = self.has_begun(now);
+        if !begun || seq >= self.next_due {
             self.buffered.insert(seq);
         }
         let created = now.checked_sub(latency).unwrap_or(now);
-        if self.start.is_none() && self.first_created.is_none_or(|(first, _)| seq < first) {
+        if !begun && self.first_created.is_none_or(|(first, _)| seq < first) {
             self.first_created = Some((seq, created));
         }
         self.try_start(now)
@@ -166,7 +172,7 @@ impl ViewerQos {
         self.start.map(|_| self.next_due)
     }
 
-    /// The startup delay, once playback started.
+    /// The startup delay, once playback's start is scheduled.
     pub fn startup_delay(&self) -> Option<Duration> {
         self.start.map(|(_, at)| at - self.joined)
     }
@@ -176,8 +182,19 @@ impl ViewerQos {
         std::mem::take(&mut self.stored_since_sample)
     }
 
+    /// Whether playback has started by `now` (a live player may be waiting for its first
+    /// segment's target latency).
+    fn has_begun(&self, now: Instant) -> bool {
+        self.start.is_some_and(|(_, at)| at <= now)
+    }
+
+    /// Schedules playback from the first segment here, or earlier than scheduled: a live
+    /// player waiting to play a segment its target latency after creation starts sooner with
+    /// an older one that came in the meantime (a newcomer's parent may push the newest
+    /// segment before the older one the newcomer starts at arrives). Returns the startup
+    /// delay when it (re)scheduled playback.
     fn try_start(&mut self, now: Instant) -> Option<Duration> {
-        if self.start.is_some() || !self.has_init {
+        if !self.has_init || self.has_begun(now) {
             return None;
         }
         let first = *self.buffered.first()?;
@@ -188,6 +205,12 @@ impl ViewerQos {
             (Some(target), Some((seq, created))) if seq == first => now.max(created + target),
             _ => now,
         };
+        if self
+            .start
+            .is_some_and(|(seq, at)| seq == first || at <= start)
+        {
+            return None;
+        }
         self.start = Some((first, start));
         self.next_due = first;
         Some(start - self.joined)
@@ -319,6 +342,29 @@ mod tests {
         assert_eq!(source_offload(0, 0), 0.0);
         assert_eq!(source_offload(25, 100), 0.75);
         assert_eq!(source_offload(100, 100), 0.0);
+    }
+
+    #[test]
+    fn a_live_player_waiting_for_its_target_latency_starts_sooner_with_an_older_segment() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut q = ViewerQos::new(t0, SEG, Some(Duration::from_secs(3)));
+        q.on_init(t0);
+        // The newest segment, created 200 ms before the viewer joined, is pushed first: it
+        // may play at its target latency, 2.8 s after joining.
+        assert_eq!(q.on_segment(t0 + ms(300), 10, ms(500)), Some(ms(2800)));
+        // The segment the viewer starts at, created 3.2 s before it joined, comes next:
+        // playback starts with it at once.
+        assert_eq!(q.on_segment(t0 + ms(400), 7, ms(3600)), Some(ms(400)));
+        assert_eq!(q.startup_delay(), Some(ms(400)));
+        assert_eq!(q.playhead(), Some(7));
+        // Once playing, an older segment changes nothing.
+        assert_eq!(q.on_segment(t0 + ms(500), 6, ms(4700)), None);
+        q.on_segment(t0 + ms(600), 8, ms(3800));
+        q.on_segment(t0 + ms(700), 9, ms(2900));
+        q.advance(t0 + ms(400) + SEG * 3);
+        assert_eq!(q.totals(), Judged { due: 4, on_time: 4 });
+        assert_eq!(q.startup_delay(), Some(ms(400)));
     }
 
     #[test]

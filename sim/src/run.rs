@@ -579,9 +579,7 @@ impl<'a> Runner<'a> {
         }
         match id {
             SegmentId::Init => {
-                if let Some(startup) = viewer.qos.on_init(instant) {
-                    self.startups_ms.push(startup.as_secs_f64() * 1000.0);
-                }
+                viewer.qos.on_init(instant);
             }
             SegmentId::Media(seq) => {
                 self.delivered += 1;
@@ -593,9 +591,7 @@ impl<'a> Runner<'a> {
                     self.latencies_ms.push(latency_ms);
                     self.window.latencies_ms.push(latency_ms);
                 }
-                if let Some(startup) = viewer.qos.on_segment(instant, seq, latency) {
-                    self.startups_ms.push(startup.as_secs_f64() * 1000.0);
-                }
+                viewer.qos.on_segment(instant, seq, latency);
             }
         }
     }
@@ -753,16 +749,14 @@ impl<'a> Runner<'a> {
         });
         // What it already holds is playable at once.
         for seq in held {
-            let start = match seq {
+            match seq {
                 Some(seq) => qos.on_segment(instant, seq, Duration::ZERO),
                 None => qos.on_init(instant),
             };
-            if let Some(startup) = start {
-                self.startups_ms.push(startup.as_secs_f64() * 1000.0);
-            }
         }
         if let Some(viewer) = self.viewers.get_mut(&host) {
-            viewer.qos = qos;
+            let sought_from = std::mem::replace(&mut viewer.qos, qos);
+            self.startups_ms.extend(startup_ms(&sought_from));
         }
         if let Some(every) = s.viewers.vod.and_then(|v| v.seek_every) {
             let at = self.engine.now() + secs(session_length(&mut self.rng, every));
@@ -778,6 +772,7 @@ impl<'a> Runner<'a> {
             if let Some(c) = self.coordinator.as_mut() {
                 c.forget(&viewer.peer.0);
             }
+            self.startups_ms.extend(startup_ms(&viewer.qos));
             let judged = viewer.qos.advance(instant);
             self.window.due += judged.due;
             self.window.on_time += judged.on_time;
@@ -859,6 +854,7 @@ impl<'a> Runner<'a> {
         }
         let instant = self.engine.instant(self.engine.now());
         for viewer in self.viewers.values_mut() {
+            self.startups_ms.extend(startup_ms(&viewer.qos));
             viewer.qos.advance(instant);
             let totals = viewer.qos.totals();
             self.due += totals.due;
@@ -998,6 +994,13 @@ fn derive_seed(seed: u64, stream: u64) -> u64 {
     h.update(&stream.to_le_bytes());
     let bytes = h.finalize();
     u64::from_le_bytes(bytes.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+}
+
+/// The startup delay of a playback that ends (the viewer sought, left, or the run ended) in
+/// milliseconds, if it started: taken at the end because a live player waiting for its first
+/// segment's target latency may still start sooner with an older one.
+fn startup_ms(qos: &ViewerQos) -> Option<f64> {
+    qos.startup_delay().map(|d| d.as_secs_f64() * 1000.0)
 }
 
 /// How a viewer's playback is judged: live, from the first segment it gets; on demand, from
