@@ -104,19 +104,16 @@ impl ViewerQos {
         self.end = Some(end);
     }
 
-    /// The init segment is here. Returns the startup delay when this scheduled playback's start
-    /// (live, an older segment that comes before then may still move it sooner).
-    pub fn on_init(&mut self, now: Instant) -> Option<Duration> {
+    /// The init segment is here.
+    pub fn on_init(&mut self, now: Instant) {
         self.has_init = true;
-        self.try_start(now)
+        self.try_start(now);
     }
 
-    /// Media segment `seq` is here, `latency` after the source created it. Returns the startup
-    /// delay when this segment scheduled playback's start (live, an older segment that comes
-    /// before then may still move it sooner).
-    pub fn on_segment(&mut self, now: Instant, seq: u64, latency: Duration) -> Option<Duration> {
+    /// Media segment `seq` is here, `latency` after the source created it.
+    pub fn on_segment(&mut self, now: Instant, seq: u64, latency: Duration) {
         if seq < self.from {
-            return None;
+            return;
         }
         self.stored_since_sample.push(latency);
         let begun = self.has_begun(now);
@@ -127,7 +124,7 @@ impl ViewerQos {
         if !begun && self.first_created.is_none_or(|(first, _)| seq < first) {
             self.first_created = Some((seq, created));
         }
-        self.try_start(now)
+        self.try_start(now);
     }
 
     /// Judges every segment whose deadline is at or before `now`.
@@ -172,7 +169,8 @@ impl ViewerQos {
         self.start.map(|_| self.next_due)
     }
 
-    /// The startup delay, once playback's start is scheduled.
+    /// The startup delay, once playback's start is scheduled (live, an older segment that
+    /// comes before then may still move it sooner).
     pub fn startup_delay(&self) -> Option<Duration> {
         self.start.map(|(_, at)| at - self.joined)
     }
@@ -191,15 +189,16 @@ impl ViewerQos {
     /// Schedules playback from the first segment here, or earlier than scheduled: a live
     /// player waiting to play a segment its target latency after creation starts sooner with
     /// an older one that came in the meantime (a newcomer's parent may push the newest
-    /// segment before the older one the newcomer starts at arrives). Returns the startup
-    /// delay when it (re)scheduled playback.
-    fn try_start(&mut self, now: Instant) -> Option<Duration> {
+    /// segment before the older one the newcomer starts at arrives).
+    fn try_start(&mut self, now: Instant) {
         if !self.has_init || self.has_begun(now) {
-            return None;
+            return;
         }
-        let first = *self.buffered.first()?;
+        let Some(&first) = self.buffered.first() else {
+            return;
+        };
         if self.starts_at_from && first != self.from {
-            return None;
+            return;
         }
         let start = match (self.live_target, self.first_created) {
             (Some(target), Some((seq, created))) if seq == first => now.max(created + target),
@@ -209,11 +208,10 @@ impl ViewerQos {
             .start
             .is_some_and(|(seq, at)| seq == first || at <= start)
         {
-            return None;
+            return;
         }
         self.start = Some((first, start));
         self.next_due = first;
-        Some(start - self.joined)
     }
 }
 
@@ -237,8 +235,8 @@ mod tests {
         let t0 = Instant::now();
         let mut q = ViewerQos::new(t0, SEG, None);
         q.on_init(t0 + Duration::from_millis(100));
-        let startup = q.on_segment(t0 + Duration::from_millis(300), 10, Duration::from_secs(2));
-        assert_eq!(startup, Some(Duration::from_millis(300)));
+        q.on_segment(t0 + Duration::from_millis(300), 10, Duration::from_secs(2));
+        assert_eq!(q.startup_delay(), Some(Duration::from_millis(300)));
         for k in 1..10u64 {
             q.on_segment(
                 t0 + Duration::from_millis(300) + SEG * k as u32 - Duration::from_millis(500),
@@ -263,10 +261,11 @@ mod tests {
         let mut q = ViewerQos::new(t0, SEG, None).from_segment(40);
         q.on_init(t0);
         // A segment from before the seek arrives late: it does not start playback.
-        assert_eq!(q.on_segment(t0, 12, SEG), None);
+        q.on_segment(t0, 12, SEG);
+        assert_eq!(q.startup_delay(), None);
         assert_eq!(q.playhead(), None);
-        let startup = q.on_segment(t0 + Duration::from_millis(700), 40, SEG);
-        assert_eq!(startup, Some(Duration::from_millis(700)));
+        q.on_segment(t0 + Duration::from_millis(700), 40, SEG);
+        assert_eq!(q.startup_delay(), Some(Duration::from_millis(700)));
         assert_eq!(q.playhead(), Some(40));
         q.advance(t0 + Duration::from_millis(700) + SEG * 2);
         // 40 was here; 41 and 42 came due without arriving.
@@ -280,17 +279,13 @@ mod tests {
         let mut q = ViewerQos::new(t0, SEG, None).from_segment(100);
         q.on_init(t0);
         // Asked for before the seek, far ahead of the new position.
-        assert_eq!(
-            q.on_segment(t0 + Duration::from_millis(100), 513, SEG),
-            None
-        );
+        q.on_segment(t0 + Duration::from_millis(100), 513, SEG);
+        assert_eq!(q.startup_delay(), None);
         assert_eq!(q.playhead(), None);
-        assert_eq!(
-            q.on_segment(t0 + Duration::from_millis(200), 101, SEG),
-            None
-        );
-        let startup = q.on_segment(t0 + Duration::from_millis(400), 100, SEG);
-        assert_eq!(startup, Some(Duration::from_millis(400)));
+        q.on_segment(t0 + Duration::from_millis(200), 101, SEG);
+        assert_eq!(q.startup_delay(), None);
+        q.on_segment(t0 + Duration::from_millis(400), 100, SEG);
+        assert_eq!(q.startup_delay(), Some(Duration::from_millis(400)));
         q.advance(t0 + Duration::from_millis(400) + SEG);
         assert_eq!(q.totals(), Judged { due: 2, on_time: 2 });
         assert_eq!(q.playhead(), Some(102));
@@ -352,14 +347,16 @@ mod tests {
         q.on_init(t0);
         // The newest segment, created 200 ms before the viewer joined, is pushed first: it
         // may play at its target latency, 2.8 s after joining.
-        assert_eq!(q.on_segment(t0 + ms(300), 10, ms(500)), Some(ms(2800)));
+        q.on_segment(t0 + ms(300), 10, ms(500));
+        assert_eq!(q.startup_delay(), Some(ms(2800)));
         // The segment the viewer starts at, created 3.2 s before it joined, comes next:
         // playback starts with it at once.
-        assert_eq!(q.on_segment(t0 + ms(400), 7, ms(3600)), Some(ms(400)));
+        q.on_segment(t0 + ms(400), 7, ms(3600));
         assert_eq!(q.startup_delay(), Some(ms(400)));
         assert_eq!(q.playhead(), Some(7));
         // Once playing, an older segment changes nothing.
-        assert_eq!(q.on_segment(t0 + ms(500), 6, ms(4700)), None);
+        q.on_segment(t0 + ms(500), 6, ms(4700));
+        assert_eq!(q.startup_delay(), Some(ms(400)));
         q.on_segment(t0 + ms(600), 8, ms(3800));
         q.on_segment(t0 + ms(700), 9, ms(2900));
         q.advance(t0 + ms(400) + SEG * 3);
@@ -375,7 +372,8 @@ mod tests {
         q.on_init(t0);
         // Segment k is created at k + 1 s and arrives 400 ms later.
         let arrival = |k: u64| t0 + SEG * (k as u32 + 1) + Duration::from_millis(400);
-        let startup = q.on_segment(arrival(0), 0, Duration::from_millis(400));
+        q.on_segment(arrival(0), 0, Duration::from_millis(400));
+        let startup = q.startup_delay();
         // Playback starts 3 s after segment 0 was created (at 1 s): at 4 s.
         assert_eq!(startup, Some(Duration::from_secs(4)));
         for k in 1..8 {

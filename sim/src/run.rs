@@ -752,7 +752,7 @@ impl<'a> Runner<'a> {
             match seq {
                 Some(seq) => qos.on_segment(instant, seq, Duration::ZERO),
                 None => qos.on_init(instant),
-            };
+            }
         }
         if let Some(viewer) = self.viewers.get_mut(&host) {
             let sought_from = std::mem::replace(&mut viewer.qos, qos);
