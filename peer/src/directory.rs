@@ -7,9 +7,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, warn};
 use tracker_overlay::coordinator::CoordinatorConfig;
-use tracker_overlay::swarm::{self, Connectivity, Field, Member, PeerHint, Reach};
+use tracker_overlay::swarm::{self, Connectivity, Field, Holder, Member, PeerHint, Reach};
 use tracker_overlay::{Abort, Phase, TxOp, Value};
 
+use crate::exchange::{HOLDER_REFRESH, HOLDER_TTL, MAX_INDEX_HOLDERS};
 use crate::identity::{ChannelId, PeerId};
 use crate::nat::driver::Nat;
 use crate::node::PlanPort;
@@ -21,6 +22,9 @@ use crate::wire::PeerAddr;
 pub const MEMBER_TTL: Duration = Duration::from_secs(60);
 /// How often members refresh their entry (and viewers look for new partners).
 pub const REFRESH_EVERY: Duration = Duration::from_secs(15);
+/// How soon a viewer of a film first looks whether it holds something to announce in the
+/// holder index (and again until it has announced).
+const FIRST_HOLDING_CHECK: Duration = Duration::from_secs(2);
 /// How long a directory read keeps trying while the ring settles.
 const READ_PATIENCE: Duration = Duration::from_secs(10);
 
@@ -232,6 +236,107 @@ pub async fn keep_registered(
         tokio::time::sleep(REFRESH_EVERY.mul_f64(jitter)).await;
         if overlay.status().await.is_none() {
             return;
+        }
+    }
+}
+
+/// On demand: the peers the channel's holder index lists as holders of media segment `seq`,
+/// other than `me` (at most [`MAX_INDEX_HOLDERS`], the most recently refreshed first).
+pub async fn find_holders(
+    overlay: &OverlayHandle,
+    channel: ChannelId,
+    seq: u64,
+    me: PeerId,
+) -> Result<Vec<PeerAddr>, DirectoryError> {
+    let key = swarm::holder_key(&channel.0, swarm::holder_bucket(seq));
+    let value = read_one(overlay, TxOp::Read(key)).await?;
+    let list = swarm::holders(value.as_ref(), now_unix_s())?;
+    Ok(swarm::holders_of(&list, seq, &me.0, MAX_INDEX_HOLDERS)
+        .into_iter()
+        .map(|h| PeerAddr {
+            id: PeerId(h.peer),
+            addr: h.addr,
+        })
+        .collect())
+}
+
+/// On demand: puts `peer` (reachable at `addr`) into the holder index with the segment
+/// `ranges` it holds: one transaction reads every bucket the ranges touch, the next writes
+/// them all, again after a race with another holder.
+pub async fn announce_holding(
+    overlay: &OverlayHandle,
+    channel: ChannelId,
+    peer: PeerId,
+    addr: SocketAddr,
+    ranges: Vec<(u64, u64)>,
+) -> Result<(), DirectoryError> {
+    let buckets = swarm::holder_buckets(&ranges);
+    let me = Holder {
+        peer: peer.0,
+        addr,
+        ranges,
+        expires_unix_s: now_unix_s() + HOLDER_TTL.as_secs(),
+    };
+    let mut last = None;
+    for attempt in 0..8u32 {
+        if attempt > 0 {
+            let ceiling = 20u64 << attempt.min(6);
+            tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % ceiling)).await;
+        }
+        let result = async {
+            let reads = buckets
+                .iter()
+                .map(|b| TxOp::Read(swarm::holder_key(&channel.0, *b)))
+                .collect();
+            let stored = overlay.transact(reads).await?;
+            let mut ops = Vec::with_capacity(buckets.len());
+            for (bucket, value) in buckets.iter().zip(&stored) {
+                let update = swarm::announce_holder(
+                    &channel.0,
+                    *bucket,
+                    value.as_ref(),
+                    me.clone(),
+                    now_unix_s(),
+                )?;
+                ops.push(update.op);
+            }
+            overlay.transact(ops).await?;
+            Ok::<_, DirectoryError>(())
+        }
+        .await;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(DirectoryError::Overlay(e)) if transient(&e) => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or(Abort::Timeout).into())
+}
+
+/// Keeps this node's entry in the channel's holder index fresh while it watches a film
+/// (every [`HOLDER_REFRESH`], jittered); a live channel's node has nothing to announce.
+pub(crate) async fn keep_holding(
+    overlay: OverlayHandle,
+    channel: ChannelId,
+    me: PeerId,
+    addr: SocketAddr,
+    node: PlanPort,
+) {
+    // Until the first entry is in, it looks every few seconds: a viewer that just started
+    // holds its first segments within seconds, and others may seek there.
+    let mut every = FIRST_HOLDING_CHECK;
+    loop {
+        let jitter = 0.75 + rand::random::<f64>() / 2.0;
+        tokio::time::sleep(every.mul_f64(jitter)).await;
+        let Some(ranges) = node.held_ranges().await else {
+            return; // The node stopped.
+        };
+        if ranges.is_empty() {
+            continue;
+        }
+        match announce_holding(&overlay, channel, me, addr, ranges).await {
+            Ok(()) => every = HOLDER_REFRESH,
+            Err(e) => debug!(error = %e, "holder index not updated"),
         }
     }
 }

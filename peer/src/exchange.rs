@@ -77,6 +77,7 @@ mod tree;
 mod upload;
 
 use capacity::{DeliveryRate, UploadMeter};
+pub use finding::{HOLDER_REFRESH, HOLDER_TTL, MAX_HELD_RANGES, MAX_INDEX_HOLDERS};
 use gossip::{QUIET_ALERT_S, QUIET_RETRY};
 pub use hints::{Hint, HintedUpstream, ParentChoice, Upstream};
 use maps::{id_prefix, HaveMap, PartnerMap, SegmentMap};
@@ -293,6 +294,13 @@ pub enum Output {
     FetchOrigin {
         /// The segment.
         id: SegmentId,
+    },
+    /// On demand: look up in the overlay's holder index who holds media segment `seq`
+    /// (`tracker_overlay::swarm::holders`), and hand the peers whose ranges cover it to
+    /// [`Exchange::add_holders`]. Asked when no partner can serve what playback needs next.
+    LookupHolders {
+        /// The segment.
+        seq: u64,
     },
     /// Open a connection to a peer.
     Dial(PeerAddr),

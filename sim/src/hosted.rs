@@ -176,9 +176,19 @@ impl ExchangeCore {
     }
 }
 
+/// What a hosted exchange tells the scenario.
+#[derive(Debug)]
+pub enum HostEvent {
+    /// An event of the exchange (for the metrics).
+    Exchange(exchange::Event),
+    /// The exchange asks the overlay's holder index who holds media segment `seq`
+    /// ([`exchange::Output::LookupHolders`]).
+    LookupHolders(u64),
+}
+
 impl Core for ExchangeCore {
     type Msg = Wire;
-    type Event = exchange::Event;
+    type Event = HostEvent;
 
     fn handle(&mut self, now: Instant, input: Input<Wire>) {
         let peer_of = |h: HostId| self.directory.borrow().peer(h);
@@ -256,7 +266,7 @@ impl Core for ExchangeCore {
         self.exchange.handle_input(now, input);
     }
 
-    fn poll(&mut self) -> Option<Output<Wire, exchange::Event>> {
+    fn poll(&mut self) -> Option<Output<Wire, HostEvent>> {
         loop {
             let out = self.exchange.poll_output()?;
             let host_of = |p: &PeerId| self.directory.borrow().host(p);
@@ -348,7 +358,10 @@ impl Core for ExchangeCore {
                         tag: tag_of(id, Part::WHOLE),
                     }
                 }
-                exchange::Output::Event(e) => Output::Event(e),
+                exchange::Output::LookupHolders { seq } => {
+                    Output::Event(HostEvent::LookupHolders(seq))
+                }
+                exchange::Output::Event(e) => Output::Event(HostEvent::Exchange(e)),
             };
             return Some(mapped);
         }

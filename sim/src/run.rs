@@ -15,7 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use peer::exchange::{Event, Exchange, ExchangeConfig, Hint, ParentChoice};
+use peer::exchange::{
+    Event, Exchange, ExchangeConfig, Hint, ParentChoice, HOLDER_REFRESH, HOLDER_TTL,
+    MAX_HELD_RANGES, MAX_INDEX_HOLDERS,
+};
 use peer::identity::{Keypair, PeerId};
 use peer::qos::{source_offload, ViewerQos};
 use peer::segment::{ChannelRecord, SegmentId, SignedChannel, StreamKind as PeerStreamKind};
@@ -26,12 +29,14 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Exp, Pareto, Weibull};
 
 use crate::engine::{Engine, Step};
-use crate::hosted::{host_addr, Directory, ExchangeCore, MemoVerifier};
+use crate::hosted::{host_addr, Directory, ExchangeCore, HostEvent, MemoVerifier};
 use crate::metrics::{percentiles, RunSeries, Sample, Summary, Traffic};
 use crate::net::{HostId, HostNet, NatType, SimTime};
 use crate::optimizer_loop::{self, Coordinator};
 use crate::scenario::{Network, Scenario, SessionLength, StreamKind, VodStart};
 use tracker_overlay::coordinator::{QosReport, Role, MAX_REPORT_PARTNERS};
+use tracker_overlay::swarm::{self, Holder};
+use tracker_overlay::Value;
 
 /// The Unix time (ms) that simulated time 0 stands for; fixed so that runs are reproducible.
 const EPOCH_UNIX_MS: u64 = 1_700_000_000_000;
@@ -112,6 +117,14 @@ enum Ext {
     Plan,
     /// A hint (index into the runner's hints in flight) reaches its viewer.
     Hint(usize),
+    /// On demand, viewers whose turn it is refresh their entry in the holder index (second
+    /// `n` of the run).
+    AnnounceHolders(u64),
+    /// The holder index answers a viewer's look-up for media segment `seq`.
+    Holders {
+        host: HostId,
+        seq: u64,
+    },
 }
 
 struct Viewer {
@@ -158,6 +171,9 @@ struct Runner<'a> {
     round_ticks: u64,
     /// Hints on their way to viewers.
     hints: Vec<Option<(HostId, Hint)>>,
+    /// On demand: the stored values of the buckets of the channel's holder index in the
+    /// overlay.
+    holder_index: BTreeMap<u64, Value>,
     /// Randomness of the loop's message delays (its own stream: the other modes' runs do not
     /// change when the loop does).
     loop_rng: ChaCha8Rng,
@@ -232,12 +248,8 @@ impl<'a> Runner<'a> {
         let end = secs(scenario.duration_s);
         let round_s = scenario.optimizer.as_ref().map_or(5.0, |o| o.round_s);
         let coordinator = (mode == Mode::Optimizer).then(|| {
-            let channel = record.record.channel_id();
-            let mut key = [0u8; 20];
-            let n = key.len().min(channel.0.len());
-            key[..n].copy_from_slice(&channel.0[..n]);
             Coordinator::new(
-                key,
+                record.record.channel_id().0,
                 source_peer.0,
                 (scenario.stream.bitrate_kbps * 1000.0) as u64,
                 (scenario.source.up_mbps * 1e6) as u64,
@@ -274,6 +286,7 @@ impl<'a> Runner<'a> {
             coordinator,
             round_ticks: (round_s.round() as u64).max(1),
             hints: Vec::new(),
+            holder_index: BTreeMap::new(),
             loop_rng: ChaCha8Rng::seed_from_u64(derive_seed(seed, 3)),
         };
         runner.start_source();
@@ -364,6 +377,9 @@ impl<'a> Runner<'a> {
             let round = secs(self.round_ticks as f64);
             self.engine.schedule(round + secs(0.5), Ext::Plan);
         }
+        if s.stream.kind == StreamKind::Vod && self.mode.peer_to_peer() {
+            self.engine.schedule(secs(1.0), Ext::AnnounceHolders(1));
+        }
     }
 
     fn drive(&mut self) {
@@ -373,7 +389,10 @@ impl<'a> Runner<'a> {
                 Step::External(ext) => self.on_ext(ext),
                 Step::Events => {
                     for (host, event) in events.drain(..) {
-                        self.on_event(host, event);
+                        match event {
+                            HostEvent::Exchange(event) => self.on_event(host, event),
+                            HostEvent::LookupHolders(seq) => self.look_up_holders(host, seq),
+                        }
                     }
                 }
                 Step::Idle => return,
@@ -428,6 +447,14 @@ impl<'a> Runner<'a> {
                     self.engine.schedule(next, Ext::Report(tick + 1));
                 }
             }
+            Ext::AnnounceHolders(tick) => {
+                self.announce_holders(tick);
+                let next = now + secs(1.0);
+                if next <= self.end {
+                    self.engine.schedule(next, Ext::AnnounceHolders(tick + 1));
+                }
+            }
+            Ext::Holders { host, seq } => self.answer_holders(host, seq),
             Ext::Plan => {
                 self.plan_round();
                 let next = now + secs(self.round_ticks as f64);
@@ -453,6 +480,88 @@ impl<'a> Runner<'a> {
 
     /// The viewers whose second of the round `tick` is send what they measured to the
     /// coordinator.
+    /// On demand, the viewers whose turn it is (one in [`HOLDER_REFRESH`] seconds each) put
+    /// what they hold into the channel's holder index: the same `swarm` update a real node
+    /// commits, applied here at once (the store's transactions are not simulated; a real
+    /// refresh lands a few round trips later, and may be retried after a conflict).
+    fn announce_holders(&mut self, tick: u64) {
+        let every = HOLDER_REFRESH.as_secs().max(1);
+        let now_unix_s = self.unix_s();
+        let channel = self.record.record.channel_id().0;
+        for host in self.viewers.keys() {
+            if u64::from(host.0) % every != tick % every {
+                continue;
+            }
+            let Some(core) = self.engine.core(*host) else {
+                continue;
+            };
+            let exchange = core.exchange_ref();
+            let ranges = exchange.held_ranges(MAX_HELD_RANGES);
+            if ranges.is_empty() {
+                continue;
+            }
+            let buckets = swarm::holder_buckets(&ranges);
+            let me = Holder {
+                peer: exchange.me().0,
+                addr: host_addr(*host),
+                ranges,
+                expires_unix_s: now_unix_s + HOLDER_TTL.as_secs(),
+            };
+            for bucket in buckets {
+                let stored = self.holder_index.get(&bucket);
+                match swarm::announce_holder(&channel, bucket, stored, me.clone(), now_unix_s) {
+                    Ok(update) => {
+                        if let Some(value) = update.new_value() {
+                            self.holder_index.insert(bucket, value.clone());
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "holder index not updated"),
+                }
+            }
+        }
+    }
+
+    /// A viewer asks the holder index who holds `seq`: the answer comes after a read through
+    /// the overlay (modelled as two round trips to a random other viewer: the route to the
+    /// key's replicas and the quorum read).
+    fn look_up_holders(&mut self, host: HostId, seq: u64) {
+        let Some(other) = self.present.choose(&mut self.loop_rng).copied() else {
+            return;
+        };
+        let net = self.engine.net();
+        let delay = (0..4)
+            .map(|_| net.message_delay(host, other, &mut self.loop_rng))
+            .sum::<Duration>();
+        let at = self.engine.now() + delay.as_nanos() as SimTime;
+        self.engine.schedule(at, Ext::Holders { host, seq });
+    }
+
+    fn answer_holders(&mut self, host: HostId, seq: u64) {
+        let Some(viewer) = self.viewers.get(&host) else {
+            return;
+        };
+        let me = viewer.peer.0;
+        let stored = self.holder_index.get(&swarm::holder_bucket(seq));
+        let list = swarm::holders(stored, self.unix_s()).unwrap_or_default();
+        let peers: Vec<PeerAddr> = swarm::holders_of(&list, seq, &me, MAX_INDEX_HOLDERS)
+            .into_iter()
+            .map(|h| PeerAddr {
+                id: PeerId(h.peer),
+                addr: h.addr,
+            })
+            .collect();
+        if !peers.is_empty() {
+            self.engine.with_core(host, |core, now| {
+                core.exchange().add_holders(now, seq, peers)
+            });
+        }
+    }
+
+    /// Simulated time as Unix seconds (the clock the overlay's entries expire by).
+    fn unix_s(&self) -> u64 {
+        (EPOCH_UNIX_MS + self.engine.now() / 1_000_000) / 1000
+    }
+
     fn send_reports(&mut self, tick: u64) {
         let Some(coordinator) = self.coordinator.as_mut() else {
             return;

@@ -7,7 +7,9 @@
 //! - `members`: a bounded sample of current viewers ([`Member`]: address, connectivity class,
 //!   punch candidates and relay ([`Reach`]), upload capacity, an expiry), refreshed by each
 //!   member and pruned of expired entries;
-//! - `vod`: which peers hold which segment ranges of an on-demand channel ([`Holder`]);
+//! - `vod/<bucket>`: which peers hold which segment ranges of an on-demand channel
+//!   ([`Holder`]), one key per [`HOLDER_BUCKET`] segments of the film, so that a film watched
+//!   by many has room for many holders and a look-up reads one small key;
 //! - `plan`: the optimizer's current plan: a small [`PlanHeader`] (epoch, shard count, the
 //!   epoch each shard was last written in) at this key and the peers' entries ([`PeerHint`])
 //!   in [`PlanShard`]s at `plan/<i>` (split by id prefix, [`shard_of`], each under the store's
@@ -29,8 +31,12 @@ use crate::tx::TxOp;
 
 /// The most members a channel's sample keeps.
 pub const MAX_MEMBERS: usize = 64;
-/// The most VOD holders a channel keeps.
+/// The most VOD holders one bucket of a film's holder index keeps.
 pub const MAX_HOLDERS: usize = 128;
+/// Media segments per bucket of the holder index.
+pub const HOLDER_BUCKET: u64 = 64;
+/// The most buckets one holder's entry goes into (one transaction writes them all).
+pub const MAX_HOLDER_BUCKETS: usize = 16;
 
 /// A channel id (the keyed BLAKE3 of the broadcaster's key, as `peer` computes it).
 pub type ChannelKey = [u8; 20];
@@ -42,7 +48,7 @@ pub enum Field {
     Record,
     /// The membership sample.
     Members,
-    /// The VOD holder index.
+    /// The VOD holder index (its buckets are at [`holder_key`]).
     Vod,
     /// The optimizer's plan.
     Plan,
@@ -61,6 +67,37 @@ pub fn key(channel: &ChannelKey, field: Field) -> Vec<u8> {
     k.push(b'/');
     k.extend_from_slice(name.as_bytes());
     k
+}
+
+/// The store key of bucket `bucket` of a channel's holder index (segments
+/// `bucket * HOLDER_BUCKET ..` up to the next bucket).
+pub fn holder_key(channel: &ChannelKey, bucket: u64) -> Vec<u8> {
+    let mut k = key(channel, Field::Vod);
+    k.push(b'/');
+    k.extend_from_slice(bucket.to_string().as_bytes());
+    k
+}
+
+/// The bucket of the holder index that lists holders of media segment `seq`.
+pub fn holder_bucket(seq: u64) -> u64 {
+    seq / HOLDER_BUCKET
+}
+
+/// The buckets a holder of `ranges` is listed in: every bucket its ranges touch, at most
+/// [`MAX_HOLDER_BUCKETS`] (those of its first ranges).
+pub fn holder_buckets(ranges: &[(u64, u64)]) -> Vec<u64> {
+    let mut buckets: Vec<u64> = Vec::new();
+    for (a, b) in ranges {
+        for bucket in holder_bucket(*a)..=holder_bucket(*b.max(a)) {
+            if buckets.len() >= MAX_HOLDER_BUCKETS {
+                break;
+            }
+            buckets.push(bucket);
+        }
+    }
+    buckets.sort_unstable();
+    buckets.dedup();
+    buckets
 }
 
 /// How a peer can be reached: its NAT class, as STUN classified it. The optimizer's own type,
@@ -158,6 +195,14 @@ pub struct Update {
 }
 
 impl Update {
+    /// The value the update writes (what a simulated store that applies it at once keeps).
+    pub fn new_value(&self) -> Option<&Value> {
+        match &self.op {
+            TxOp::TestAndSet { new, .. } | TxOp::Write(_, new) => Some(new),
+            _ => None,
+        }
+    }
+
     fn new(key: Vec<u8>, expected: Option<Value>, new: Value) -> Result<Self, MetaError> {
         new.check().map_err(|_| MetaError::TooLarge("metadata"))?;
         Ok(Self {
@@ -270,9 +315,22 @@ pub fn holders(value: Option<&Value>, now_unix_s: u64) -> Result<Vec<Holder>, Me
         .collect())
 }
 
-/// Adds or refreshes `me` in the holder index.
+/// The holders in `list` whose ranges cover media segment `seq`, other than `me`: at most
+/// `max`, the most recently refreshed first (they are the likeliest to still be there).
+pub fn holders_of(list: &[Holder], seq: u64, me: &[u8; 32], max: usize) -> Vec<Holder> {
+    let mut found: Vec<&Holder> = list
+        .iter()
+        .filter(|h| &h.peer != me && h.ranges.iter().any(|(a, b)| (*a..=*b).contains(&seq)))
+        .collect();
+    found.sort_by_key(|h| (std::cmp::Reverse(h.expires_unix_s), h.peer));
+    found.into_iter().take(max).cloned().collect()
+}
+
+/// Adds or refreshes `me` in bucket `bucket` of the holder index (`read`: that bucket's
+/// stored value).
 pub fn announce_holder(
     channel: &ChannelKey,
+    bucket: u64,
     read: Option<&Value>,
     me: Holder,
     now_unix_s: u64,
@@ -288,7 +346,7 @@ pub fn announce_holder(
     if value.check().is_err() {
         return Err(MetaError::TooLarge("VOD holder index"));
     }
-    Update::new(key(channel, Field::Vod), read.cloned(), value)
+    Update::new(holder_key(channel, bucket), read.cloned(), value)
 }
 
 /// The most shards a plan is split into: one transaction writes the header and every shard
@@ -550,6 +608,95 @@ mod tests {
         );
         let v = new_value(&leave_members(&ch, Some(&v), &[40; 32], 50).unwrap());
         assert_eq!(members(Some(&v), 50).unwrap().len(), MAX_MEMBERS - 1);
+    }
+
+    fn holder(n: u8, ranges: Vec<(u64, u64)>, expires: u64) -> Holder {
+        Holder {
+            peer: [n; 32],
+            addr: SocketAddr::from(([10, 0, 0, n], 4433)),
+            ranges,
+            expires_unix_s: expires,
+        }
+    }
+
+    #[test]
+    fn holders_announce_refresh_expire_and_are_found_by_segment() {
+        let ch = [3u8; 20];
+        let v =
+            new_value(&announce_holder(&ch, 0, None, holder(1, vec![(0, 99)], 100), 50).unwrap());
+        let v = new_value(
+            &announce_holder(
+                &ch,
+                0,
+                Some(&v),
+                holder(2, vec![(50, 60), (300, 400)], 120),
+                50,
+            )
+            .unwrap(),
+        );
+        // A refresh replaces the entry, ranges and all.
+        let v = new_value(
+            &announce_holder(&ch, 0, Some(&v), holder(1, vec![(0, 140)], 130), 50).unwrap(),
+        );
+        let list = holders(Some(&v), 50).unwrap();
+        assert_eq!(list.len(), 2);
+        let ids = |found: Vec<Holder>| found.iter().map(|h| h.peer[0]).collect::<Vec<_>>();
+        assert_eq!(
+            ids(holders_of(&list, 55, &[9; 32], 8)),
+            vec![1, 2],
+            "freshest first"
+        );
+        assert_eq!(ids(holders_of(&list, 120, &[9; 32], 8)), vec![1]);
+        assert_eq!(ids(holders_of(&list, 350, &[9; 32], 8)), vec![2]);
+        assert!(
+            holders_of(&list, 200, &[9; 32], 8).is_empty(),
+            "a gap is held by nobody"
+        );
+        assert_eq!(
+            ids(holders_of(&list, 55, &[1; 32], 8)),
+            vec![2],
+            "not the asker itself"
+        );
+        assert_eq!(
+            ids(holders_of(&list, 55, &[9; 32], 1)),
+            vec![1],
+            "at most max"
+        );
+        // Past its expiry an entry is gone.
+        assert_eq!(ids(holders(Some(&v), 125).unwrap()), vec![1]);
+        // The index stays bounded: the entries closest to expiry make room.
+        let mut v = v;
+        for n in 10..(10 + MAX_HOLDERS as u8 + 3) {
+            v = new_value(
+                &announce_holder(
+                    &ch,
+                    0,
+                    Some(&v),
+                    holder(n, vec![(0, 9)], 1000 + u64::from(n)),
+                    50,
+                )
+                .unwrap(),
+            );
+        }
+        let list = holders(Some(&v), 50).unwrap();
+        assert_eq!(list.len(), MAX_HOLDERS);
+        assert!(list.iter().all(|h| h.peer[0] >= 10));
+    }
+
+    #[test]
+    fn a_holder_is_listed_in_every_bucket_its_ranges_touch() {
+        let b = HOLDER_BUCKET;
+        assert_eq!(holder_buckets(&[(0, 0)]), vec![0]);
+        assert_eq!(holder_buckets(&[(b - 1, b)]), vec![0, 1]);
+        assert_eq!(
+            holder_buckets(&[(5, 6), (3 * b, 3 * b + 2), (10, 12)]),
+            vec![0, 3]
+        );
+        assert_eq!(holder_buckets(&[(0, 1000 * b)]).len(), MAX_HOLDER_BUCKETS);
+        assert_eq!(holder_bucket(b + 3), 1);
+        let ch = [3u8; 20];
+        assert_ne!(holder_key(&ch, 1), holder_key(&ch, 10));
+        assert!(holder_key(&ch, 2).starts_with(&key(&ch, Field::Vod)));
     }
 
     fn hint(first: u8) -> PeerHint {

@@ -68,6 +68,41 @@ impl Exchange {
         for peer in asked {
             self.send(peer, Frame::Find(id));
         }
+        // Our partners know only their own partners; the overlay's index knows holders
+        // anywhere in the film.
+        if let SegmentId::Media(seq) = id {
+            self.outputs.push_back(Output::LookupHolders { seq });
+        }
+    }
+
+    /// The overlay's holder index names `peers` as holders of media segment `seq` (the
+    /// answer to [`Output::LookupHolders`]): dialled first while we still need it, as the
+    /// peers a partner names in `Holders`.
+    pub fn add_holders(&mut self, now: Instant, seq: u64, peers: Vec<PeerAddr>) {
+        self.on_holders(now, SegmentId::Media(seq), peers);
+    }
+
+    /// On demand, the media segments this peer holds, as inclusive ranges: at most `max`,
+    /// the longest (what it announces in the overlay's holder index). Empty live and at the
+    /// source (everyone finds the source anyway).
+    pub fn held_ranges(&self, max: usize) -> Vec<(u64, u64)> {
+        if self.is_live() || self.is_source() {
+            return Vec::new();
+        }
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for id in self.store.keys() {
+            let SegmentId::Media(seq) = id else { continue };
+            match ranges.last_mut() {
+                Some((_, end)) if *end + 1 == seq => *end = seq,
+                _ => ranges.push((seq, seq)),
+            }
+        }
+        if ranges.len() > max {
+            ranges.sort_by_key(|(a, b)| (std::cmp::Reverse(b - a), *a));
+            ranges.truncate(max);
+            ranges.sort_unstable();
+        }
+        ranges
     }
 
     /// Dials the source, whatever the partner count, unless it is a partner or we are
@@ -201,6 +236,15 @@ impl Exchange {
         }
     }
 }
+
+/// On demand, how often a viewer refreshes its entry in the overlay's holder index ...
+pub const HOLDER_REFRESH: Duration = Duration::from_secs(15);
+/// ... and how long the entry lives without a refresh.
+pub const HOLDER_TTL: Duration = Duration::from_secs(45);
+/// The most ranges of held segments an entry names (the longest ones).
+pub const MAX_HELD_RANGES: usize = 8;
+/// The most holders one look-up in the index hands back.
+pub const MAX_INDEX_HOLDERS: usize = MAX_FOUND;
 
 /// On demand, how soon a viewer no partner can serve asks who can (`Find`), and how long it
 /// waits at most before asking again about the same segment.

@@ -234,6 +234,9 @@ impl Harness {
                     .unwrap()
                     .handle_input(now, Input::Connected { peer: from });
             }
+            // The harness keeps no holder index: a look-up goes unanswered, as when the index
+            // lists nobody (tests that need an answer call `add_holders`).
+            Output::LookupHolders { .. } => {}
             Output::FetchOrigin { id } => {
                 // The origin mirrors the broadcaster (or serves `origin_bytes` instead).
                 let source = self.key.peer_id();
@@ -686,6 +689,10 @@ fn a_vod_viewer_that_seeks_fetches_from_the_new_position_first() {
     // as nobody else holds it).
     h.advance(Duration::from_secs(10));
     assert_eq!(h.missing(id, 30..40), Vec::<u64>::new());
+    // What it holds is what it would list in the overlay's holder index; the source lists
+    // nothing (everyone finds it anyway).
+    assert_eq!(h.nodes[&id].held_ranges(8), vec![(30, 39)]);
+    assert_eq!(h.nodes[&source].held_ranges(8), Vec::<(u64, u64)>::new());
 }
 
 #[test]
@@ -1276,10 +1283,10 @@ fn greet(node: &mut Exchange, now: Instant, peer: PeerAddr, first: Vec<Frame>) {
     }
 }
 
-#[test]
-fn an_on_demand_viewer_no_partner_can_serve_asks_who_can_and_makes_room_for_them() {
+/// A film's viewer that sought to segment 30 while its three partners hold only segments
+/// 0–9 (the first partner also sent the record and the statements).
+fn sought_past_its_partners(now: Instant) -> (Exchange, Vec<PeerAddr>) {
     let (record, statements) = film();
-    let mut now = Instant::now();
     let viewer_config = ExchangeConfig {
         max_partners: 3,
         ..config()
@@ -1306,18 +1313,31 @@ fn an_on_demand_viewer_no_partner_can_serve_asks_who_can_and_makes_room_for_them
         greet(&mut viewer, now, *p, first);
     }
     while viewer.poll_output().is_some() {}
+    (viewer, partners)
+}
+
+#[test]
+fn an_on_demand_viewer_no_partner_can_serve_asks_who_can_and_makes_room_for_them() {
+    let mut now = Instant::now();
+    let (mut viewer, partners) = sought_past_its_partners(now);
     now += Duration::from_secs(1);
     viewer.handle_timeout(now);
-    let asked: Vec<PeerId> = std::iter::from_fn(|| viewer.poll_output())
+    let outputs: Vec<Output> = std::iter::from_fn(|| viewer.poll_output()).collect();
+    let asked: Vec<PeerId> = outputs
+        .iter()
         .filter_map(|o| match o {
             Output::Send {
                 to,
                 frame: Frame::Find(SegmentId::Media(30)),
-            } => Some(to),
+            } => Some(*to),
             _ => None,
         })
         .collect();
     assert_eq!(asked.len(), 3, "every partner is asked about segment 30");
+    assert!(
+        outputs.contains(&Output::LookupHolders { seq: 30 }),
+        "and so is the overlay's holder index: {outputs:?}"
+    );
     // One partner knows a holder: the viewer lets a partner that holds nothing it needs go
     // and dials the holder.
     let holder = peer_addr(9);
@@ -1362,6 +1382,44 @@ fn an_on_demand_viewer_no_partner_can_serve_asks_who_can_and_makes_room_for_them
     assert_eq!(finds(&mut viewer, now), 0);
     now += Duration::from_millis(1100);
     assert_eq!(finds(&mut viewer, now), 2);
+}
+
+#[test]
+fn holders_the_index_names_are_dialled_in_place_of_a_partner_that_holds_nothing_needed() {
+    let mut now = Instant::now();
+    let (mut viewer, partners) = sought_past_its_partners(now);
+    now += Duration::from_secs(1);
+    viewer.handle_timeout(now);
+    while viewer.poll_output().is_some() {}
+    // The index names two holders, one of them the viewer itself (it is not dialled).
+    let holder = peer_addr(9);
+    let me = PeerAddr {
+        id: PeerId([100; 32]),
+        addr: "10.0.3.100:1".parse().unwrap(),
+    };
+    viewer.add_holders(now, 30, vec![me, holder]);
+    let outputs: Vec<Output> = std::iter::from_fn(|| viewer.poll_output()).collect();
+    let dialled: Vec<PeerId> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Dial(p) => Some(p.id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dialled, vec![holder.id], "{outputs:?}");
+    assert!(
+        outputs.iter().any(|o| matches!(
+            o,
+            Output::Close { peer, reason: CloseReason::Exploring } if partners.iter().any(|p| p.id == *peer)
+        )),
+        "a partner holding nothing it needs made room: {outputs:?}"
+    );
+    // Once it holds segment 30 it dials nobody the index names for it.
+    viewer
+        .store
+        .insert(SegmentId::Media(30), Bytes::from(payload(30)));
+    viewer.add_holders(now, 30, vec![peer_addr(11)]);
+    assert!(!std::iter::from_fn(|| viewer.poll_output()).any(|o| matches!(o, Output::Dial(_))));
 }
 
 #[test]

@@ -39,6 +39,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::exchange::{
     CloseReason, Event, Exchange, ExchangeConfig, Hint, Input, Output, PublishError,
+    MAX_HELD_RANGES,
 };
 use crate::identity::{ChannelId, Keypair, PeerId};
 use crate::nat::driver::{Nat, NatConfig};
@@ -358,6 +359,14 @@ impl PlanPort {
         });
     }
 
+    /// On demand, the segment ranges the node holds (for the holder index); `None` once
+    /// stopped.
+    pub(crate) async fn held_ranges(&self) -> Option<Vec<(u64, u64)>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::HeldRanges(reply)).ok()?;
+        rx.await.ok()
+    }
+
     /// Whether the node stopped.
     pub(crate) fn stopped(&self) -> bool {
         self.tx.is_closed()
@@ -376,6 +385,13 @@ enum Msg {
     AddCandidates(Vec<PeerAddr>),
     /// Build a QoS report for the channel's coordinator.
     QosReport(oneshot::Sender<Option<QosReport>>),
+    /// On demand: the segment ranges this node holds, for the holder index.
+    HeldRanges(oneshot::Sender<Vec<(u64, u64)>>),
+    /// The holder index's answer to [`Output::LookupHolders`].
+    Holders {
+        seq: u64,
+        peers: Vec<PeerAddr>,
+    },
     /// This node's entry of a stored plan.
     Plan {
         epoch: u64,
@@ -627,6 +643,8 @@ async fn start(
         relays: HashMap::new(),
         ended_streams: Vec::new(),
         origin: config.origin.clone().map(origin::Origin::new),
+        overlay: overlay.clone(),
+        channel,
         retry_at: now + FIRST_RETRY,
         retry_backoff: FIRST_RETRY,
     };
@@ -654,6 +672,17 @@ async fn start(
             handle.overlay.clone(),
             channel,
             peer_id,
+            handle.plan_port(),
+        )
+        .instrument(span_plan.clone()),
+    );
+    // A viewer of a film keeps its entry in the channel's holder index (ends with the node).
+    tokio::spawn(
+        crate::directory::keep_holding(
+            handle.overlay.clone(),
+            channel,
+            peer_id,
+            advertise,
             handle.plan_port(),
         )
         .instrument(span_plan),
@@ -724,6 +753,9 @@ struct Actor {
     ended_streams: Vec<(PeerId, SegmentId)>,
     /// The HTTP origin, if one was given.
     origin: Option<origin::Origin>,
+    /// The overlay node, for look-ups in the channel's holder index.
+    overlay: OverlayHandle,
+    channel: ChannelId,
     /// Bootstrap addresses given without a peer id; dialled again while we have no partner.
     bootstrap: Vec<SocketAddr>,
     retry_at: Instant,
@@ -911,6 +943,10 @@ impl Actor {
                 entry,
                 addrs,
             } => self.apply_plan(now, epoch, &entry, &addrs),
+            Msg::HeldRanges(reply) => {
+                let _ = reply.send(self.exchange.held_ranges(MAX_HELD_RANGES));
+            }
+            Msg::Holders { seq, peers } => self.exchange.add_holders(now, seq, peers),
             Msg::Shutdown => {}
         }
     }
@@ -1011,6 +1047,20 @@ impl Actor {
                     tokio::spawn(async move {
                         let result = origin.fetch(id, limit).await;
                         let _ = tx.send(Msg::Origin { id, result });
+                    });
+                }
+                Output::LookupHolders { seq } => {
+                    let (overlay, channel, tx) =
+                        (self.overlay.clone(), self.channel, self.tx.clone());
+                    let me = self.exchange.me();
+                    tokio::spawn(async move {
+                        match crate::directory::find_holders(&overlay, channel, seq, me).await {
+                            Ok(peers) if !peers.is_empty() => {
+                                let _ = tx.send(Msg::Holders { seq, peers });
+                            }
+                            Ok(_) => {}
+                            Err(e) => debug!(seq, error = %e, "holder index not read"),
+                        }
                     });
                 }
                 Output::EndForwards { from, id, verified } => {
