@@ -57,6 +57,8 @@ pub struct Summary {
     pub tree_depth: Percentiles,
     /// Viewers nobody fed at the end.
     pub unfed_viewers: u64,
+    /// On demand: look-ups in the overlay's holder index.
+    pub holder_lookups: u64,
     /// What the optimizer's loop did (runs with the loop only).
     pub optimizer: Option<crate::optimizer_loop::LoopSummary>,
 }

@@ -914,6 +914,7 @@ mod tests {
             events: 12_345_678,
             tree_depth: percentiles(&[3.0, 4.0, 5.0]),
             unfed_viewers: 2,
+            holder_lookups: 0,
             optimizer: None,
         };
         RunSeries {

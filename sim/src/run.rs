@@ -174,6 +174,8 @@ struct Runner<'a> {
     /// On demand: the stored values of the buckets of the channel's holder index in the
     /// overlay.
     holder_index: BTreeMap<u64, Value>,
+    /// Look-ups in the holder index so far.
+    holder_lookups: u64,
     /// Randomness of the loop's message delays (its own stream: the other modes' runs do not
     /// change when the loop does).
     loop_rng: ChaCha8Rng,
@@ -287,6 +289,7 @@ impl<'a> Runner<'a> {
             round_ticks: (round_s.round() as u64).max(1),
             hints: Vec::new(),
             holder_index: BTreeMap::new(),
+            holder_lookups: 0,
             loop_rng: ChaCha8Rng::seed_from_u64(derive_seed(seed, 3)),
         };
         runner.start_source();
@@ -525,6 +528,7 @@ impl<'a> Runner<'a> {
     /// the overlay (modelled as two round trips to a random other viewer: the route to the
     /// key's replicas and the quorum read).
     fn look_up_holders(&mut self, host: HostId, seq: u64) {
+        self.holder_lookups += 1;
         let Some(other) = self.present.choose(&mut self.loop_rng).copied() else {
             return;
         };
@@ -1019,6 +1023,7 @@ impl<'a> Runner<'a> {
             events: self.engine.processed(),
             tree_depth: percentiles(&depths),
             unfed_viewers: unfed,
+            holder_lookups: self.holder_lookups,
             optimizer,
         };
         RunSeries {
