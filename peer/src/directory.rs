@@ -261,8 +261,10 @@ pub async fn find_holders(
 }
 
 /// On demand: puts `peer` (reachable at `addr`) into the holder index with the segment
-/// `ranges` it holds: one transaction reads every bucket the ranges touch, the next writes
-/// them all, again after a race with another holder.
+/// `ranges` it holds, in every bucket the ranges touch. Each bucket is its own read and
+/// test-and-set (a plain quorum read takes no lock, and one busy bucket holds up no other);
+/// a test-and-set that finds another holder's write retries on what it found. Fails only
+/// if some bucket could not be written after a few tries.
 pub async fn announce_holding(
     overlay: &OverlayHandle,
     channel: ChannelId,
@@ -277,44 +279,49 @@ pub async fn announce_holding(
         ranges,
         expires_unix_s: now_unix_s() + HOLDER_TTL.as_secs(),
     };
-    let mut last = None;
-    for attempt in 0..8u32 {
-        if attempt > 0 {
-            let ceiling = 20u64 << attempt.min(6);
-            tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % ceiling)).await;
-        }
-        let result = async {
-            let reads = buckets
-                .iter()
-                .map(|b| TxOp::Read(swarm::holder_key(&channel.0, *b)))
-                .collect();
-            let stored = overlay.transact(reads).await?;
-            let mut ops = Vec::with_capacity(buckets.len());
-            for (bucket, value) in buckets.iter().zip(&stored) {
-                let update = swarm::announce_holder(
-                    &channel.0,
-                    *bucket,
-                    value.as_ref(),
-                    me.clone(),
-                    now_unix_s(),
-                )?;
-                ops.push(update.op);
+    let mut failed = None;
+    for bucket in buckets {
+        let key = swarm::holder_key(&channel.0, bucket);
+        let mut stored = read_one(overlay, TxOp::Read(key.clone())).await?;
+        let mut written = false;
+        for attempt in 0..6u32 {
+            if attempt > 0 {
+                let ceiling = 20u64 << attempt;
+                tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % ceiling)).await;
             }
-            overlay.transact(ops).await?;
-            Ok::<_, DirectoryError>(())
+            let update = swarm::announce_holder(
+                &channel.0,
+                bucket,
+                stored.as_ref(),
+                me.clone(),
+                now_unix_s(),
+            )?;
+            match overlay.transact(vec![update.op]).await {
+                Ok(_) => {
+                    written = true;
+                    break;
+                }
+                // Another holder wrote the bucket meanwhile: try again on top of its write.
+                Err(Abort::Mismatch { found, .. }) => stored = found,
+                Err(e) if transient(&e) => {
+                    stored = read_one(overlay, TxOp::Read(key.clone())).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        .await;
-        match result {
-            Ok(()) => return Ok(()),
-            Err(DirectoryError::Overlay(e)) if transient(&e) => last = Some(e),
-            Err(e) => return Err(e),
+        if !written {
+            failed = Some(Abort::Timeout);
         }
     }
-    Err(last.unwrap_or(Abort::Timeout).into())
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 /// Keeps this node's entry in the channel's holder index fresh while it watches a film
-/// (every [`HOLDER_REFRESH`], jittered); a live channel's node has nothing to announce.
+/// (every [`HOLDER_REFRESH`], jittered), until the node stops; a viewer of a live channel
+/// holds nothing to announce (`held_ranges` is empty) and only looks.
 pub(crate) async fn keep_holding(
     overlay: OverlayHandle,
     channel: ChannelId,
@@ -328,15 +335,22 @@ pub(crate) async fn keep_holding(
     loop {
         let jitter = 0.75 + rand::random::<f64>() / 2.0;
         tokio::time::sleep(every.mul_f64(jitter)).await;
+        if node.stopped() {
+            return;
+        }
         let Some(ranges) = node.held_ranges().await else {
             return; // The node stopped.
         };
         if ranges.is_empty() {
             continue;
         }
+        // After a failure it tries again soon: two missed refreshes and the entry lapses.
         match announce_holding(&overlay, channel, me, addr, ranges).await {
             Ok(()) => every = HOLDER_REFRESH,
-            Err(e) => debug!(error = %e, "holder index not updated"),
+            Err(e) => {
+                debug!(error = %e, "holder index not updated");
+                every = FIRST_HOLDING_CHECK;
+            }
         }
     }
 }

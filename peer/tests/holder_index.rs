@@ -75,3 +75,68 @@ async fn a_viewer_of_a_film_is_found_in_the_holder_index_for_what_it_holds() {
     viewer.shutdown().await;
     broadcast.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holders_written_at_once_into_shared_buckets_are_all_found() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let clip = make_clip(dir.path(), 2);
+    let mut broadcast = start_broadcast(Input::File(clip), true).await;
+    broadcast.wait_ingest().await.unwrap();
+    let channel = broadcast.channel();
+    let overlay = broadcast.node().overlay().clone();
+    assert!(overlay.joined(Duration::from_secs(15)).await);
+
+    // Three holders race into the same buckets (0 to 3: segments 0–200); a fourth holds a
+    // stretch of bucket 4 only. Each bucket is written by itself, the losers of a race try
+    // again on top of the winner's entry.
+    let addr = |n: u8| std::net::SocketAddr::from(([127, 0, 0, n], 4433));
+    let mut writes = tokio::task::JoinSet::new();
+    for n in 1..=3u8 {
+        let overlay = overlay.clone();
+        writes.spawn(async move {
+            peer::directory::announce_holding(
+                &overlay,
+                channel,
+                PeerId([n; 32]),
+                addr(n),
+                vec![(0, 200)],
+            )
+            .await
+        });
+    }
+    let late = peer::directory::announce_holding(
+        &overlay,
+        channel,
+        PeerId([4; 32]),
+        addr(4),
+        vec![(260, 270)],
+    );
+    late.await.unwrap();
+    while let Some(done) = writes.join_next().await {
+        done.unwrap().unwrap();
+    }
+    let asker = PeerId([9; 32]);
+    for seq in [0, 63, 64, 150, 200] {
+        let mut found: Vec<u8> = peer::directory::find_holders(&overlay, channel, seq, asker)
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| p.id.0[0])
+            .collect();
+        found.sort_unstable();
+        assert_eq!(found, vec![1, 2, 3], "holders of segment {seq}");
+    }
+    let found = peer::directory::find_holders(&overlay, channel, 265, asker)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!((found[0].id, found[0].addr), (PeerId([4; 32]), addr(4)));
+    for seq in [201, 259, 271] {
+        let found = peer::directory::find_holders(&overlay, channel, seq, asker)
+            .await
+            .unwrap();
+        assert!(found.is_empty(), "nobody holds segment {seq}: {found:?}");
+    }
+    broadcast.shutdown().await;
+}

@@ -176,6 +176,10 @@ struct Runner<'a> {
     holder_index: BTreeMap<u64, Value>,
     /// Look-ups in the holder index so far.
     holder_lookups: u64,
+    /// Viewers that put an entry into the holder index at least once.
+    announced: std::collections::BTreeSet<HostId>,
+    /// Delays of holder-index look-ups.
+    holder_rng: ChaCha8Rng,
     /// Randomness of the loop's message delays (its own stream: the other modes' runs do not
     /// change when the loop does).
     loop_rng: ChaCha8Rng,
@@ -290,6 +294,8 @@ impl<'a> Runner<'a> {
             hints: Vec::new(),
             holder_index: BTreeMap::new(),
             holder_lookups: 0,
+            announced: std::collections::BTreeSet::new(),
+            holder_rng: ChaCha8Rng::seed_from_u64(derive_seed(seed, 4)),
             loop_rng: ChaCha8Rng::seed_from_u64(derive_seed(seed, 3)),
         };
         runner.start_source();
@@ -481,18 +487,18 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// The viewers whose second of the round `tick` is send what they measured to the
-    /// coordinator.
-    /// On demand, the viewers whose turn it is (one in [`HOLDER_REFRESH`] seconds each) put
-    /// what they hold into the channel's holder index: the same `swarm` update a real node
-    /// commits, applied here at once (the store's transactions are not simulated; a real
-    /// refresh lands a few round trips later, and may be retried after a conflict).
+    /// On demand, viewers put what they hold into the channel's holder index: once as soon as
+    /// they hold something, then in their turn (one second in [`HOLDER_REFRESH`] each). It is
+    /// the same `swarm` update a real node commits, applied here at once: the store's
+    /// transactions are not simulated (a real refresh lands a few round trips later, and may
+    /// be retried after another holder's write to the same bucket).
     fn announce_holders(&mut self, tick: u64) {
         let every = HOLDER_REFRESH.as_secs().max(1);
         let now_unix_s = self.unix_s();
         let channel = self.record.record.channel_id().0;
         for host in self.viewers.keys() {
-            if u64::from(host.0) % every != tick % every {
+            let turn = u64::from(host.0) % every == tick % every;
+            if !turn && self.announced.contains(host) {
                 continue;
             }
             let Some(core) = self.engine.core(*host) else {
@@ -503,6 +509,7 @@ impl<'a> Runner<'a> {
             if ranges.is_empty() {
                 continue;
             }
+            self.announced.insert(*host);
             let buckets = swarm::holder_buckets(&ranges);
             let me = Holder {
                 peer: exchange.me().0,
@@ -529,12 +536,24 @@ impl<'a> Runner<'a> {
     /// key's replicas and the quorum read).
     fn look_up_holders(&mut self, host: HostId, seq: u64) {
         self.holder_lookups += 1;
-        let Some(other) = self.present.choose(&mut self.loop_rng).copied() else {
+        let others = self.present.len().saturating_sub(1);
+        if others == 0 {
+            return;
+        }
+        // Another viewer than the asker.
+        let pick = self.holder_rng.gen_range(0..others);
+        let Some(other) = self
+            .present
+            .iter()
+            .filter(|h| **h != host)
+            .nth(pick)
+            .copied()
+        else {
             return;
         };
         let net = self.engine.net();
         let delay = (0..4)
-            .map(|_| net.message_delay(host, other, &mut self.loop_rng))
+            .map(|_| net.message_delay(host, other, &mut self.holder_rng))
             .sum::<Duration>();
         let at = self.engine.now() + delay.as_nanos() as SimTime;
         self.engine.schedule(at, Ext::Holders { host, seq });
@@ -566,6 +585,8 @@ impl<'a> Runner<'a> {
         (EPOCH_UNIX_MS + self.engine.now() / 1_000_000) / 1000
     }
 
+    /// The viewers whose second of the round `tick` is send what they measured to the
+    /// coordinator.
     fn send_reports(&mut self, tick: u64) {
         let Some(coordinator) = self.coordinator.as_mut() else {
             return;

@@ -1,6 +1,6 @@
 //! Typed swarm metadata on top of the store: what replaces the central tracker.
 //!
-//! Per channel (its 20-byte id), four keys:
+//! Per channel (its 20-byte id), these keys:
 //!
 //! - `record`: the broadcaster's signed channel record, as opaque bytes (the peer verifies the
 //!   signature; the overlay only keeps the bytes);
@@ -8,8 +8,9 @@
 //!   punch candidates and relay ([`Reach`]), upload capacity, an expiry), refreshed by each
 //!   member and pruned of expired entries;
 //! - `vod/<bucket>`: which peers hold which segment ranges of an on-demand channel
-//!   ([`Holder`]), one key per [`HOLDER_BUCKET`] segments of the film, so that a film watched
-//!   by many has room for many holders and a look-up reads one small key;
+//!   ([`Holder`]), one key per [`HOLDER_BUCKET`] segments of the film (at most
+//!   [`MAX_HOLDERS`] entries each), so that a film watched by many has room for many holders
+//!   and a look-up reads one key of a few kilobytes, not the whole film's;
 //! - `plan`: the optimizer's current plan: a small [`PlanHeader`] (epoch, shard count, the
 //!   epoch each shard was last written in) at this key and the peers' entries ([`PeerHint`])
 //!   in [`PlanShard`]s at `plan/<i>` (split by id prefix, [`shard_of`], each under the store's
@@ -69,6 +70,21 @@ pub fn key(channel: &ChannelKey, field: Field) -> Vec<u8> {
     k
 }
 
+/// The longest an entry may say it lives from now: a writer whose clock is far ahead (or a
+/// hostile one) would otherwise keep its entry in a bucket for good.
+pub const MAX_HOLDER_LIFETIME_S: u64 = 300;
+/// The most ranges one holder entry names.
+pub const MAX_HOLDER_RANGES: usize = 8;
+
+impl Holder {
+    /// Whether the entry is within its bounds: a few ranges, none reversed.
+    pub fn is_valid(&self) -> bool {
+        !self.ranges.is_empty()
+            && self.ranges.len() <= MAX_HOLDER_RANGES
+            && self.ranges.iter().all(|(a, b)| a <= b)
+    }
+}
+
 /// The store key of bucket `bucket` of a channel's holder index (segments
 /// `bucket * HOLDER_BUCKET ..` up to the next bucket).
 pub fn holder_key(channel: &ChannelKey, bucket: u64) -> Vec<u8> {
@@ -86,18 +102,16 @@ pub fn holder_bucket(seq: u64) -> u64 {
 /// The buckets a holder of `ranges` is listed in: every bucket its ranges touch, at most
 /// [`MAX_HOLDER_BUCKETS`] (those of its first ranges).
 pub fn holder_buckets(ranges: &[(u64, u64)]) -> Vec<u64> {
-    let mut buckets: Vec<u64> = Vec::new();
+    let mut buckets = std::collections::BTreeSet::new();
     for (a, b) in ranges {
         for bucket in holder_bucket(*a)..=holder_bucket(*b.max(a)) {
             if buckets.len() >= MAX_HOLDER_BUCKETS {
-                break;
+                return buckets.into_iter().collect();
             }
-            buckets.push(bucket);
+            buckets.insert(bucket);
         }
     }
-    buckets.sort_unstable();
-    buckets.dedup();
-    buckets
+    buckets.into_iter().collect()
 }
 
 /// How a peer can be reached: its NAT class, as STUN classified it. The optimizer's own type,
@@ -306,23 +320,46 @@ pub fn leave_members(
     )
 }
 
-/// The live holders of an on-demand channel.
+/// The live holders in one bucket of a film's holder index. Each entry is read on its own:
+/// one that does not decode, is out of bounds ([`Holder::is_valid`]) or claims to live longer
+/// than [`MAX_HOLDER_LIFETIME_S`] is left out (and so dropped by the next write), instead of
+/// making the bucket unreadable for everyone.
 pub fn holders(value: Option<&Value>, now_unix_s: u64) -> Result<Vec<Holder>, MetaError> {
-    let all: Vec<Holder> = decode_list(value, "VOD holder index")?;
-    Ok(all
-        .into_iter()
-        .filter(|h| h.expires_unix_s > now_unix_s)
+    let items = match value {
+        None => return Ok(Vec::new()),
+        Some(Value::List(items)) => items,
+        Some(_) => return Err(MetaError::Malformed("VOD holder index")),
+    };
+    let latest = now_unix_s.saturating_add(MAX_HOLDER_LIFETIME_S);
+    Ok(items
+        .iter()
+        .filter_map(|b| postcard::from_bytes::<Holder>(b).ok())
+        .filter(|h| h.is_valid() && h.expires_unix_s > now_unix_s && h.expires_unix_s <= latest)
         .collect())
 }
 
 /// The holders in `list` whose ranges cover media segment `seq`, other than `me`: at most
-/// `max`, the most recently refreshed first (they are the likeliest to still be there).
+/// `max`, the most recently refreshed first (likeliest to be there still, and to hold what
+/// follows: in `sim`, `vod` seed 16 lost 0.002 of its continuity without this), and among
+/// those refreshed in the same second in an order of `me`'s own (by the XOR of the ids' first
+/// bytes), so that viewers looking for the same segment do not all dial the same few.
 pub fn holders_of(list: &[Holder], seq: u64, me: &[u8; 32], max: usize) -> Vec<Holder> {
+    let prefix = |id: &[u8; 32]| {
+        let [a, b, c, d, e, f, g, h, ..] = *id;
+        u64::from_be_bytes([a, b, c, d, e, f, g, h])
+    };
+    let mine = prefix(me);
     let mut found: Vec<&Holder> = list
         .iter()
         .filter(|h| &h.peer != me && h.ranges.iter().any(|(a, b)| (*a..=*b).contains(&seq)))
         .collect();
-    found.sort_by_key(|h| (std::cmp::Reverse(h.expires_unix_s), h.peer));
+    found.sort_by_key(|h| {
+        (
+            std::cmp::Reverse(h.expires_unix_s),
+            prefix(&h.peer) ^ mine,
+            h.peer,
+        )
+    });
     found.into_iter().take(max).cloned().collect()
 }
 
@@ -335,18 +372,26 @@ pub fn announce_holder(
     me: Holder,
     now_unix_s: u64,
 ) -> Result<Update, MetaError> {
+    if !me.is_valid() {
+        return Err(MetaError::TooLarge("VOD holder entry"));
+    }
     let mut list = holders(read, now_unix_s)?;
     list.retain(|h| h.peer != me.peer);
-    if list.len() >= MAX_HOLDERS {
-        list.sort_by_key(|h| std::cmp::Reverse(h.expires_unix_s));
-        list.truncate(MAX_HOLDERS - 1);
-    }
+    // The entries closest to lapsing make room: for the count, and for the size.
+    list.sort_by_key(|h| std::cmp::Reverse(h.expires_unix_s));
+    list.truncate(MAX_HOLDERS - 1);
     list.push(me);
-    let value = encode_list(&list);
-    if value.check().is_err() {
-        return Err(MetaError::TooLarge("VOD holder index"));
+    loop {
+        let value = encode_list(&list);
+        if value.check().is_ok() {
+            return Update::new(holder_key(channel, bucket), read.cloned(), value);
+        }
+        if list.len() <= 1 {
+            return Err(MetaError::TooLarge("VOD holder index"));
+        }
+        // `me` is last; the one before it lapses soonest.
+        list.remove(list.len() - 2);
     }
-    Update::new(holder_key(channel, bucket), read.cloned(), value)
 }
 
 /// The most shards a plan is split into: one transaction writes the header and every shard
@@ -646,6 +691,10 @@ mod tests {
             vec![1, 2],
             "freshest first"
         );
+        // Refreshed in the same second: in an order of the asker's own.
+        let same: Vec<Holder> = [1, 2].map(|n| holder(n, vec![(0, 9)], 100)).into();
+        assert_eq!(ids(holders_of(&same, 5, &[9; 32], 8)), vec![1, 2]);
+        assert_eq!(ids(holders_of(&same, 5, &[3; 32], 8)), vec![2, 1]);
         assert_eq!(ids(holders_of(&list, 120, &[9; 32], 8)), vec![1]);
         assert_eq!(ids(holders_of(&list, 350, &[9; 32], 8)), vec![2]);
         assert!(
@@ -672,7 +721,7 @@ mod tests {
                     &ch,
                     0,
                     Some(&v),
-                    holder(n, vec![(0, 9)], 1000 + u64::from(n)),
+                    holder(n, vec![(0, 9)], 200 + u64::from(n)),
                     50,
                 )
                 .unwrap(),
@@ -680,7 +729,31 @@ mod tests {
         }
         let list = holders(Some(&v), 50).unwrap();
         assert_eq!(list.len(), MAX_HOLDERS);
-        assert!(list.iter().all(|h| h.peer[0] >= 10));
+        let mut kept: Vec<u8> = list.iter().map(|h| h.peer[0]).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, (13..(13 + MAX_HOLDERS as u8)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn entries_out_of_bounds_or_undecodable_are_left_out_not_fatal() {
+        let good = holder(1, vec![(0, 9)], 100);
+        let far_future = holder(2, vec![(0, 9)], 50 + MAX_HOLDER_LIFETIME_S + 1);
+        let reversed = holder(3, vec![(9, 0)], 100);
+        let too_many = holder(4, (0..9).map(|i| (i * 10, i * 10 + 1)).collect(), 100);
+        let mut items: Vec<Vec<u8>> = [&good, &far_future, &reversed, &too_many]
+            .iter()
+            .map(|h| postcard::to_stdvec(h).unwrap())
+            .collect();
+        items.push(vec![0xff; 7]);
+        let v = Value::List(items);
+        assert_eq!(holders(Some(&v), 50).unwrap(), vec![good.clone()]);
+        // A writer rewrites the bucket without them.
+        let me = holder(5, vec![(3, 4)], 110);
+        let v = new_value(&announce_holder(&[3; 20], 0, Some(&v), me.clone(), 50).unwrap());
+        assert_eq!(holders(Some(&v), 50).unwrap(), vec![good, me]);
+        // Its own entry must be in bounds.
+        assert!(announce_holder(&[3; 20], 0, None, holder(6, vec![], 100), 50).is_err());
+        assert!(holders(Some(&Value::Bytes(vec![1])), 50).is_err());
     }
 
     #[test]
@@ -692,7 +765,23 @@ mod tests {
             holder_buckets(&[(5, 6), (3 * b, 3 * b + 2), (10, 12)]),
             vec![0, 3]
         );
-        assert_eq!(holder_buckets(&[(0, 1000 * b)]).len(), MAX_HOLDER_BUCKETS);
+        assert_eq!(
+            holder_buckets(&[(0, 1000 * b)]),
+            (0..MAX_HOLDER_BUCKETS as u64).collect::<Vec<_>>()
+        );
+        assert_eq!(holder_buckets(&[(0, u64::MAX)]).len(), MAX_HOLDER_BUCKETS);
+        assert_eq!(
+            holder_buckets(&[(2 * b, b)]),
+            vec![2],
+            "a reversed range is its start"
+        );
+        // The cap counts distinct buckets: ranges within one bucket do not use it up.
+        let mut ranges: Vec<(u64, u64)> = (0..6).map(|i| (i * 10, i * 10 + 5)).collect();
+        ranges.push((b, 20 * b));
+        assert_eq!(
+            holder_buckets(&ranges),
+            (0..MAX_HOLDER_BUCKETS as u64).collect::<Vec<_>>()
+        );
         assert_eq!(holder_bucket(b + 3), 1);
         let ch = [3u8; 20];
         assert_ne!(holder_key(&ch, 1), holder_key(&ch, 10));
@@ -828,8 +917,11 @@ mod tests {
             members(Some(&Value::Int(3)), 0),
             Err(MetaError::Malformed("membership sample"))
         );
+        // A holder index that is not a list is malformed; a bad entry in one is skipped
+        // (`entries_out_of_bounds_or_undecodable_are_left_out_not_fatal`).
+        assert!(holders(Some(&Value::Int(3)), 0).is_err());
         let junk = Value::List(vec![vec![0xff; 3]]);
-        assert!(holders(Some(&junk), 0).is_err());
+        assert_eq!(holders(Some(&junk), 0), Ok(Vec::new()));
         assert!(plan_header(Some(&Value::Bytes(vec![0xff]))).is_err());
         let zero_epoch = PlanHeader {
             epoch: 0,

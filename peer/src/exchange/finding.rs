@@ -93,7 +93,7 @@ impl Exchange {
         for id in self.store.keys() {
             let SegmentId::Media(seq) = id else { continue };
             match ranges.last_mut() {
-                Some((_, end)) if *end + 1 == seq => *end = seq,
+                Some((_, end)) if end.checked_add(1) == Some(seq) => *end = seq,
                 _ => ranges.push((seq, seq)),
             }
         }
@@ -127,7 +127,9 @@ impl Exchange {
 
     /// Peers that hold a segment we asked about: dialled first while we still need it.
     pub(super) fn on_holders(&mut self, now: Instant, id: SegmentId, peers: Vec<PeerAddr>) {
-        if self.is_live() || self.store.contains_key(&id) {
+        // An answer that comes after we got the segment, or sought elsewhere, is no reason
+        // to let a partner go.
+        if self.is_live() || self.store.contains_key(&id) || !self.vod_window().any(|w| w == id) {
             return;
         }
         for p in peers {

@@ -1414,12 +1414,51 @@ fn holders_the_index_names_are_dialled_in_place_of_a_partner_that_holds_nothing_
         )),
         "a partner holding nothing it needs made room: {outputs:?}"
     );
-    // Once it holds segment 30 it dials nobody the index names for it.
+    while viewer.poll_output().is_some() {}
+    // Another answer names one more holder: it waits to be dialled (the partner count is
+    // full until the next partner goes).
+    viewer.add_holders(now, 30, vec![peer_addr(12)]);
+    assert!(viewer.found.contains(&peer_addr(12).id));
+    // An answer about a segment it no longer needs (it holds it, or sought elsewhere) is
+    // dropped.
+    viewer.add_holders(now, 5, vec![peer_addr(13)]);
     viewer
         .store
         .insert(SegmentId::Media(30), Bytes::from(payload(30)));
     viewer.add_holders(now, 30, vec![peer_addr(11)]);
-    assert!(!std::iter::from_fn(|| viewer.poll_output()).any(|o| matches!(o, Output::Dial(_))));
+    for late in [11, 13] {
+        assert!(!viewer.found.contains(&peer_addr(late).id), "{late}");
+    }
+}
+
+#[test]
+fn a_viewer_lists_what_it_holds_as_ranges_the_longest_first_kept() {
+    let (mut h, source) = published_film(40);
+    let id = Keypair::from_seed([1; 32]).peer_id();
+    let mut viewer = Exchange::viewer(h.now, config(), id, h.channel(), None);
+    let boot = PeerAddr {
+        id: source,
+        addr: "10.0.0.1:1".parse().unwrap(),
+    };
+    viewer.add_candidates(h.now, [boot]);
+    h.nodes.insert(id, viewer);
+    h.run();
+    h.advance(Duration::from_secs(1));
+    let node = h.nodes.get_mut(&id).unwrap();
+    node.store.clear();
+    for seq in [2, 3, 4, 10, 20, 21, 22, 23, 30] {
+        node.store
+            .insert(SegmentId::Media(seq), Bytes::from(payload(seq as u8)));
+    }
+    node.store
+        .insert(SegmentId::Init, Bytes::from_static(b"init"));
+    assert_eq!(
+        node.held_ranges(8),
+        vec![(2, 4), (10, 10), (20, 23), (30, 30)]
+    );
+    // At most `max`: the longest, in segment order (ties: the earlier).
+    assert_eq!(node.held_ranges(2), vec![(2, 4), (20, 23)]);
+    assert_eq!(node.held_ranges(3), vec![(2, 4), (10, 10), (20, 23)]);
 }
 
 #[test]

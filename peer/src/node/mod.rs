@@ -478,6 +478,7 @@ async fn start(
     bootstrap: Vec<Bootstrap>,
 ) -> Result<NodeHandle, NodeError> {
     let server = tls::server_config(&key)?;
+    let is_source = record.is_some();
     // One UDP socket for QUIC, STUN and relaying; its bootstrap peers are its STUN servers.
     let stun = config
         .overlay_bootstrap
@@ -676,17 +677,20 @@ async fn start(
         )
         .instrument(span_plan.clone()),
     );
-    // A viewer of a film keeps its entry in the channel's holder index (ends with the node).
-    tokio::spawn(
-        crate::directory::keep_holding(
-            handle.overlay.clone(),
-            channel,
-            peer_id,
-            advertise,
-            handle.plan_port(),
-        )
-        .instrument(span_plan),
-    );
+    // A viewer of a film keeps its entry in the channel's holder index (ends with the node;
+    // the source needs none: everyone finds it anyway).
+    if !is_source {
+        handle.tasks.lock().await.spawn(
+            crate::directory::keep_holding(
+                handle.overlay.clone(),
+                channel,
+                peer_id,
+                advertise,
+                handle.plan_port(),
+            )
+            .instrument(span_plan),
+        );
+    }
     Ok(handle)
 }
 
