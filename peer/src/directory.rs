@@ -22,8 +22,9 @@ use crate::wire::PeerAddr;
 pub const MEMBER_TTL: Duration = Duration::from_secs(60);
 /// How often members refresh their entry (and viewers look for new partners).
 pub const REFRESH_EVERY: Duration = Duration::from_secs(15);
-/// How soon a viewer of a film first looks whether it holds something to announce in the
-/// holder index (and again until it has announced).
+/// How soon a viewer first looks whether it holds something to announce in the holder index
+/// (then twice as long each time it holds nothing yet, up to [`HOLDER_REFRESH`]), and how
+/// soon it tries again after a failed announcement.
 const FIRST_HOLDING_CHECK: Duration = Duration::from_secs(2);
 /// How long a directory read keeps trying while the ring settles.
 const READ_PATIENCE: Duration = Duration::from_secs(10);
@@ -342,6 +343,8 @@ pub(crate) async fn keep_holding(
             return; // The node stopped.
         };
         if ranges.is_empty() {
+            // Nothing yet (or a live channel: never): look less often.
+            every = (every * 2).min(HOLDER_REFRESH);
             continue;
         }
         // After a failure it tries again soon: two missed refreshes and the entry lapses.
