@@ -320,6 +320,31 @@ pub async fn announce_holding(
     }
 }
 
+/// Takes `peer`'s entry out of the holder index's buckets that `ranges` touch (a viewer that
+/// leaves gracefully: others would otherwise keep dialling it until the entry lapses). One
+/// try per bucket; what fails lapses by itself.
+pub async fn withdraw_holding(
+    overlay: &OverlayHandle,
+    channel: ChannelId,
+    peer: PeerId,
+    ranges: &[(u64, u64)],
+) {
+    for bucket in swarm::holder_buckets(ranges) {
+        let key = swarm::holder_key(&channel.0, bucket);
+        let result = async {
+            let stored = read_one(overlay, TxOp::Read(key)).await?;
+            let update =
+                swarm::leave_holder(&channel.0, bucket, stored.as_ref(), &peer.0, now_unix_s())?;
+            overlay.transact(vec![update.op]).await?;
+            Ok::<_, DirectoryError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            debug!(bucket, error = %e, "holder entry left to lapse");
+        }
+    }
+}
+
 /// Keeps this node's entry in the channel's holder index fresh while it watches a film
 /// (every [`HOLDER_REFRESH`], jittered), until the node stops; a viewer of a live channel
 /// holds nothing to announce (`held_ranges` is empty) and only looks.
@@ -335,9 +360,10 @@ pub(crate) async fn keep_holding(
     let mut every = FIRST_HOLDING_CHECK;
     loop {
         let jitter = 0.75 + rand::random::<f64>() / 2.0;
-        tokio::time::sleep(every.mul_f64(jitter)).await;
-        if node.stopped() {
-            return;
+        tokio::select! {
+            () = tokio::time::sleep(every.mul_f64(jitter)) => {}
+            // The node's shutdown waits for this task: end at once.
+            () = node.closed() => return,
         }
         let Some(ranges) = node.held_ranges().await else {
             return; // The node stopped.

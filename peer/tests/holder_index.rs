@@ -72,7 +72,19 @@ async fn a_viewer_of_a_film_is_found_in_the_holder_index_for_what_it_holds() {
         .unwrap();
     assert!(mine.iter().all(|p| p.id != viewer.peer_id()), "{mine:?}");
 
+    // A viewer that leaves takes its entry out: nobody is sent to it any more.
+    let started = tokio::time::Instant::now();
+    let id = viewer.peer_id();
     viewer.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "shutdown waited {:?}",
+        started.elapsed()
+    );
+    let found = peer::directory::find_holders(&overlay, channel, last, asker)
+        .await
+        .unwrap();
+    assert!(found.iter().all(|p| p.id != id), "{found:?}");
     broadcast.shutdown().await;
 }
 

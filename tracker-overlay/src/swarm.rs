@@ -394,6 +394,24 @@ pub fn announce_holder(
     }
 }
 
+/// Takes `peer`'s entry out of bucket `bucket` of the holder index (a viewer that leaves
+/// gracefully).
+pub fn leave_holder(
+    channel: &ChannelKey,
+    bucket: u64,
+    read: Option<&Value>,
+    peer: &[u8; 32],
+    now_unix_s: u64,
+) -> Result<Update, MetaError> {
+    let mut list = holders(read, now_unix_s)?;
+    list.retain(|h| &h.peer != peer);
+    Update::new(
+        holder_key(channel, bucket),
+        read.cloned(),
+        encode_list(&list),
+    )
+}
+
 /// The most shards a plan is split into: one transaction writes the header and every shard
 /// that changed, and a transaction touches at most [`MAX_TX_KEYS`] keys.
 pub const MAX_PLAN_SHARDS: usize = MAX_TX_KEYS - 1;
@@ -711,8 +729,10 @@ mod tests {
             vec![1],
             "at most max"
         );
-        // Past its expiry an entry is gone.
+        // Past its expiry an entry is gone; one that leaves is gone at once.
         assert_eq!(ids(holders(Some(&v), 125).unwrap()), vec![1]);
+        let left = new_value(&leave_holder(&ch, 0, Some(&v), &[1; 32], 50).unwrap());
+        assert_eq!(ids(holders(Some(&left), 50).unwrap()), vec![2]);
         // The index stays bounded: the entries closest to expiry make room.
         let mut v = v;
         for n in 10..(10 + MAX_HOLDERS as u8 + 3) {

@@ -322,6 +322,22 @@ impl NodeHandle {
 
     /// Stops the node: closes its connections and its gateway, and waits for its tasks.
     pub async fn shutdown(&self) {
+        // A viewer of a film takes its entry out of the holder index first (for at most a
+        // second; what is not done lapses by itself).
+        if let Some(ranges) = self
+            .plan_port()
+            .held_ranges()
+            .await
+            .filter(|r| !r.is_empty())
+        {
+            let withdraw = crate::directory::withdraw_holding(
+                &self.overlay,
+                self.channel,
+                self.peer_id,
+                &ranges,
+            );
+            let _ = tokio::time::timeout(Duration::from_secs(1), withdraw).await;
+        }
         // The overlay hands its range over first (it waits for its successor, up to a few
         // seconds), while the connections are still up.
         self.overlay.leave();
@@ -370,6 +386,11 @@ impl PlanPort {
     /// Whether the node stopped.
     pub(crate) fn stopped(&self) -> bool {
         self.tx.is_closed()
+    }
+
+    /// Waits until the node stops.
+    pub(crate) async fn closed(&self) {
+        self.tx.closed().await;
     }
 }
 
