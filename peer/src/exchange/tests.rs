@@ -1433,19 +1433,8 @@ fn holders_the_index_names_are_dialled_in_place_of_a_partner_that_holds_nothing_
 
 #[test]
 fn a_viewer_lists_what_it_holds_as_ranges_the_longest_first_kept() {
-    let (mut h, source) = published_film(40);
-    let id = Keypair::from_seed([1; 32]).peer_id();
-    let mut viewer = Exchange::viewer(h.now, config(), id, h.channel(), None);
-    let boot = PeerAddr {
-        id: source,
-        addr: "10.0.0.1:1".parse().unwrap(),
-    };
-    viewer.add_candidates(h.now, [boot]);
-    h.nodes.insert(id, viewer);
-    h.run();
-    h.advance(Duration::from_secs(1));
-    let node = h.nodes.get_mut(&id).unwrap();
-    node.store.clear();
+    let (mut node, _) = sought_past_its_partners(Instant::now());
+    assert_eq!(node.held_ranges(8), Vec::<(u64, u64)>::new());
     for seq in [2, 3, 4, 10, 20, 21, 22, 23, 30] {
         node.store
             .insert(SegmentId::Media(seq), Bytes::from(payload(seq as u8)));
