@@ -254,10 +254,7 @@ pub async fn find_holders(
     let list = swarm::holders(value.as_ref(), now_unix_s())?;
     Ok(swarm::holders_of(&list, seq, &me.0, MAX_INDEX_HOLDERS)
         .into_iter()
-        .map(|h| PeerAddr {
-            id: PeerId(h.peer),
-            addr: h.addr,
-        })
+        .map(PeerAddr::from)
         .collect())
 }
 
@@ -280,7 +277,7 @@ pub async fn announce_holding(
         ranges,
         expires_unix_s: now_unix_s() + HOLDER_TTL.as_secs(),
     };
-    let mut failed = None;
+    let mut all_written = true;
     for bucket in buckets {
         let key = swarm::holder_key(&channel.0, bucket);
         let mut stored = read_one(overlay, TxOp::Read(key.clone())).await?;
@@ -310,13 +307,12 @@ pub async fn announce_holding(
                 Err(e) => return Err(e.into()),
             }
         }
-        if !written {
-            failed = Some(Abort::Timeout);
-        }
+        all_written &= written;
     }
-    match failed {
-        Some(e) => Err(e.into()),
-        None => Ok(()),
+    if all_written {
+        Ok(())
+    } else {
+        Err(Abort::Timeout.into())
     }
 }
 

@@ -42,7 +42,9 @@
 //!   reports (`gossip`).
 //! - A live viewer nobody can feed lets a useless partner go each second to meet others
 //!   (`explore`). On demand, a viewer no partner can serve asks its partners who holds what it
-//!   needs next (`Find`, answered by `Holders`) and makes room for them; a full peer of a film
+//!   needs next (`Find`, answered by `Holders`) and the overlay's holder index
+//!   ([`Output::LookupHolders`], answered by [`Exchange::add_holders`]; what it lists there is
+//!   [`Exchange::held_ranges`]), and makes room for the holders named; a full peer of a film
 //!   lets its longest-idle partner go for a newcomer (`finding`).
 //! - Partners, segments and what each partner holds sit in compact tables (`maps`).
 //!

@@ -99,6 +99,16 @@ pub struct PeerAddr {
     pub addr: SocketAddr,
 }
 
+impl From<tracker_overlay::swarm::Holder> for PeerAddr {
+    /// Where an entry of the overlay's holder index says its peer listens.
+    fn from(h: tracker_overlay::swarm::Holder) -> Self {
+        Self {
+            id: PeerId(h.peer),
+            addr: h.addr,
+        }
+    }
+}
+
 /// The first bytes of a segment stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentHeader {

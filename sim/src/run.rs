@@ -117,8 +117,8 @@ enum Ext {
     Plan,
     /// A hint (index into the runner's hints in flight) reaches its viewer.
     Hint(usize),
-    /// On demand, viewers whose turn it is refresh their entry in the holder index (second
-    /// `n` of the run).
+    /// On demand, viewers put their entry into the holder index: those that hold something
+    /// for the first time, and those whose turn it is (second `n` of the run).
     AnnounceHolders(u64),
     /// The holder index answers a viewer's look-up for media segment `seq`.
     Holders {
@@ -568,10 +568,7 @@ impl<'a> Runner<'a> {
         let list = swarm::holders(stored, self.unix_s()).unwrap_or_default();
         let peers: Vec<PeerAddr> = swarm::holders_of(&list, seq, &me, MAX_INDEX_HOLDERS)
             .into_iter()
-            .map(|h| PeerAddr {
-                id: PeerId(h.peer),
-                addr: h.addr,
-            })
+            .map(PeerAddr::from)
             .collect();
         if !peers.is_empty() {
             self.engine.with_core(host, |core, now| {

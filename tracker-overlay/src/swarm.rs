@@ -36,7 +36,8 @@ pub const MAX_MEMBERS: usize = 64;
 pub const MAX_HOLDERS: usize = 128;
 /// Media segments per bucket of the holder index.
 pub const HOLDER_BUCKET: u64 = 64;
-/// The most buckets one holder's entry goes into (one transaction writes them all).
+/// The most buckets one holder's entry goes into (each is written by a transaction of its
+/// own).
 pub const MAX_HOLDER_BUCKETS: usize = 16;
 
 /// A channel id (the keyed BLAKE3 of the broadcaster's key, as `peer` computes it).
@@ -373,7 +374,7 @@ pub fn announce_holder(
     now_unix_s: u64,
 ) -> Result<Update, MetaError> {
     if !me.is_valid() {
-        return Err(MetaError::TooLarge("VOD holder entry"));
+        return Err(MetaError::Malformed("VOD holder entry"));
     }
     let mut list = holders(read, now_unix_s)?;
     list.retain(|h| h.peer != me.peer);

@@ -1,6 +1,7 @@
 //! On demand, finding holders: peers watch different parts of a film, so a viewer that starts
 //! or seeks where none of its partners has been asks its partners who holds what it needs next
-//! (`Find`, answered by `Holders`), dials those first and makes room for them; a full peer of a
+//! (`Find`, answered by `Holders`) and the overlay's holder index (`Output::LookupHolders`,
+//! answered by `Exchange::add_holders`), dials those first and makes room for them; a full peer of a
 //! film lets its longest-idle partner go for a newcomer. A viewer whose source link broke dials
 //! it again when nobody else can serve it.
 
