@@ -30,6 +30,8 @@ pub fn run(peers: u32, minutes: f64, seed: u64) -> anyhow::Result<serde_json::Va
         "events_per_s": (s.events as f64 / wall).round(),
         "realtime_factor": ((simulated / wall) * 100.0).round() / 100.0,
         "peak_rss_mib": peak_rss_mib(),
+        // What the events are: most are these messages' deliveries.
+        "messages": s.messages.iter().map(|(k, t)| (k.clone(), json!(t.count))).collect::<serde_json::Map<_, _>>(),
         "continuity": s.continuity,
         "source_offload": s.source_offload,
     }))

@@ -395,6 +395,17 @@ impl Calendar {
     }
 }
 
+/// A message on its way, and the next one that arrives with it on the same connection (at the
+/// same instant: sent in one burst, or held back behind the one before): one delivery carries
+/// them all, in the order sent. Half the simulator's events were control messages' deliveries.
+struct Carried<M> {
+    msg: M,
+    next: u32,
+}
+
+/// No slot: the end of a chain of [`Carried`] messages.
+const NO_SLOT: u32 = u32::MAX;
+
 /// Values waiting for their queue entry, referred to by index; freed slots are reused.
 struct Slab<T> {
     slots: Vec<Option<T>>,
@@ -420,6 +431,10 @@ impl<T> Slab<T> {
                 self.slots.len() as u32 - 1
             }
         }
+    }
+
+    fn get_mut(&mut self, slot: u32) -> Option<&mut T> {
+        self.slots.get_mut(slot as usize)?.as_mut()
     }
 
     fn take(&mut self, slot: u32) -> Option<T> {
@@ -450,6 +465,12 @@ struct Link {
     state: Conn,
     /// When the last control message this host sent on it arrives (they arrive in order).
     last_arrival: SimTime,
+    /// The slot of that message, last in its delivery's chain: a message that arrives at the
+    /// same instant joins that delivery instead of queueing one of its own.
+    last_slot: u32,
+    /// When that message was sent: what is sent in the same instant goes out together, in
+    /// the same packets, and arrives together.
+    last_sent: SimTime,
     /// The path's base one-way delay in nanoseconds (the same both ways), kept here so that
     /// a message needs no look at the two hosts' positions.
     base_delay: u64,
@@ -483,7 +504,7 @@ pub struct Engine<C: Core, X> {
     seq: u64,
     queue: Calendar,
     /// Messages on their way, referred to by `Ev::Deliver`.
-    msgs: Slab<C::Msg>,
+    msgs: Slab<Carried<C::Msg>>,
     /// Driver events, referred to by `Ev::External`.
     externals: Slab<X>,
     hosts: Vec<Host<C>>,
@@ -686,13 +707,14 @@ impl<C: Core, X> Engine<C, X> {
 
     fn process(&mut self, ev: Ev) {
         match ev {
-            Ev::Deliver { to, from, slot } => {
-                let Some(msg) = self.msgs.take(slot) else {
-                    return;
-                };
-                let linked = self.link(to, from).is_some() || self.hosts[from.0 as usize].server;
-                if linked && self.net.same_side(to, from) {
-                    self.input(to, Input::Message { from, msg });
+            Ev::Deliver { to, from, mut slot } => {
+                while let Some(Carried { msg, next }) = self.msgs.take(slot) {
+                    let linked =
+                        self.link(to, from).is_some() || self.hosts[from.0 as usize].server;
+                    if linked && self.net.same_side(to, from) {
+                        self.input(to, Input::Message { from, msg });
+                    }
+                    slot = next;
                 }
             }
             Ev::Flow { flow, version } => {
@@ -881,21 +903,8 @@ impl<C: Core, X> Engine<C, X> {
                 self.count(kind, bytes);
                 if bulk {
                     self.send_bulk(host, to, bytes, (tag, msg), f64::INFINITY);
-                } else if self.conn(host, to) == Some(Conn::Established)
-                    && self.net.same_side(host, to)
-                {
-                    let Some(base) = self.link(host, to).map(|l| l.base_delay) else {
-                        return;
-                    };
-                    let base = Duration::from_nanos(base);
-                    let delay = self.net.jittered(base, &mut self.rng).as_nanos() as u64;
-                    let now = self.now;
-                    let Some(link) = self.link_mut(host, to) else {
-                        return;
-                    };
-                    let at = (now + delay).max(link.last_arrival);
-                    link.last_arrival = at;
-                    self.deliver(at, to, host, msg);
+                } else {
+                    self.send_control(host, to, msg);
                 }
             }
             Output::SendPaced {
@@ -931,6 +940,46 @@ impl<C: Core, X> Engine<C, X> {
                 }
             }
             Output::Event(e) => self.events.push((host, e)),
+        }
+    }
+
+    /// Sends a control message on the connection's ordered stream: it arrives after the path's
+    /// jittered delay, never before the one sent ahead of it.
+    fn send_control(&mut self, host: HostId, to: HostId, msg: C::Msg) {
+        if !self.net.same_side(host, to) {
+            return;
+        }
+        let links = &mut self.hosts[host.0 as usize].links;
+        let Some(link) = links
+            .iter_mut()
+            .find(|l| l.peer == to && l.state == Conn::Established)
+        else {
+            return;
+        };
+        let now = self.now;
+        let at = if link.last_sent == now {
+            link.last_arrival
+        } else {
+            let base = Duration::from_nanos(link.base_delay);
+            (now + self.net.jittered(base, &mut self.rng).as_nanos() as u64).max(link.last_arrival)
+        };
+        link.last_sent = now;
+        // A delivery due after now is still queued, and the last slot of its chain still
+        // holds its last message.
+        let join = at == link.last_arrival && at > now;
+        let slot = self.msgs.insert(Carried { msg, next: NO_SLOT });
+        let last = std::mem::replace(&mut link.last_slot, slot);
+        link.last_arrival = at;
+        match self.msgs.get_mut(last).filter(|_| join) {
+            Some(previous) => previous.next = slot,
+            None => self.push(
+                at,
+                Ev::Deliver {
+                    to,
+                    from: host,
+                    slot,
+                },
+            ),
         }
     }
 
@@ -1099,12 +1148,16 @@ impl<C: Core, X> Engine<C, X> {
             peer: target,
             state: Conn::Dialling,
             last_arrival: accepted,
+            last_slot: NO_SLOT,
+            last_sent: SimTime::MAX,
             base_delay: one_way,
         });
         self.hosts[target.0 as usize].links.push(Link {
             peer: dialer,
             state: Conn::Dialling,
             last_arrival: self.now + 2 * one_way,
+            last_slot: NO_SLOT,
+            last_sent: SimTime::MAX,
             base_delay: one_way,
         });
     }
@@ -1178,7 +1231,7 @@ impl<C: Core, X> Engine<C, X> {
     }
 
     fn deliver(&mut self, at: SimTime, to: HostId, from: HostId, msg: C::Msg) {
-        let slot = self.msgs.insert(msg);
+        let slot = self.msgs.insert(Carried { msg, next: NO_SLOT });
         self.push(at, Ev::Deliver { to, from, slot });
     }
 
@@ -1212,6 +1265,9 @@ mod tests {
         /// Forwards every bulk message to this host as it arrives, and ends the forward as
         /// the flag says when the message is whole.
         relay: Option<(HostId, bool)>,
+        /// Sends this many control messages (numbered from 10) when a connection comes up,
+        /// and nothing else.
+        burst: u32,
     }
 
     impl Core for Probe {
@@ -1220,6 +1276,18 @@ mod tests {
         fn handle(&mut self, _now: Instant, input: Input<u32>) {
             match input {
                 Input::Connected(p) if self.silent => self.log.push(format!("up {}", p.0)),
+                Input::Connected(p) if self.burst > 0 => {
+                    for msg in 10..10 + self.burst {
+                        self.out.push(Output::Send {
+                            to: p,
+                            msg,
+                            bytes: 100,
+                            bulk: false,
+                            kind: "ping",
+                            tag: 0,
+                        });
+                    }
+                }
                 Input::Connected(p) => {
                     self.log.push(format!("up {}", p.0));
                     self.out.push(Output::Send {
@@ -1360,6 +1428,43 @@ mod tests {
         assert_eq!(at_b[1], &(260_000_000, b, "got 2".to_owned()));
         let log = &e.core(a).unwrap().log;
         assert_eq!(log[0], "up 1");
+    }
+
+    #[test]
+    fn control_messages_sent_together_arrive_together_in_order_as_one_event() {
+        let burst = |n: u32| {
+            // Jitter of half the delay: messages sent one by one could arrive in any order.
+            let mut e = Engine::new(1, Traversal::None, 0.5, 0.0);
+            let a = e.add_host(HostNet::new((0.0, 0.0), 5.0, 10e6, 100e6, NatType::Open));
+            let b = e.add_host(HostNet::new((10.0, 0.0), 5.0, 10e6, 100e6, NatType::Open));
+            e.start(
+                b,
+                Probe {
+                    silent: true,
+                    ..Probe::default()
+                },
+            );
+            e.start(
+                a,
+                Probe {
+                    dial: vec![b],
+                    burst: n,
+                    ..Probe::default()
+                },
+            );
+            let events = run(&mut e, 5_000_000_000);
+            (events, e.processed())
+        };
+        let (one, one_processed) = burst(1);
+        let (three, three_processed) = burst(3);
+        let got: Vec<&str> = three.iter().map(|(_, _, s)| s.as_str()).collect();
+        assert_eq!(got, ["got 10", "got 11", "got 12"]);
+        assert!(three.iter().all(|(at, _, _)| *at == three[0].0));
+        assert_eq!(one[0].0, three[0].0, "the same path, the same arrival");
+        assert_eq!(
+            one_processed, three_processed,
+            "one delivery carries the three"
+        );
     }
 
     /// a sends b a 250 kB bulk message (10 Mbit/s: whole at b at 260 ms); b forwards it to c as

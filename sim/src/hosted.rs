@@ -409,10 +409,21 @@ impl Verifier for MemoVerifier {
             return Strict.check_payload(meta, bytes);
         };
         let key = (bytes.as_ptr() as usize, bytes.len(), meta.hash);
-        memo.entry(key)
-            .or_insert_with(|| (bytes.clone(), Strict.check_payload(meta, bytes)))
-            .1
-            .clone()
+        if let Some((_, verdict)) = memo.get(&key) {
+            return verdict.clone();
+        }
+        // A buffer only the cache still holds will not be checked again: dropping those now
+        // and then keeps the cache (and memory) to the segments hosts still keep, not every
+        // copy ever put together from parts.
+        if memo.len() >= memo.capacity() {
+            memo.retain(|_, (kept, _)| !kept.is_unique());
+            // Room to grow if most are still in use, so that the sweep stays rare.
+            let live = memo.len();
+            memo.reserve(live);
+        }
+        let verdict = Strict.check_payload(meta, bytes);
+        memo.insert(key, (bytes.clone(), verdict.clone()));
+        verdict
     }
 }
 

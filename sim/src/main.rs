@@ -12,6 +12,12 @@ use sim::scenario::Scenario;
 
 mod bench_optimizer;
 
+/// mimalloc, as in the `peer` binary: the hosted cores allocate and free small buffers on
+/// nearly every event (frames, output queues), and mimalloc's size-class pages keep one host's
+/// allocations close together.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Selfcast's simulator: the real protocol cores on thousands of simulated peers.
 #[derive(Debug, Parser)]
 #[command(name = "sim", version)]
