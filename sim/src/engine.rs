@@ -8,7 +8,8 @@
 //! Connections mirror the real node's QUIC connections: a dial completes after one round trip
 //! at the dialler and half a round trip later at the other side, or fails after the handshake
 //! timeout when the target is gone, unreachable through its NAT, or across a partition. Control
-//! messages keep their order on a connection; bulk messages (segments) are flows that share
+//! messages keep their order on a connection, and those sent on one in the same instant arrive
+//! together, delivered by one event; bulk messages (segments) are flows that share
 //! capacity. A crashed host's partners notice after the idle timeout; a host that leaves
 //! closes its connections, and its partners notice one delay later.
 

@@ -374,7 +374,7 @@ impl Core for ExchangeCore {
 
 /// A checked payload: its allocation, its length and the hash it was checked against.
 type PayloadKey = (usize, usize, [u8; 32]);
-/// The checked buffer (kept alive so its address is not reused) and the verdict.
+/// The checked buffer (kept alive so its address is not reused while cached) and the verdict.
 type CheckedPayload = (Bytes, Result<(), IntegrityError>);
 
 /// A verifier for simulations: the real checks, each distinct input checked once.
@@ -383,7 +383,8 @@ type CheckedPayload = (Bytes, Result<(), IntegrityError>);
 /// answer is the same every time, so it is computed once and remembered. A forged statement or
 /// a tampered copy is a different input and is checked for real. Payloads are remembered by
 /// allocation (the cache keeps each checked buffer alive, so an address is never reused for
-/// other bytes while it is cached).
+/// other bytes while it is cached); a buffer that only the cache still holds is dropped from it
+/// when the map fills up, as nobody can hand it in again.
 #[derive(Debug, Default)]
 pub struct MemoVerifier {
     statements: Mutex<HashMap<[u8; 64], Result<(), IntegrityError>>>,
@@ -430,6 +431,36 @@ impl Verifier for MemoVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_payload_memo_keeps_buffers_hosts_hold_and_lets_go_of_the_rest() {
+        use peer::identity::ChannelId;
+        let memo = MemoVerifier::default();
+        let channel = ChannelId([7; ChannelId::LEN]);
+        let describe = |bytes: &Bytes| {
+            let second = std::time::Duration::from_secs(1);
+            SegmentMeta::describe(channel, 1, SegmentId::Media(0), second, 0, bytes)
+        };
+        let held = Bytes::from(vec![1u8; 1000]);
+        let meta = describe(&held).expect("a small segment");
+        assert!(memo.check_payload(&meta, &held).is_ok());
+        // A thousand copies put together and dropped, as parts' assemblies are.
+        for _ in 0..1000 {
+            let copy = Bytes::from(vec![1u8; 1000]);
+            assert!(memo.check_payload(&meta, &copy).is_ok());
+        }
+        let cached = memo.payloads.lock().expect("not poisoned").len();
+        assert!(cached < 100, "{cached} buffers cached, most held by nobody");
+        let key = (held.as_ptr() as usize, held.len(), meta.hash);
+        assert!(memo
+            .payloads
+            .lock()
+            .expect("not poisoned")
+            .contains_key(&key));
+        // A tampered copy is still checked for real.
+        let tampered = Bytes::from(vec![2u8; 1000]);
+        assert!(memo.check_payload(&meta, &tampered).is_err());
+    }
 
     #[test]
     fn a_flow_tag_names_its_segment_and_part() {
