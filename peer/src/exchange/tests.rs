@@ -1140,16 +1140,72 @@ fn a_peer_feeding_others_paces_requests_to_spare_its_pushes() {
 
 #[test]
 fn a_viewer_nobody_can_feed_lets_a_full_partner_go_to_meet_others() {
+    let (mut viewer, dialled, mut now) = unfed_viewer_among_full_partners(&[4000, 4000, 4000]);
+    now += Duration::from_secs(2);
+    viewer.handle_timeout(now);
+    let outputs: Vec<Output> = std::iter::from_fn(|| viewer.poll_output()).collect();
+    let closed = exploring_closes(&outputs);
+    assert_eq!(closed.len(), 1, "{outputs:?}");
+    assert!(dialled.contains(&closed[0]));
+    assert!(
+        outputs
+            .iter()
+            .any(|o| matches!(o, Output::Dial(p) if !dialled.contains(&p.id) && p.id != PeerId([100; 32]))),
+        "{outputs:?}"
+    );
+    assert_eq!(viewer.partners().count(), 2);
+}
+
+#[test]
+fn an_unfed_viewer_short_of_upload_to_pull_from_keeps_the_partners_that_have_it() {
+    // Together its partners would send its requests at 2.1 Mbit/s, about one stream: the one
+    // with 1.5 Mbit/s to spare stays, the others go one by one for peers that may have more.
+    let (mut viewer, dialled, mut now) = unfed_viewer_among_full_partners(&[300, 300, 1500]);
+    let mut closed = Vec::new();
+    for _ in 0..4 {
+        now += Duration::from_secs(1);
+        viewer.handle_timeout(now);
+        let outputs: Vec<Output> = std::iter::from_fn(|| viewer.poll_output()).collect();
+        closed.extend(exploring_closes(&outputs));
+    }
+    closed.sort();
+    let mut slow = dialled[..2].to_vec();
+    slow.sort();
+    assert_eq!(closed, slow);
+    assert_eq!(
+        viewer.partners().map(|p| p.peer).collect::<Vec<_>>(),
+        [dialled[2]]
+    );
+}
+
+/// The peers an `Exploring` close lets go of.
+fn exploring_closes(outputs: &[Output]) -> Vec<PeerId> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Close {
+                peer,
+                reason: CloseReason::Exploring,
+            } => Some(*peer),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A live viewer (id 100) greeted by one partner per entry of `serve_kbps`, each fed (depth 1)
+/// but full, reporting that it would serve a request at that rate; the viewer knows of two
+/// more candidates. Returns the partners in the order of `serve_kbps`.
+fn unfed_viewer_among_full_partners(serve_kbps: &[u32]) -> (Exchange, Vec<PeerId>, Instant) {
     let (h, _) = Harness::new(StreamKind::Live);
     let record = h.nodes.values().next().unwrap().record().unwrap().clone();
-    let mut now = h.now;
+    let now = h.now;
     let me = PeerId([100; 32]);
     let viewer_config = ExchangeConfig {
-        max_partners: 3,
+        max_partners: serve_kbps.len(),
         ..config()
     };
     let mut viewer = Exchange::viewer(now, viewer_config, me, h.channel(), None);
-    let peers: Vec<PeerAddr> = (1..=5u8)
+    let peers: Vec<PeerAddr> = (1..=serve_kbps.len() as u8 + 2)
         .map(|n| PeerAddr {
             id: PeerId([n; 32]),
             addr: format!("10.0.2.{n}:1").parse().unwrap(),
@@ -1162,9 +1218,8 @@ fn a_viewer_nobody_can_feed_lets_a_full_partner_go_to_meet_others() {
             _ => None,
         })
         .collect();
-    assert_eq!(dialled.len(), 3);
-    // Every partner is fed but full.
-    for (i, peer) in dialled.iter().copied().enumerate() {
+    assert_eq!(dialled.len(), serve_kbps.len());
+    for (i, (peer, serve)) in dialled.iter().copied().zip(serve_kbps).enumerate() {
         viewer.handle_input(now, Input::Connected { peer });
         let listen = peers.iter().find(|p| p.id == peer).map(|p| p.addr);
         let mut frames = vec![Frame::Hello {
@@ -1176,7 +1231,7 @@ fn a_viewer_nobody_can_feed_lets_a_full_partner_go_to_meet_others() {
         }
         frames.push(Frame::Report {
             upload_kbps: 4000,
-            serve_kbps: 4000,
+            serve_kbps: *serve,
             depth: 1,
             spare: 0,
         });
@@ -1185,28 +1240,7 @@ fn a_viewer_nobody_can_feed_lets_a_full_partner_go_to_meet_others() {
         }
     }
     while viewer.poll_output().is_some() {}
-    now += Duration::from_secs(2);
-    viewer.handle_timeout(now);
-    let outputs: Vec<Output> = std::iter::from_fn(|| viewer.poll_output()).collect();
-    let closed: Vec<PeerId> = outputs
-        .iter()
-        .filter_map(|o| match o {
-            Output::Close {
-                peer,
-                reason: CloseReason::Exploring,
-            } => Some(*peer),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(closed.len(), 1, "{outputs:?}");
-    assert!(dialled.contains(&closed[0]));
-    assert!(
-        outputs
-            .iter()
-            .any(|o| matches!(o, Output::Dial(p) if !dialled.contains(&p.id) && p.id != me)),
-        "{outputs:?}"
-    );
-    assert_eq!(viewer.partners().count(), 2);
+    (viewer, dialled, now)
 }
 
 #[test]
