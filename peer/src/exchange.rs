@@ -1110,7 +1110,23 @@ impl Exchange {
         if self.quiet {
             self.send(peer, Frame::Quiet(true));
         }
-        let statements: Vec<SignedSegment> = self.statements.values().copied().collect();
+        // Live, a partner plays and fetches only the newest few segments (a newcomer starts a
+        // few behind, a viewer further behind skips ahead): it hears of those, not of the
+        // whole window (240 statements, about 45 kB, to every new partner).
+        let from = match self.newest() {
+            Some(newest) if self.is_live() => newest.saturating_sub(gossip::LIVE_CATCH_UP),
+            _ => 0,
+        };
+        let recent = |id: SegmentId| match id {
+            SegmentId::Media(n) => n >= from,
+            SegmentId::Init => true,
+        };
+        let statements: Vec<SignedSegment> = self
+            .statements
+            .values()
+            .filter(|s| recent(s.meta.id))
+            .copied()
+            .collect();
         if let Some(partner) = self.partners.get_mut(&peer) {
             for statement in &statements {
                 partner.told.insert(statement.meta.id);
@@ -1119,7 +1135,7 @@ impl Exchange {
         for chunk in statements.chunks(MAX_LIST_LEN) {
             self.send(peer, Frame::Announce(chunk.to_vec()));
         }
-        let held: Vec<SegmentId> = self.store.keys().collect();
+        let held: Vec<SegmentId> = self.store.keys().filter(|id| recent(*id)).collect();
         for chunk in held.chunks(MAX_LIST_LEN) {
             self.send(peer, Frame::Have(chunk.to_vec()));
         }

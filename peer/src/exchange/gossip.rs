@@ -47,9 +47,7 @@ impl Exchange {
     /// report (not sent to it while it was quiet), and the statements and `Have`s of the
     /// newest segments it may lack.
     pub(super) fn on_quiet(&mut self, peer: PeerId, on: bool) {
-        let from = self
-            .newest()
-            .map_or(0, |n| n.saturating_sub(QUIET_CATCH_UP));
+        let from = self.newest().map_or(0, |n| n.saturating_sub(LIVE_CATCH_UP));
         let report = self.report_frame();
         let Some(partner) = self.partners.get_mut(&peer) else {
             return;
@@ -171,5 +169,6 @@ pub(super) const QUIET_ALERT_S: f64 = 1.4;
 /// A viewer that stopped being quiet because a segment was late looks again this soon, in case
 /// no partner's answer does.
 pub(super) const QUIET_RETRY: Duration = Duration::from_millis(100);
-/// How many segments behind the newest a partner that asks for announcements again is told of.
-const QUIET_CATCH_UP: u64 = 8;
+/// How many segments behind the newest a partner is told of when it connects or asks for
+/// announcements again (live: it plays nothing older).
+pub(super) const LIVE_CATCH_UP: u64 = 8;

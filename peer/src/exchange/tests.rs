@@ -653,6 +653,49 @@ fn a_live_viewer_starts_near_the_live_edge_and_evicts_old_segments() {
     );
 }
 
+/// The statements and `Have`s `from` sent `to` when they connected: (announced, held).
+fn greeting_news(h: &Harness, from: PeerId, to: PeerId) -> (Vec<SegmentId>, Vec<SegmentId>) {
+    let (mut announced, mut held) = (Vec::new(), Vec::new());
+    for (f, t, frame) in &h.frames {
+        match frame {
+            Frame::Announce(list) if (*f, *t) == (from, to) => {
+                announced.extend(list.iter().map(|s| s.meta.id));
+            }
+            Frame::Have(ids) if (*f, *t) == (from, to) => held.extend(ids),
+            _ => {}
+        }
+    }
+    (announced, held)
+}
+
+#[test]
+fn a_live_newcomer_hears_of_the_newest_segments_and_a_film_viewer_of_all() {
+    // Live: the init segment and the newest few, not the whole window the source keeps.
+    let (mut h, source) = Harness::new(StreamKind::Live);
+    h.publish(source, b"init");
+    for n in 0..30 {
+        h.publish(source, &payload(n));
+    }
+    let viewer = h.add_viewer(1, source);
+    let (announced, held) = greeting_news(&h, source, viewer);
+    let from = 29 - gossip::LIVE_CATCH_UP;
+    let recent: Vec<SegmentId> = std::iter::once(SegmentId::Init)
+        .chain((from..30).map(SegmentId::Media))
+        .collect();
+    assert_eq!(announced, recent);
+    assert_eq!(held, recent);
+    assert!(h.nodes[&source]
+        .statements
+        .contains_key(&SegmentId::Media(0)));
+
+    // On demand a viewer may seek anywhere: it hears of the whole film.
+    let (mut h, source) = published_film(30);
+    let viewer = h.add_viewer(1, source);
+    let (announced, held) = greeting_news(&h, source, viewer);
+    assert_eq!(announced.len(), 31);
+    assert_eq!(held.len(), 31);
+}
+
 #[test]
 fn a_vod_viewer_that_seeks_fetches_from_the_new_position_first() {
     let (mut h, source) = published_film(40);
