@@ -215,6 +215,14 @@ pub trait Verifier: std::fmt::Debug + Send + Sync {
     /// Checks that `bytes` are the segment `meta` describes.
     fn check_payload(&self, meta: &SegmentMeta, bytes: &bytes::Bytes)
         -> Result<(), IntegrityError>;
+
+    /// What to keep of a segment put together here that passed [`Verifier::check_payload`]:
+    /// `bytes` itself, or an identical buffer the verifier holds already (a simulator's
+    /// thousands of hosts then share one buffer per segment instead of each holding the copy
+    /// it assembled from parts).
+    fn keep(&self, _meta: &SegmentMeta, bytes: bytes::Bytes) -> bytes::Bytes {
+        bytes
+    }
 }
 
 /// Full verification: Ed25519 signatures and BLAKE3 hashes, every time.

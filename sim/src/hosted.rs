@@ -385,10 +385,17 @@ type CheckedPayload = (Bytes, Result<(), IntegrityError>);
 /// allocation (the cache keeps each checked buffer alive, so an address is never reused for
 /// other bytes while it is cached); a buffer that only the cache still holds is dropped from it
 /// when the map fills up, as nobody can hand it in again.
+///
+/// A segment put together from parts is a fresh copy of one the broadcaster published; once it
+/// checked out, the host keeps the first such buffer of that segment instead ([`Verifier::keep`]),
+/// so that ten thousand viewers do not each hold a copy of their first segment for its window
+/// (half the heap at 10,000 peers, which this machine pays for page by page when first touched).
 #[derive(Debug, Default)]
 pub struct MemoVerifier {
     statements: Mutex<HashMap<[u8; 64], Result<(), IntegrityError>>>,
     payloads: Mutex<HashMap<PayloadKey, CheckedPayload>>,
+    /// One checked buffer per segment hash, while some host holds it.
+    shared: Mutex<HashMap<[u8; 32], Bytes>>,
 }
 
 impl Verifier for MemoVerifier {
@@ -426,6 +433,28 @@ impl Verifier for MemoVerifier {
         memo.insert(key, (bytes.clone(), verdict.clone()));
         verdict
     }
+
+    fn keep(&self, meta: &SegmentMeta, bytes: Bytes) -> Bytes {
+        let Ok(mut shared) = self.shared.lock() else {
+            return bytes;
+        };
+        if let Some(kept) = shared.get(&meta.hash).filter(|k| k.len() == bytes.len()) {
+            let kept = kept.clone();
+            drop(shared);
+            // The copy will not be handed in again: forgetting it lets it go now.
+            if let Ok(mut memo) = self.payloads.lock() {
+                memo.remove(&(bytes.as_ptr() as usize, bytes.len(), meta.hash));
+            }
+            return kept;
+        }
+        if shared.len() >= shared.capacity() {
+            shared.retain(|_, kept| !kept.is_unique());
+            let live = shared.len();
+            shared.reserve(live);
+        }
+        shared.insert(meta.hash, bytes.clone());
+        bytes
+    }
 }
 
 #[cfg(test)]
@@ -460,6 +489,39 @@ mod tests {
         // A tampered copy is still checked for real.
         let tampered = Bytes::from(vec![2u8; 1000]);
         assert!(memo.check_payload(&meta, &tampered).is_err());
+    }
+
+    #[test]
+    fn hosts_keep_one_buffer_of_a_segment_they_put_together() {
+        use peer::identity::ChannelId;
+        let memo = MemoVerifier::default();
+        let channel = ChannelId([7; ChannelId::LEN]);
+        let second = std::time::Duration::from_secs(1);
+        let first = Bytes::from(vec![1u8; 1000]);
+        let meta = SegmentMeta::describe(channel, 1, SegmentId::Media(0), second, 0, &first)
+            .expect("a small segment");
+        assert!(memo.check_payload(&meta, &first).is_ok());
+        let kept = memo.keep(&meta, first.clone());
+        assert_eq!(kept.as_ptr(), first.as_ptr());
+        // A later copy of the same segment gives way to the first, and is forgotten.
+        let copy = Bytes::from(vec![1u8; 1000]);
+        assert!(memo.check_payload(&meta, &copy).is_ok());
+        let copy_key = (copy.as_ptr() as usize, copy.len(), meta.hash);
+        let kept = memo.keep(&meta, copy);
+        assert_eq!(kept.as_ptr(), first.as_ptr());
+        assert!(!memo
+            .payloads
+            .lock()
+            .expect("not poisoned")
+            .contains_key(&copy_key));
+        // Another segment is its own.
+        let other = Bytes::from(vec![3u8; 1000]);
+        let other_meta = SegmentMeta::describe(channel, 1, SegmentId::Media(1), second, 0, &other)
+            .expect("a small segment");
+        assert_eq!(
+            memo.keep(&other_meta, other.clone()).as_ptr(),
+            other.as_ptr()
+        );
     }
 
     #[test]

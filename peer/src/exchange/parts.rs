@@ -342,6 +342,7 @@ impl Exchange {
             self.split_failed = Some(id);
             return;
         }
+        let bytes = self.config.verifier.keep(&statement.meta, bytes);
         self.stats.bytes_from_peers += bytes.len() as u64;
         for peer in &senders {
             if let Some(partner) = self.partners.get_mut(peer) {
