@@ -90,7 +90,9 @@ use upload::{Queued, Upload};
 /// Tuning of the exchange.
 #[derive(Debug, Clone)]
 pub struct ExchangeConfig {
-    /// Viewers dial peers until they have this many partners.
+    /// Viewers dial peers until they have this many partners. 10 rather than 6: more
+    /// partners are more candidates for a parent with room and more holders to repair from
+    /// (`sim`, means over seeds: `live-1k` 0.989 → 0.993, `live-churn` 0.960 → 0.976).
     pub max_partners: usize,
     /// The most partners a peer keeps, inbound ones included. A peer that is full answers a
     /// newcomer with other peers to try and closes the connection.
@@ -152,7 +154,7 @@ pub struct ExchangeConfig {
 impl Default for ExchangeConfig {
     fn default() -> Self {
         Self {
-            max_partners: 6,
+            max_partners: 10,
             partner_limit: 24,
             introductions: 6,
             max_inflight_per_peer: 4,

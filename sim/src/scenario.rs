@@ -392,8 +392,9 @@ mod defaults {
     pub fn join_over_s() -> f64 {
         10.0
     }
+    /// The real node's.
     pub fn max_partners() -> usize {
-        6
+        peer::exchange::ExchangeConfig::default().max_partners
     }
     pub fn bootstrap_peers() -> usize {
         8
@@ -681,7 +682,7 @@ mod tests {
         let s = Scenario::parse(MINIMAL, "t.toml").unwrap();
         assert_eq!(s.stream.segment_ms, 1000);
         assert_eq!(s.segment_bytes(), 250_000);
-        assert_eq!(s.protocol.max_partners, 6);
+        assert_eq!(s.protocol.max_partners, 10);
         assert_eq!(s.network.traversal, Traversal::None);
     }
 
