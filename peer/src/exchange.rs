@@ -95,7 +95,9 @@ pub struct ExchangeConfig {
     /// (`sim`, means over seeds: `live-1k` 0.989 → 0.993, `live-churn` 0.960 → 0.976).
     pub max_partners: usize,
     /// The most partners a peer keeps, inbound ones included. A peer that is full answers a
-    /// newcomer with other peers to try and closes the connection.
+    /// newcomer with other peers to try and closes the connection. About three times
+    /// `max_partners`, as each peer is dialled about as often as it dials: at 24 with 10
+    /// partners, `sim`'s live p95 latency and startup were 0.1–0.4 s later.
     pub partner_limit: usize,
     /// How many partners hear of a newcomer (introductions are bounded so that a peer with
     /// many partners does not send a message to all of them per arrival).
@@ -155,7 +157,7 @@ impl Default for ExchangeConfig {
     fn default() -> Self {
         Self {
             max_partners: 10,
-            partner_limit: 24,
+            partner_limit: 32,
             introductions: 6,
             max_inflight_per_peer: 4,
             upload_slots: 4,
