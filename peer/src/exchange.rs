@@ -1121,10 +1121,7 @@ impl Exchange {
         // Live, a partner plays and fetches only the newest few segments (a newcomer starts a
         // few behind, a viewer further behind skips ahead): it hears of those, not of the
         // whole window (up to 31 statements; 121, 15 kB, when peers kept 120 segments).
-        let from = match self.newest() {
-            Some(newest) if self.is_live() => newest.saturating_sub(gossip::LIVE_CATCH_UP),
-            _ => 0,
-        };
+        let from = self.catch_up_from();
         let recent = |id: SegmentId| match id {
             SegmentId::Media(n) => n >= from,
             SegmentId::Init => true,

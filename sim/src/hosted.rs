@@ -423,12 +423,7 @@ impl Verifier for MemoVerifier {
         // A buffer only the cache still holds will not be checked again: dropping those now
         // and then keeps the cache (and memory) to the segments hosts still keep, not every
         // copy ever put together from parts.
-        if memo.len() >= memo.capacity() {
-            memo.retain(|_, (kept, _)| !kept.is_unique());
-            // Room to grow if most are still in use, so that the sweep stays rare.
-            let live = memo.len();
-            memo.reserve(live);
-        }
+        sweep_when_full(&mut memo, |(kept, _)| kept);
         let verdict = Strict.check_payload(meta, bytes);
         memo.insert(key, (bytes.clone(), verdict.clone()));
         verdict
@@ -447,31 +442,43 @@ impl Verifier for MemoVerifier {
             }
             return kept;
         }
-        if shared.len() >= shared.capacity() {
-            shared.retain(|_, kept| !kept.is_unique());
-            let live = shared.len();
-            shared.reserve(live);
-        }
+        sweep_when_full(&mut shared, |kept| kept);
         shared.insert(meta.hash, bytes.clone());
         bytes
     }
+}
+
+/// When `map` is full, drops the buffers only the map still holds (nobody can hand them in
+/// again), and makes room to grow if most are still in use, so that sweeps stay rare.
+fn sweep_when_full<K: Eq + std::hash::Hash, V>(
+    map: &mut HashMap<K, V>,
+    buffer: impl Fn(&V) -> &Bytes,
+) {
+    if map.len() < map.capacity() {
+        return;
+    }
+    map.retain(|_, v| !buffer(v).is_unique());
+    let live = map.len();
+    map.reserve(live);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A one-second media segment `seq` of channel 7 with these bytes, described.
+    fn meta_of(seq: u64, bytes: &Bytes) -> SegmentMeta {
+        let channel = peer::identity::ChannelId([7; peer::identity::ChannelId::LEN]);
+        let second = std::time::Duration::from_secs(1);
+        SegmentMeta::describe(channel, 1, SegmentId::Media(seq), second, 0, bytes)
+            .expect("a small segment")
+    }
+
     #[test]
     fn the_payload_memo_keeps_buffers_hosts_hold_and_lets_go_of_the_rest() {
-        use peer::identity::ChannelId;
         let memo = MemoVerifier::default();
-        let channel = ChannelId([7; ChannelId::LEN]);
-        let describe = |bytes: &Bytes| {
-            let second = std::time::Duration::from_secs(1);
-            SegmentMeta::describe(channel, 1, SegmentId::Media(0), second, 0, bytes)
-        };
         let held = Bytes::from(vec![1u8; 1000]);
-        let meta = describe(&held).expect("a small segment");
+        let meta = meta_of(0, &held);
         assert!(memo.check_payload(&meta, &held).is_ok());
         // A thousand copies put together and dropped, as parts' assemblies are.
         for _ in 0..1000 {
@@ -493,13 +500,9 @@ mod tests {
 
     #[test]
     fn hosts_keep_one_buffer_of_a_segment_they_put_together() {
-        use peer::identity::ChannelId;
         let memo = MemoVerifier::default();
-        let channel = ChannelId([7; ChannelId::LEN]);
-        let second = std::time::Duration::from_secs(1);
         let first = Bytes::from(vec![1u8; 1000]);
-        let meta = SegmentMeta::describe(channel, 1, SegmentId::Media(0), second, 0, &first)
-            .expect("a small segment");
+        let meta = meta_of(0, &first);
         assert!(memo.check_payload(&meta, &first).is_ok());
         let kept = memo.keep(&meta, first.clone());
         assert_eq!(kept.as_ptr(), first.as_ptr());
@@ -516,8 +519,7 @@ mod tests {
             .contains_key(&copy_key));
         // Another segment is its own.
         let other = Bytes::from(vec![3u8; 1000]);
-        let other_meta = SegmentMeta::describe(channel, 1, SegmentId::Media(1), second, 0, &other)
-            .expect("a small segment");
+        let other_meta = meta_of(1, &other);
         assert_eq!(
             memo.keep(&other_meta, other.clone()).as_ptr(),
             other.as_ptr()

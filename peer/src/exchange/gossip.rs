@@ -47,7 +47,7 @@ impl Exchange {
     /// report (not sent to it while it was quiet), and the statements and `Have`s of the
     /// newest segments it may lack.
     pub(super) fn on_quiet(&mut self, peer: PeerId, on: bool) {
-        let from = self.newest().map_or(0, |n| n.saturating_sub(LIVE_CATCH_UP));
+        let from = self.catch_up_from();
         let report = self.report_frame();
         let Some(partner) = self.partners.get_mut(&peer) else {
             return;
@@ -80,6 +80,16 @@ impl Exchange {
         }
         if !held.is_empty() {
             self.send(peer, Frame::Have(held));
+        }
+    }
+
+    /// The first media segment a partner is told of when it connects or asks for news again:
+    /// live, [`LIVE_CATCH_UP`] behind the newest (it plays nothing older); on demand, the
+    /// film's first (a viewer may seek anywhere).
+    pub(super) fn catch_up_from(&self) -> u64 {
+        match self.newest() {
+            Some(newest) if self.is_live() => newest.saturating_sub(LIVE_CATCH_UP),
+            _ => 0,
         }
     }
 
